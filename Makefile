@@ -1,0 +1,29 @@
+# Every target sets itself up: a .venv is created if missing and the package installed into it
+# with constraints.txt (torch pinned to the CPU build here; an unpinned torch pulls CUDA wheels).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-fusionlens
+# PIP_CONSTRAINT reaches every pip run below and any pip a dependency might start
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+DEMO_IMAGE = $$($(PY) -c 'import easy_vqa; print(easy_vqa.get_test_image_paths()[0])')
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m probes.models answer --image "$(DEMO_IMAGE)" --question "what is the color of the shape?"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

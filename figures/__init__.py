@@ -1,0 +1,1 @@
+"""fusionlens figures: pure functions from results to matplotlib figures; the paper style."""

@@ -1,0 +1,194 @@
+"""The adapter: everything that differs between model families, as data and small functions.
+
+One subclass per family (one small file each). Nothing outside ``probes/models/adapters``
+branches on the family: code asks the adapter where the decoder layers are, which token is the
+image token, how an image becomes tokens, how to build inputs and which position ids to pass.
+"""
+
+from __future__ import annotations
+
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from probes.errors import UserError
+from probes.models.adapters.grids import ImageLayout, ImageTokens
+
+
+@dataclass
+class VLInputs:
+    """A batch of (image, question) inputs built by an adapter.
+
+    ``batch`` is exactly what ``model(**batch)`` and ``model.generate(**batch)`` take;
+    ``images[b]`` says where row b's image tokens are and which patch each one is.
+    Rows are left-padded, so position ``-1`` of every row is the last prompt token.
+    """
+
+    batch: Any  # transformers.BatchFeature
+    images: tuple[ImageTokens, ...]
+    prompts: tuple[str, ...]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.batch["input_ids"]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.batch["attention_mask"]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VLInputs:
+        """Move tensors to ``device``; floating tensors (pixel values) also to ``dtype``."""
+        moved = {}
+        for key, value in self.batch.items():
+            if isinstance(value, torch.Tensor):
+                cast = dtype if (dtype is not None and value.is_floating_point()) else None
+                value = value.to(device=device, dtype=cast)
+            moved[key] = value
+        self.batch.data.update(moved)
+        return self
+
+
+def size_field(size: Any, name: str) -> int | None:
+    """Read ``name`` from an image processor's size (a transformers SizeDict or a plain dict)."""
+    value = size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+    return None if value is None else int(value)
+
+
+class Adapter(ABC):
+    """Base class: the family-specific facts about one loaded model and its processor.
+
+    Subclasses set the class attributes and implement :meth:`image_layout`; the rest is shared.
+    """
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
+    model_class_name: ClassVar[str]  # the transformers class the checkpoint loads into
+    layers_path: ClassVar[str] = "model.language_model.layers"
+    final_norm_path: ClassVar[str] = "model.language_model.norm"
+    lm_head_path: ClassVar[str] = "lm_head"
+    attention_name: ClassVar[str] = "self_attn"
+
+    def __init__(self, config: Any, processor: Any = None) -> None:
+        self.config = config
+        self.processor = processor
+
+    # ----------------------------------------------------------------- model structure
+    @property
+    def text_config(self) -> Any:
+        return self.config.get_text_config()
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(getattr(self.text_config, "num_key_value_heads", None) or self.num_heads)
+
+    @property
+    def head_dim(self) -> int:
+        explicit = getattr(self.text_config, "head_dim", None)
+        return int(explicit or self.text_config.hidden_size // self.num_heads)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def max_context(self) -> int:
+        return int(self.text_config.max_position_embeddings)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_id)
+
+    def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+        """The language model's decoder layers, in order."""
+        return operator.attrgetter(self.layers_path)(model)
+
+    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The self-attention module of every decoder layer."""
+        return [getattr(layer, self.attention_name) for layer in self.decoder_layers(model)]
+
+    def final_norm(self, model: torch.nn.Module) -> torch.nn.Module:
+        return operator.attrgetter(self.final_norm_path)(model)
+
+    def lm_head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return operator.attrgetter(self.lm_head_path)(model)
+
+    # ----------------------------------------------------------------- images
+    @property
+    def image_processor(self) -> Any:
+        """The image processor (the processor may be given whole or as its image part)."""
+        return getattr(self.processor, "image_processor", self.processor)
+
+    @abstractmethod
+    def image_layout(self, image_size: tuple[int, int]) -> ImageLayout:
+        """How an image of ``image_size`` = (width, height) pixels becomes tokens."""
+
+    def image_positions(self, input_ids: torch.Tensor) -> list[np.ndarray]:
+        """Per row, the positions holding the image token."""
+        return [
+            np.flatnonzero(row.cpu().numpy() == self.image_token_id) for row in input_ids
+        ]
+
+    # ----------------------------------------------------------------- inputs
+    def prompt(self, question: str) -> str:
+        """The family's chat-templated prompt for one image and one question."""
+        question = question.strip()
+        if not question:
+            raise UserError("the question is empty; pass a question such as --question 'What shape is in the image?'.")
+        if getattr(self.processor, "chat_template", None) is None:
+            raise UserError("the checkpoint's processor has no chat template, so a prompt cannot be built.")
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def build_inputs(
+        self, images: Sequence[Image.Image], questions: Sequence[str]
+    ) -> VLInputs:
+        """Tokenise (image, question) pairs with the family's processor, left-padded."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        prompts = tuple(self.prompt(question) for question in questions)
+        self.processor.tokenizer.padding_side = "left"  # the answer position is -1 in every row
+        batch = self.processor(
+            images=list(images), text=list(prompts), padding=True, return_tensors="pt"
+        )
+        length = batch["input_ids"].shape[1]
+        if length > self.max_context:
+            raise UserError(
+                f"the input is {length} tokens long but the model's context is {self.max_context}; "
+                "shorten the question or use a smaller image."
+            )
+        positions = self.image_positions(batch["input_ids"])
+        image_tokens = []
+        for row, (image, row_positions) in enumerate(zip(images, positions)):
+            layout = self.image_layout(image.size)
+            if layout.n_tokens != len(row_positions):
+                raise RuntimeError(
+                    f"row {row}: the processor inserted {len(row_positions)} image tokens but the "
+                    f"{self.family} adapter expects {layout.n_tokens} for a {image.size} image"
+                )
+            image_tokens.append(ImageTokens(positions=row_positions, layout=layout))
+        return VLInputs(batch=batch, images=tuple(image_tokens), prompts=prompts)
+
+    def position_ids(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Position ids for a forward with a custom attention mask: ``[batch, seq]``.
+
+        Left padding shifts real tokens; positions count only non-padding tokens, as
+        ``generate`` does. Families with multimodal rotary positions override this.
+        """
+        attention_mask = batch["attention_mask"]
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,161 @@
+"""Loading a model and its processor through the standard ``from_pretrained`` path.
+
+Safetensors only and no remote code unless asked; ``device="auto"`` picks CUDA when present,
+``dtype="auto"`` picks bfloat16 on CUDA and float32 on CPU. Everything that can go wrong with
+the user's input (unknown alias, missing directory, unsupported architecture, weights not
+available offline, pickled weights) becomes one :class:`~probes.errors.UserError` sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import transformers
+from huggingface_hub import constants as hub_constants
+
+from probes.errors import UserError
+from probes.models.adapters import Adapter, adapter_class, supported_model_types
+from probes.models.registry import DEFAULT_MODEL, ModelSource, resolve
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+T = TypeVar("T")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for probing: the transformers model, its processor and its adapter."""
+
+    model: torch.nn.Module
+    processor: Any
+    adapter: Adapter
+    source: ModelSource
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def model_id(self) -> str:
+        """The name recorded in results: the hub id, or the alias of a built-in model."""
+        return self.source.location if self.source.kind == "hub" else self.source.name
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def _fetch(source: ModelSource, load: Callable[..., T]) -> T:
+    """Call ``load(location, **kw)``; for hub ids try the local cache first, then the network."""
+    if source.kind != "hub":
+        return load(source.location)
+    try:
+        return load(source.location, local_files_only=True)
+    except OSError:
+        pass
+    how = (
+        f"weights for {source.location} are not available offline: download them on a machine "
+        f"with internet (`hf download {source.location}`) into the Hugging Face cache, or pass "
+        "--model /path/to/a/local/copy."
+    )
+    if hub_constants.HF_HUB_OFFLINE:
+        raise UserError(how)
+    try:
+        return load(source.location)
+    except OSError as err:
+        raise UserError(how) from err
+
+
+def _model_type(source: ModelSource, trust_remote_code: bool) -> str:
+    """Read ``model_type`` from the config without building anything."""
+    if source.kind != "hub":
+        config_file = Path(source.location) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"{source.location!r} has no config.json, so it is not a model checkpoint directory.")
+        try:
+            return str(json.loads(config_file.read_text())["model_type"])
+        except (ValueError, KeyError) as err:
+            raise UserError(f"{config_file} is not a valid model config (no model_type).") from err
+    config = _fetch(
+        source,
+        lambda loc, **kw: transformers.AutoConfig.from_pretrained(
+            loc, trust_remote_code=trust_remote_code, **kw
+        ),
+    )
+    return str(config.model_type)
+
+
+def load_model(
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load a model, its processor and its adapter, ready for inference.
+
+    >>> loaded = load_model("tiny-random-llava")
+    >>> loaded.adapter.family, loaded.adapter.num_layers, loaded.dtype
+    ('llava', 6, torch.float32)
+    """
+    source = resolve(model)
+    model_type = _model_type(source, trust_remote_code)
+    if model_type not in supported_model_types():
+        raise UserError(
+            f"{model!r} is a {model_type!r} model; fusionlens supports "
+            f"{', '.join(supported_model_types())}."
+        )
+    adapter_type = adapter_class(model_type)
+    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype, pick_device(device))
+    model_class = getattr(transformers, adapter_type.model_class_name)
+    options: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "attn_implementation": attn_implementation,
+        "use_safetensors": not allow_pickle,
+        "trust_remote_code": trust_remote_code,
+    }
+    if torch_device.type == "cuda":
+        options["device_map"] = {"": torch_device.index or 0}  # load straight onto the GPU
+    try:
+        network_model = _fetch(source, lambda loc, **kw: model_class.from_pretrained(loc, **options, **kw))
+    except OSError as err:
+        if "safetensors" in str(err).lower() and not allow_pickle:
+            raise UserError(
+                f"{model!r} has no safetensors weights; fusionlens refuses pickled (.bin) weights "
+                "unless --allow-pickle is given."
+            ) from err
+        raise UserError(f"cannot load the weights of {model!r}: {str(err).splitlines()[0]}") from err
+    processor = _fetch(
+        source,
+        lambda loc, **kw: transformers.AutoProcessor.from_pretrained(
+            loc, trust_remote_code=trust_remote_code, **kw
+        ),
+    )
+    network_model.eval().requires_grad_(False)
+    if torch_device.type != "cuda":
+        network_model.to(torch_device)
+    adapter = adapter_type(network_model.config, processor)
+    return LoadedModel(model=network_model, processor=processor, adapter=adapter, source=source)

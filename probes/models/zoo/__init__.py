@@ -1,0 +1,77 @@
+"""The built-in models: embedded checkpoints shipped in the repo, and untrained tiny models
+built on demand from real config classes (for tests that need no learned structure).
+
+Both are plain Hugging Face directories, loaded by the same ``from_pretrained`` code as a 7B
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+BUILD_VERSION = 1  # bump when a builder changes, so cached builds are made anew
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model that needs no download: ``builder`` ("module:function") makes it on first use."""
+
+    name: str
+    description: str
+    builder: str | None = None  # None: an embedded checkpoint under CHECKPOINTS
+    seed: int = 0
+
+    def directory(self) -> Path:
+        """Where its files are, building them first if they are not there yet."""
+        if self.builder is None:
+            return CHECKPOINTS / self.name
+        target = cache_dir() / f"{self.name}-v{BUILD_VERSION}-seed{self.seed}"
+        if not (target / "config.json").is_file():
+            _build_atomically(self.builder, target, self.seed)
+        return target
+
+
+def cache_dir() -> Path:
+    """``$FUSIONLENS_CACHE``, else ``~/.cache/fusionlens``."""
+    default = Path.home() / ".cache" / "fusionlens"
+    return Path(os.environ.get("FUSIONLENS_CACHE", default))
+
+
+def _build_atomically(builder: str, target: Path, seed: int) -> None:
+    from transformers.utils import logging as hf_logging
+
+    module_name, function_name = builder.split(":")
+    build = getattr(importlib.import_module(module_name), function_name)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a build of a few kB needs no "Writing shards" bar
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(scratch, seed=seed)
+        try:
+            scratch.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    model.name: model
+    for model in (
+        BuiltinModel(
+            "tiny-random-llava",
+            "UNTRAINED random weights: tiny LLaVA-1.5 (CLIP + Llama, 6 layers, 8x8 grid)",
+            builder="probes.models.zoo.tiny_llava:build_random",
+        ),
+    )
+}
