@@ -148,12 +148,13 @@ def load_model(
                 "unless --allow-pickle is given."
             ) from err
         raise UserError(f"cannot load the weights of {model!r}: {str(err).splitlines()[0]}") from err
-    processor = _fetch(
-        source,
-        lambda loc, **kw: transformers.AutoProcessor.from_pretrained(
-            loc, trust_remote_code=trust_remote_code, **kw
-        ),
-    )
+    try:
+        processor = _fetch(
+            source,
+            lambda loc, **kw: adapter_type.load_processor(loc, trust_remote_code=trust_remote_code, **kw),
+        )
+    except ImportError as err:  # a processor class that needs a package this machine lacks
+        raise UserError(f"the processor of {model!r} cannot load here: {str(err).splitlines()[0]}") from err
     network_model.eval().requires_grad_(False)
     if torch_device.type != "cuda":
         network_model.to(torch_device)

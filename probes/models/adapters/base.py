@@ -78,6 +78,14 @@ class Adapter(ABC):
         self.config = config
         self.processor = processor
 
+    @classmethod
+    def load_processor(cls, location: str, **kwargs: Any) -> Any:
+        """Load a checkpoint's processor; a family whose stock processor cannot load here
+        overrides this."""
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(location, **kwargs)
+
     # ----------------------------------------------------------------- model structure
     @property
     def text_config(self) -> Any:
@@ -185,10 +193,12 @@ class Adapter(ABC):
         return VLInputs(batch=batch, images=tuple(image_tokens), prompts=prompts)
 
     def position_ids(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        """Position ids for a forward with a custom attention mask: ``[batch, seq]``.
+        """Position ids for a forward with a custom attention mask, in the shape the model's
+        forward takes: ``[batch, seq]`` here, ``[3, batch, seq]`` for Qwen's multimodal rotary
+        positions (which override this).
 
         Left padding shifts real tokens; positions count only non-padding tokens, as
-        ``generate`` does. Families with multimodal rotary positions override this.
+        ``generate`` does.
         """
         attention_mask = batch["attention_mask"]
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -73,5 +73,15 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny LLaVA-1.5 (CLIP + Llama, 6 layers, 8x8 grid)",
             builder="probes.models.zoo.tiny_llava:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-llava-next",
+            "UNTRAINED random weights: tiny LLaVA-NeXT (CLIP + Mistral, 4 layers, 32 px tiles)",
+            builder="probes.models.zoo.tiny_llava_next:build_random",
+        ),
+        BuiltinModel(
+            "tiny-random-qwen2.5-vl",
+            "UNTRAINED random weights: tiny Qwen2.5-VL (windowed ViT + Qwen2, 4 layers, 4-64 tokens)",
+            builder="probes.models.zoo.tiny_qwen2_5_vl:build_random",
+        ),
     )
 }

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from transformers import (
     CLIPVisionConfig,
-    GenerationConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -19,6 +18,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from probes.models.zoo.checkpoint import greedy_generation_config, save
 from probes.models.zoo.vocab import word_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -93,18 +93,8 @@ def build_config(
 def build_model(config: LlavaConfig, seed: int) -> LlavaForConditionalGeneration:
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    tokenizer_ids = config.text_config
-    model.generation_config = GenerationConfig(
-        do_sample=False, max_new_tokens=8, bos_token_id=tokenizer_ids.bos_token_id,
-        eos_token_id=tokenizer_ids.eos_token_id, pad_token_id=tokenizer_ids.pad_token_id,
-    )
+    model.generation_config = greedy_generation_config(config.text_config)
     return model
-
-
-def save(model: LlavaForConditionalGeneration, processor: LlavaProcessor, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)  # safetensors
-    processor.save_pretrained(directory)
 
 
 def build_random(directory: Path, seed: int = 0) -> None:
