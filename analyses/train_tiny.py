@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from analyses.data import load_dataset, vocabulary
 from probes.cli import run_cli
@@ -56,6 +57,7 @@ class TrainConfig:
     eval_every: int = 500
     checkpoint_every: int = 250
     threads: int = 1
+    init_from: str | None = None  # stage 2: start from a saved checkpoint's weights
 
 
 @dataclass
@@ -186,6 +188,8 @@ def train(config: TrainConfig, out: Path, resume: bool, log=sys.stderr.write) ->
         config.vision_layers, config.text_width, config.text_layers, config.heads, config.kv_heads,
     )
     model = tiny_llava.build_model(model_config, config.seed).train().requires_grad_(True)
+    if config.init_from:
+        model.load_state_dict(load_file(Path(config.init_from) / "model.safetensors"))
     data = encode([easy, fine], processor)
     evals = encode([easy_test, fine_test], processor)
     log(f"encoded {len(data.prompts)} questions, {len(data.pixels)} images, "
@@ -255,9 +259,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shape-only-fraction", type=float, default=TrainConfig.shape_only_fraction)
+    parser.add_argument("--fine-grained-share", type=float, default=TrainConfig.fine_grained_share)
+    parser.add_argument("--shape-oversample", type=float, default=TrainConfig.shape_oversample)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="stage 2: start from this checkpoint's weights (same vocabulary)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-    config = TrainConfig(seed=args.seed, steps=args.steps, threads=args.threads)
+    config = TrainConfig(
+        seed=args.seed, steps=args.steps, threads=args.threads,
+        shape_only_fraction=args.shape_only_fraction, fine_grained_share=args.fine_grained_share,
+        shape_oversample=args.shape_oversample, lr=args.lr, warmup=args.warmup,
+        init_from=None if args.init_from is None else str(args.init_from),
+    )
     report = train(config, args.out, args.resume)
     sys.stdout.write(json.dumps(report["history"][-1]) + "\n")
     return 0

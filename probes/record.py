@@ -1,0 +1,65 @@
+"""Attention recording: probabilities from chosen query rows to chosen keys, per layer and head,
+computed from each layer's queries and keys (see :func:`probes.attention.row_probabilities`),
+so the model keeps sdpa and memory grows with rows x keys, never with the square of the input.
+
+>>> recorder = AttentionRecorder(queries=[5, 6], layers=[0, 1], reduce="mean_heads")
+>>> recorder.reduce
+'mean_heads'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from probes.attention import LayerEdit
+
+REDUCTIONS = ("none", "mean_heads", "max_heads")
+
+
+@dataclass
+class AttentionRecorder:
+    """Records attention of query positions ``queries`` (absolute, shared by all batch rows) to
+    ``keys`` (absolute positions, or None for all keys) at ``layers`` (None = all).
+
+    After a forward, ``maps[layer]`` is a float32 tensor [batch, heads (1 if reduced), queries,
+    keys]; ``max_queries=True`` further takes the max over the query rows (a [.., 1, keys] map).
+    Only rows that are queries of a call are recorded (prefill or a decoding step).
+    """
+
+    queries: Iterable[int]
+    keys: Iterable[int] | None = None
+    layers: Iterable[int] | None = None
+    reduce: str = "none"
+    max_queries: bool = False
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, not {self.reduce!r}")
+        self.queries = np.array(sorted(set(self.queries)), dtype=np.int64)
+        self.keys = None if self.keys is None else np.array(sorted(set(self.keys)), dtype=np.int64)
+        self.layers = None if self.layers is None else frozenset(self.layers)
+
+    def for_layer(self, layer: int, query_positions: torch.Tensor, kv_length: int) -> LayerEdit | None:
+        if self.layers is not None and layer not in self.layers:
+            return None
+        wanted = torch.from_numpy(self.queries).to(query_positions.device)
+        rows = torch.nonzero(torch.isin(query_positions, wanted))[:, 0]
+        if rows.numel() == 0:
+            return None
+        return LayerEdit(record_rows=rows, record=self._store)
+
+    def _store(self, layer: int, probabilities: torch.Tensor) -> None:
+        if self.keys is not None:
+            probabilities = probabilities[..., torch.from_numpy(self.keys).to(probabilities.device)]
+        if self.reduce == "mean_heads":
+            probabilities = probabilities.mean(1, keepdim=True)
+        elif self.reduce == "max_heads":
+            probabilities = probabilities.amax(1, keepdim=True)
+        if self.max_queries:
+            probabilities = probabilities.amax(2, keepdim=True)
+        self.maps[layer] = probabilities.detach()
