@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from analyses.data import load_dataset, vocabulary
 from probes.cli import run_cli
@@ -187,9 +186,10 @@ def train(config: TrainConfig, out: Path, resume: bool, log=sys.stderr.write) ->
         processor, config.image_size, config.patch_size, config.vision_width,
         config.vision_layers, config.text_width, config.text_layers, config.heads, config.kv_heads,
     )
-    model = tiny_llava.build_model(model_config, config.seed).train().requires_grad_(True)
-    if config.init_from:
-        model.load_state_dict(load_file(Path(config.init_from) / "model.safetensors"))
+    model = tiny_llava.build_model(model_config, config.seed)
+    if config.init_from:  # saved checkpoints use the hub's key names: load them the hub's way
+        model = type(model).from_pretrained(config.init_from, config=model_config)
+    model.train().requires_grad_(True)
     data = encode([easy, fine], processor)
     evals = encode([easy_test, fine_test], processor)
     log(f"encoded {len(data.prompts)} questions, {len(data.pixels)} images, "

@@ -69,6 +69,7 @@ class Adapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
     model_class_name: ClassVar[str]  # the transformers class the checkpoint loads into
+    language_model_path: ClassVar[str] = "model.language_model"
     layers_path: ClassVar[str] = "model.language_model.layers"
     final_norm_path: ClassVar[str] = "model.language_model.norm"
     lm_head_path: ClassVar[str] = "lm_head"
@@ -119,6 +120,10 @@ class Adapter(ABC):
     @property
     def image_token_id(self) -> int:
         return int(self.config.image_token_id)
+
+    def language_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The decoder stack (embeddings, layers, final norm, rotary embedding)."""
+        return operator.attrgetter(self.language_model_path)(model)
 
     def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
         """The language model's decoder layers, in order."""
