@@ -57,6 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     threads: int = 1
     init_from: str | None = None  # stage 2: start from a saved checkpoint's weights
+    balance_yes_no: bool = False  # draw yes/no questions about present and absent attributes alike
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Encoded:
     pixels: torch.Tensor  # [n_images, 3, H, W], the processor's own output
     kinds: list[str]
     source: torch.Tensor  # [n] 0 = easy-VQA, 1 = fine-grained
+    asks_present: torch.Tensor  # [n] bool: a yes/no question whose attribute is in the image
+    yes_no_group: torch.Tensor  # [n] (asks about shape or colour) x (negated): 0..3; -1 otherwise
 
 
 def encode(datasets: Sequence, processor) -> Encoded:
@@ -76,7 +79,7 @@ def encode(datasets: Sequence, processor) -> Encoded:
     the image token expanded exactly as the processor does at inference (checked below)."""
     tokenizer = processor.tokenizer
     n_image_tokens = (processor.image_processor.crop_size.height // processor.patch_size) ** 2
-    prompts, answers, image_index, kinds, source, images = [], [], [], [], [], []
+    prompts, answers, image_index, kinds, source, images, present, groups = ([] for _ in range(8))
     seen: dict[int, int] = {}
     for source_id, dataset in enumerate(datasets):
         for sample in dataset:
@@ -92,6 +95,8 @@ def encode(datasets: Sequence, processor) -> Encoded:
             image_index.append(seen[key])
             kinds.append(sample.kind)
             source.append(source_id)
+            present.append(sample.kind == "yes/no" and asks_about_present(sample))
+            groups.append(yes_no_group(sample) if sample.kind == "yes/no" else -1)
     first = datasets[0][0]
     reference = processor(images=first.image, text=_prompt(processor, first.question))
     if reference["input_ids"][0] != prompts[0]:
@@ -100,7 +105,22 @@ def encode(datasets: Sequence, processor) -> Encoded:
         processor.image_processor(images[i : i + 512], return_tensors="pt")["pixel_values"]
         for i in range(0, len(images), 512)
     ])
-    return Encoded(prompts, answers, torch.tensor(image_index), pixels, kinds, torch.tensor(source))
+    return Encoded(prompts, answers, torch.tensor(image_index), pixels, kinds, torch.tensor(source),
+                   torch.tensor(present), torch.tensor(groups))
+
+
+def yes_no_group(sample) -> int:
+    """0..3: whether a yes/no question asks about a shape (else a colour), and is negated."""
+    words = set(sample.question.split())
+    about_shape = bool(words & {"circle", "rectangle", "triangle"})
+    return 2 * about_shape + bool(words & {"not", "no"})
+
+
+def asks_about_present(sample) -> bool:
+    """For an easy-VQA yes/no question: is the attribute it asks about in the image? ("is there
+    not a red shape ?" answered "no" asks about a red shape that is there.)"""
+    negated = bool({"not", "no"} & set(sample.question.split()))
+    return (sample.answer == "yes") != negated
 
 
 def _prompt(processor, question: str) -> str:
@@ -115,6 +135,20 @@ def sampling_weights(data: Encoded, config: TrainConfig, shape_only: bool) -> to
     weights = torch.where(is_shape, config.shape_oversample, 1.0)
     if shape_only:
         weights = is_shape.double()
+    if config.balance_yes_no:
+        # easy-VQA asks mostly about absent attributes (about 83%): left alone, a model learns
+        # to answer as if the attribute were absent; balancing only present/absent, it learns
+        # per-template priors instead. Every (template group, present) cell gets equal weight,
+        # so no text-only rule beats chance and the image must be read
+        is_yes_no = data.yes_no_group >= 0
+        cells = [
+            is_yes_no & (data.yes_no_group == group) & (data.asks_present == present)
+            for group in data.yes_no_group[is_yes_no].unique().tolist() for present in (True, False)
+        ]
+        cells = [cell for cell in cells if cell.any()]
+        share = weights[is_yes_no].sum() / len(cells)
+        for cell in cells:
+            weights[cell] *= share / weights[cell].sum()
     shares = torch.tensor([1 - config.fine_grained_share, config.fine_grained_share])
     for source_id in (0, 1):
         in_source = data.source == source_id
@@ -264,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shape-oversample", type=float, default=TrainConfig.shape_oversample)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    parser.add_argument("--balance-yes-no", action="store_true",
+                        help="draw yes/no questions about present and absent attributes equally")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="stage 2: start from this checkpoint's weights (same vocabulary)")
     parser.add_argument("--resume", action="store_true")
@@ -273,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape_only_fraction=args.shape_only_fraction, fine_grained_share=args.fine_grained_share,
         shape_oversample=args.shape_oversample, lr=args.lr, warmup=args.warmup,
         init_from=None if args.init_from is None else str(args.init_from),
+        balance_yes_no=args.balance_yes_no,
     )
     report = train(config, args.out, args.resume)
     sys.stdout.write(json.dumps(report["history"][-1]) + "\n")

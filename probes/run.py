@@ -82,30 +82,31 @@ def _suffix_mask(prefix: int, length: int, batch: int, dtype, device) -> torch.T
 
 
 def run_layers(loaded: LoadedModel, clean: CleanPass, start_layer: int, prefix: int,
-               batch: int, plan: attention.EditPlan | None,
-               hidden: torch.Tensor | None = None, cache: PrefixCache | None = None) -> tuple:
+               batch: int, plan: attention.EditPlan | None) -> tuple[torch.Tensor, PrefixCache]:
     """Run decoder layers ``start_layer..`` on the suffix (positions ``prefix..``) of ``batch``
     copies of the input under ``plan``; returns (final-norm hidden states, cache)."""
-    model, adapter = loaded.model, loaded.adapter
     length = clean.hidden_states[0].shape[1]
-    if hidden is None:
-        hidden = clean.hidden_states[start_layer][:, prefix:].expand(batch, -1, -1).contiguous()
-    if cache is None:
-        shared = {i: (k[:, :, :prefix], v[:, :, :prefix])
-                  for i, (k, v) in enumerate(clean.keys_values) if i >= start_layer}
-        cache = PrefixCache(shared, batch)
+    hidden = clean.hidden_states[start_layer][:, prefix:].expand(batch, -1, -1).contiguous()
+    shared = {i: (k[:, :, :prefix], v[:, :, :prefix])
+              for i, (k, v) in enumerate(clean.keys_values) if i >= start_layer}
+    cache = PrefixCache(shared, batch)
     positions = clean.position_ids[..., prefix:length]
     positions = positions.expand(*positions.shape[:-2], batch, -1)
-    rotary = adapter.language_model(model).rotary_emb
-    position_embeddings = rotary(hidden, positions)
     mask = _suffix_mask(prefix, length, batch, hidden.dtype, hidden.device)
+    return _decoder(loaded, hidden, cache, positions, mask, plan, start_layer), cache
+
+
+def _decoder(loaded, hidden, cache, positions, mask, plan, start_layer=0) -> torch.Tensor:
+    """Decoder layers ``start_layer..`` and the final norm, with ``plan`` attached."""
+    model, adapter = loaded.model, loaded.adapter
+    position_embeddings = adapter.language_model(model).rotary_emb(hidden, positions)
     modules = adapter.attention_modules(model)
     with attention.attach(modules, plan) if plan is not None else _no_plan():
         for layer in adapter.decoder_layers(model)[start_layer:]:
             hidden = layer(hidden, attention_mask=mask, past_key_values=cache, use_cache=True,
                            position_embeddings=position_embeddings)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-    return adapter.final_norm(model)(hidden), cache
+    return adapter.final_norm(model)(hidden)
 
 
 class _no_plan:
@@ -169,3 +170,54 @@ def run_knockouts_naively(loaded: LoadedModel, inputs: VLInputs,
         with attention.attach(modules, EdgeMaskPlan([knockout.edges(groups, num_layers)])):
             rows.append(loaded.model(**inputs.batch).logits[0, -1].float().cpu())
     return torch.stack(rows)
+
+
+@dataclass
+class Generation:
+    """A greedy continuation: its tokens and the logits that chose each of them."""
+
+    tokens: list[int]
+    logits: torch.Tensor  # [steps, vocab], float32
+
+
+def _stop_ids(loaded: LoadedModel) -> set[int]:
+    eos = loaded.model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) - {None}
+
+
+@torch.inference_mode()
+def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout: Knockout | None,
+                    max_new_tokens: int = 8, clean: CleanPass | None = None,
+                    groups: TokenGroups | None = None) -> Generation:
+    """Greedy decoding of one input under ``knockout`` (generated tokens are queries too when a
+    flow names ``generated`` or ``text``), reusing the clean pass's keys and values for every
+    position before the first blocked query. ``knockout=None`` decodes clean."""
+    num_layers = loaded.adapter.num_layers
+    groups = groups or token_groups(loaded.adapter, inputs)
+    clean = clean or clean_pass(loaded, inputs)
+    length = clean.hidden_states[0].shape[1]
+    if knockout is None:
+        plan, prefix = None, length - 1
+    else:
+        edges = knockout.edges(groups, num_layers)
+        plan = EdgeMaskPlan([edges])
+        starts = [int(e.queries.min()) for e in edges if e.queries.size]
+        starts += [e.queries_from for e in edges if e.queries_from is not None]
+        prefix = min(min(starts, default=length - 1), length - 1)
+    head = loaded.adapter.lm_head(loaded.model)
+    hidden, cache = run_layers(loaded, clean, 0, prefix, 1, plan)
+    embed = loaded.adapter.language_model(loaded.model).get_input_embeddings()
+    last_position = clean.position_ids[..., -1:]
+    tokens, step_logits, stop = [], [], _stop_ids(loaded)
+    for step in range(max_new_tokens):
+        logits = head(hidden[:, -1]).float()[0]
+        token = int(logits.argmax())
+        tokens.append(token)
+        step_logits.append(logits.cpu())
+        if token in stop or step == max_new_tokens - 1:
+            break
+        # text after the prompt continues one position at a time (in every mRoPE axis too)
+        positions = last_position + step + 1
+        hidden = _decoder(loaded, embed(torch.tensor([[token]], device=hidden.device)), cache,
+                          positions, None, plan)
+    return Generation(tokens, torch.stack(step_logits))

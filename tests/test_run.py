@@ -47,3 +47,53 @@ def test_mixed_flows_in_one_batch(setup):
     result = run_knockouts(loaded, inputs, sweep, batch_size=8)
     torch.testing.assert_close(result.logits, run_knockouts_naively(loaded, inputs, sweep),
                                atol=1e-5, rtol=0)
+
+
+def _reference_generate(loaded, inputs, knockout, steps):
+    """No cache: recompute the full masked forward of prompt + generated tokens at every step."""
+    from probes import attention
+    from probes.masking import EdgeMaskPlan
+    from probes.tokens import token_groups
+
+    n = loaded.adapter.num_layers
+    groups = token_groups(loaded.adapter, inputs)
+    batch = dict(inputs.batch)
+    tokens, logits = [], []
+    modules = loaded.adapter.attention_modules(loaded.model)
+    for _ in range(steps):
+        plan = EdgeMaskPlan([knockout.edges(groups, n)]) if knockout else None
+        with torch.inference_mode(), attention.attach(modules, plan) if plan else _Nothing():
+            step = loaded.model(**batch).logits[0, -1].float()
+        tokens.append(int(step.argmax()))
+        logits.append(step)
+        extra = torch.tensor([[tokens[-1]]])
+        batch["input_ids"] = torch.cat([batch["input_ids"], extra], 1)
+        batch["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(extra)], 1)
+        if "mm_token_type_ids" in batch:
+            batch["mm_token_type_ids"] = torch.cat(
+                [batch["mm_token_type_ids"], torch.zeros_like(extra)], 1)
+    return tokens, torch.stack(logits)
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("flows", [None, "image->question,last,generated", "image->generated"])
+def test_masked_generate_equals_no_cache_greedy_loop(setup, flows):
+    from probes.run import masked_generate
+
+    loaded, inputs = setup
+    n = loaded.adapter.num_layers
+    knockout = Knockout(tuple(__import__("probes.masking").masking.parse_flows(flows)),
+                        tuple(range(n))) if flows else None
+    steps = 4
+    loaded.model.generation_config.eos_token_id = -1  # decode all steps, whatever they are
+    result = masked_generate(loaded, inputs, knockout, max_new_tokens=steps)
+    tokens, logits = _reference_generate(loaded, inputs, knockout, steps)
+    assert result.tokens == tokens
+    torch.testing.assert_close(result.logits, logits, atol=1e-5, rtol=0)
