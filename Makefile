@@ -25,5 +25,8 @@ test: install
 demo: install
 	$(PY) -m probes.models answer --image "$(DEMO_IMAGE)" --question "what is the color of the shape?"
 
+bench: install
+	$(PY) tests/bench_engine.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

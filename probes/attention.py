@@ -34,6 +34,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
+from probes.errors import UserError
+
 PLAN_ATTRIBUTE = "_fusionlens_plan"
 IMPLEMENTATIONS = {"sdpa": "fusionlens_sdpa", "eager": "fusionlens_eager"}
 
@@ -197,7 +199,7 @@ def enable(model: torch.nn.Module, base: str | None = None) -> str:
     if base is None:
         base = next((b for b, name in IMPLEMENTATIONS.items() if name == current), current)
     if base not in IMPLEMENTATIONS:
-        raise ValueError(
+        raise UserError(
             f"fusionlens edits attention on top of sdpa or eager, not {base!r}; load the model "
             "with attn_implementation='sdpa' or 'eager'."
         )

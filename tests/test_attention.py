@@ -169,3 +169,9 @@ def test_layer_out_of_range_and_empty_rows_are_refused(setup):
     plan = EdgeMaskPlan([knockout.edges(g, n) for g in groups])
     with pytest.raises(UserError, match="no key to attend to"):
         _forward(loaded, inputs, plan)
+
+
+def test_flash_attention_is_refused_clearly(setup):
+    loaded, _ = setup
+    with pytest.raises(UserError, match="sdpa or eager"):
+        attention.enable(loaded.model, "flash_attention_2")

@@ -1,0 +1,193 @@
+"""Benchmarks of the probes engine against the naive way, measured side by side in one run.
+
+    make bench        (or: python tests/bench_engine.py)
+
+Prints a table and writes bench-results.json: rows {name, baseline, ours, unit, ratio, shape},
+ratio = baseline / ours (> 1 is better). Never part of `make test`: timings are not assertions.
+Models have real depth and token counts but small width, random weights, float32, one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from probes import attention
+from probes.masking import Knockout, parse_flows
+from probes.models.loading import load_model
+from probes.models.zoo import tiny_qwen2_5_vl
+from probes.models.zoo.checkpoint import greedy_generation_config, save
+from probes.models.zoo.tiny_llava import BASIC_WORDS, build_processor
+from probes.record import AttentionRecorder
+from probes.run import clean_pass, masked_generate, run_knockouts, run_knockouts_naively
+from probes.tokens import token_groups
+
+QWEN_IMAGE = 1764  # 63 x 63 = 3,969 image tokens: with the prompt, about 4,000 tokens
+
+QUESTION = ("is there a red circle or a blue triangle in the image and what shape is the object "
+            "of this image does the image contain a yellow rectangle or not what color is it")
+
+
+def llava_15_shape(directory: Path) -> None:
+    """LLaVA-1.5 token shape: 336 px, 14 px patches (576 image tokens), 32 decoder layers."""
+    processor = build_processor(BASIC_WORDS, image_size=336, patch_size=14)
+    tokenizer = processor.tokenizer
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=336, patch_size=14),
+        text_config=LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=32,
+                                num_attention_heads=4, num_key_value_heads=4,
+                                vocab_size=len(tokenizer), max_position_embeddings=4096,
+                                bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = greedy_generation_config(config.text_config)
+    save(model, processor, directory)
+
+
+def qwen_25_vl_shape(directory: Path) -> None:
+    """Qwen2.5-VL depth (28 decoder layers) at about 4,000 tokens, small width."""
+    processor = tiny_qwen2_5_vl.build_processor(BASIC_WORDS, max_pixels=QWEN_IMAGE * QWEN_IMAGE)
+    config = tiny_qwen2_5_vl.build_config(processor, vision_width=32, vision_layers=1,
+                                          text_width=128, text_layers=28, heads=4, kv_heads=2)
+    save(tiny_qwen2_5_vl.build_model(config, 0), processor, directory)
+
+
+def timed(function, repeats: int = 1):
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def bench_sweep(directory: Path) -> dict:
+    loaded = load_model(str(directory))
+    inputs = loaded.adapter.build_inputs([Image.new("RGB", (336, 336), (200, 30, 30))], [QUESTION])
+    n = loaded.adapter.num_layers
+    sweep = [Knockout.window("image->question,last", layer, 1, n) for layer in range(n)]
+    naive_s, naive = timed(lambda: run_knockouts_naively(loaded, inputs, sweep))
+    ours_s, ours = timed(lambda: run_knockouts(loaded, inputs, sweep, batch_size=8), repeats=2)
+    difference = float((ours.logits - naive).abs().max())
+    if difference > 1e-4:
+        raise AssertionError(f"sweep results differ from the naive way by {difference}")
+    return {"name": "sweep image->question,last, 32 layers, window 1", "baseline": naive_s,
+            "ours": ours_s, "unit": "s", "ratio": naive_s / ours_s,
+            "shape": f"{n} layers, {inputs.input_ids.shape[1]} tokens "
+                     f"({len(inputs.images[0].positions)} image), max |diff| {difference:.1e}"}
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def child_recording(directory: str, how: str) -> None:
+    """In a fresh process: peak memory above the loaded model, and time, of recording the
+    question->image attention of every layer and head (ours) or of output_attentions (eager)."""
+    torch.set_num_threads(1)
+    loaded = load_model(directory, attn_implementation="eager" if how == "eager" else "sdpa")
+    inputs = loaded.adapter.build_inputs([Image.new("RGB", (QWEN_IMAGE, QWEN_IMAGE))], [QUESTION])
+    groups = token_groups(loaded.adapter, inputs)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark after loading
+    base = _rss_kb("VmRSS")
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if how == "eager":
+            maps = loaded.model(**inputs.batch, output_attentions=True).attentions
+            maps = [m[:, :, groups.question][..., groups.image] for m in maps]
+        else:
+            recorder = AttentionRecorder(queries=groups.question, keys=groups.image)
+            attention.enable(loaded.model)
+            with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
+                loaded.model(**inputs.batch)
+            maps = [recorder.maps[i] for i in sorted(recorder.maps)]
+    seconds = time.perf_counter() - start
+    sys.stdout.write(json.dumps({"seconds": seconds, "peak_mb": (_rss_kb("VmHWM") - base) / 1024,
+                                 "tokens": inputs.input_ids.shape[1],
+                                 "checksum": float(sum(m.double().sum() for m in maps))}) + "\n")
+
+
+def bench_recording(directory: Path) -> dict:
+    results = {}
+    for how in ("eager", "ours"):
+        out = subprocess.run([sys.executable, __file__, "--child-recording", str(directory), how],
+                             capture_output=True, text=True, check=True).stdout
+        results[how] = json.loads(out.strip().splitlines()[-1])
+    eager, ours = results["eager"], results["ours"]
+    if abs(eager["checksum"] - ours["checksum"]) > 1e-3 * abs(eager["checksum"]):
+        raise AssertionError(f"recorded maps differ: {eager['checksum']} vs {ours['checksum']}")
+    shape = f"28 layers, {ours['tokens']} tokens, question rows x image keys, all heads"
+    return [
+        {"name": "record question->image, peak memory", "baseline": eager["peak_mb"],
+         "ours": ours["peak_mb"], "unit": "MB", "ratio": eager["peak_mb"] / ours["peak_mb"],
+         "shape": shape},
+        {"name": "record question->image, time", "baseline": eager["seconds"],
+         "ours": ours["seconds"], "unit": "s", "ratio": eager["seconds"] / ours["seconds"],
+         "shape": shape + " (eager output_attentions vs sdpa + recorder)"},
+    ]
+
+
+def bench_generate(directory: Path) -> dict:
+    loaded = load_model(str(directory))
+    inputs = loaded.adapter.build_inputs([Image.new("RGB", (336, 336), (200, 30, 30))], [QUESTION])
+    n, steps = loaded.adapter.num_layers, 8
+    loaded.model.generation_config.eos_token_id = -1  # always decode `steps` tokens
+    knockout = Knockout(parse_flows("image->question,last,generated"), tuple(range(n)))
+
+    def plain():
+        with torch.inference_mode():
+            return loaded.model.generate(**inputs.batch, max_new_tokens=steps, do_sample=False,
+                                         min_new_tokens=steps)
+
+    def ours():
+        return masked_generate(loaded, inputs, knockout, max_new_tokens=steps,
+                               clean=clean_pass(loaded, inputs))
+
+    plain_s, _ = timed(plain, repeats=2)
+    ours_s, result = timed(ours, repeats=2)
+    return {"name": "masked generate (clean pass + masked decode) vs plain generate",
+            "baseline": plain_s, "ours": ours_s, "unit": "s", "ratio": plain_s / ours_s,
+            "shape": f"{n} layers, {inputs.input_ids.shape[1]} prompt tokens, {steps} new tokens"}
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child-recording":
+        child_recording(sys.argv[2], sys.argv[3])
+        return 0
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        llava = Path(tmp) / "llava-1.5-shape"
+        llava_15_shape(llava)
+        rows.append(bench_sweep(llava))
+        rows.append(bench_generate(llava))
+        qwen = Path(tmp) / "qwen2.5-vl-shape"
+        qwen_25_vl_shape(qwen)
+        rows.extend(bench_recording(qwen))
+    sys.stdout.write(f"{'benchmark':<62} {'baseline':>10} {'ours':>10} {'ratio':>7}  shape\n")
+    for row in rows:
+        sys.stdout.write(f"{row['name']:<62} {row['baseline']:>8.2f}{row['unit']:>2} "
+                         f"{row['ours']:>8.2f}{row['unit']:>2} {row['ratio']:>6.2f}x  {row['shape']}\n")
+    Path("bench-results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
