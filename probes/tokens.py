@@ -9,11 +9,11 @@ last and generated)"); the chat template's own tokens (e.g. "ASSISTANT:") are no
 >>> from PIL import Image
 >>> from probes.models.loading import load_model
 >>> loaded = load_model("tiny-random-llava")
->>> image, question = Image.new("RGB", (64, 64)), "What colour is the object?"
+>>> image, question = Image.new("RGB", (64, 64)), "What color is the object?"
 >>> inputs = loaded.adapter.build_inputs([image], [question])
 >>> groups = token_groups(loaded.adapter, inputs, box=(0, 0, 16, 16))
 >>> loaded.processor.tokenizer.decode(inputs.input_ids[0, groups.question])
-'what colour is the object?'
+'what color is the object?'
 >>> groups.get("object").tolist(), groups.get("last").tolist()
 ([3, 4, 11, 12], [74])
 >>> groups.with_generated(2).get("question,generated")[-3:].tolist()

@@ -18,7 +18,7 @@ from probes.models.loading import load_model
 from probes.tokens import TokenGroups, token_groups, token_groups_batch
 
 # different lengths and different image sizes, so rows get different padding
-QUESTIONS = ["What shape is in the image?", "what colour?"]
+QUESTIONS = ["What shape is in the image?", "what color?"]
 SIZES = [(100, 60), (80, 80)]
 BOX = (30, 10, 60, 40)  # inside both images, not cropped away by LLaVA's centre crop
 PARTS = ("padding", "system", "image", "question", "template", "last")

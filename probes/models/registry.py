@@ -15,7 +15,7 @@ HUB_ALIASES: dict[str, str] = {
     "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
 }
-DEFAULT_MODEL = "tiny-random-llava"
+DEFAULT_MODEL = "tiny-llava"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
-BUILD_VERSION = 1  # bump when a builder changes, so cached builds are made anew
+BUILD_VERSION = 2  # bump when a builder changes, so cached builds are made anew
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     model.name: model
     for model in (
         BuiltinModel(
+            "tiny-llava",
+            "trained here: tiny LLaVA-1.5 (CLIP + Llama, 6 layers, 8x8 grid) on easy-VQA "
+            "+ fine-grained; the default",
+        ),
+        BuiltinModel(
             "tiny-random-llava",
-            "UNTRAINED random weights: tiny LLaVA-1.5 (CLIP + Llama, 6 layers, 8x8 grid)",
+            "UNTRAINED random weights: tiny-llava's exact config and processor",
             builder="probes.models.zoo.tiny_llava:build_random",
         ),
         BuiltinModel(

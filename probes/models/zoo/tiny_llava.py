@@ -98,6 +98,13 @@ def build_model(config: LlavaConfig, seed: int) -> LlavaForConditionalGeneration
 
 
 def build_random(directory: Path, seed: int = 0) -> None:
-    """Save an untrained tiny LLaVA (64x64 input, 8x8 grid, 6 layers) into ``directory``."""
-    processor = build_processor(BASIC_WORDS, image_size=64, patch_size=8)
-    save(build_model(build_config(processor), seed), processor, directory)
+    """Save an untrained twin of the embedded ``tiny-llava`` into ``directory``: its exact
+    config, tokenizer and image processor, fresh random weights (for tests that need a model
+    with no learned structure)."""
+    from transformers import AutoProcessor
+
+    from probes.models.zoo import CHECKPOINTS
+
+    embedded = CHECKPOINTS / "tiny-llava"
+    processor = AutoProcessor.from_pretrained(embedded)
+    save(build_model(LlavaConfig.from_pretrained(embedded), seed), processor, directory)
