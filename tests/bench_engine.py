@@ -63,6 +63,7 @@ def qwen_25_vl_shape(directory: Path) -> None:
     processor = tiny_qwen2_5_vl.build_processor(BASIC_WORDS, max_pixels=QWEN_IMAGE * QWEN_IMAGE)
     config = tiny_qwen2_5_vl.build_config(processor, vision_width=32, vision_layers=1,
                                           text_width=128, text_layers=28, heads=4, kv_heads=2)
+    config.text_config.max_position_embeddings = 8192
     save(tiny_qwen2_5_vl.build_model(config, 0), processor, directory)
 
 
@@ -127,8 +128,11 @@ def child_recording(directory: str, how: str) -> None:
 def bench_recording(directory: Path) -> dict:
     results = {}
     for how in ("eager", "ours"):
-        out = subprocess.run([sys.executable, __file__, "--child-recording", str(directory), how],
-                             capture_output=True, text=True, check=True).stdout
+        done = subprocess.run([sys.executable, __file__, "--child-recording", str(directory), how],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"the {how} recording child failed:\n{done.stderr[-3000:]}")
+        out = done.stdout
         results[how] = json.loads(out.strip().splitlines()[-1])
     eager, ours = results["eager"], results["ours"]
     if abs(eager["checksum"] - ours["checksum"]) > 1e-3 * abs(eager["checksum"]):
