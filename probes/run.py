@@ -19,6 +19,7 @@ sorted by their first layer and run as batches.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,20 +102,12 @@ def _decoder(loaded, hidden, cache, positions, mask, plan, start_layer=0) -> tor
     model, adapter = loaded.model, loaded.adapter
     position_embeddings = adapter.language_model(model).rotary_emb(hidden, positions)
     modules = adapter.attention_modules(model)
-    with attention.attach(modules, plan) if plan is not None else _no_plan():
+    with attention.attach(modules, plan) if plan is not None else contextlib.nullcontext():
         for layer in adapter.decoder_layers(model)[start_layer:]:
             hidden = layer(hidden, attention_mask=mask, past_key_values=cache, use_cache=True,
                            position_embeddings=position_embeddings)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
     return adapter.final_norm(model)(hidden)
-
-
-class _no_plan:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @dataclass

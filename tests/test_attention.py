@@ -3,6 +3,8 @@ clean run for knockouts (earlier layers bit-identical), sdpa against eager, on e
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -32,16 +34,8 @@ def setup(request):
 def _forward(loaded, inputs, plan=None, implementation="sdpa", **kwargs):
     attention.enable(loaded.model, implementation)
     modules = loaded.adapter.attention_modules(loaded.model)
-    with torch.inference_mode(), attach(modules, plan) if plan else _nothing():
+    with torch.inference_mode(), attach(modules, plan) if plan else contextlib.nullcontext():
         return loaded.model(**inputs.batch, **kwargs)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_passthrough_and_recording_are_bit_identical(setup):

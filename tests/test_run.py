@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from PIL import Image
 
-from probes.masking import Knockout
+from probes.masking import Knockout, parse_flows
 from probes.models.loading import load_model
 from probes.run import run_knockouts, run_knockouts_naively
 
@@ -62,7 +64,7 @@ def _reference_generate(loaded, inputs, knockout, steps):
     modules = loaded.adapter.attention_modules(loaded.model)
     for _ in range(steps):
         plan = EdgeMaskPlan([knockout.edges(groups, n)]) if knockout else None
-        with torch.inference_mode(), attention.attach(modules, plan) if plan else _Nothing():
+        with torch.inference_mode(), attention.attach(modules, plan) if plan else nullcontext():
             step = loaded.model(**batch).logits[0, -1].float()
         tokens.append(int(step.argmax()))
         logits.append(step)
@@ -75,22 +77,13 @@ def _reference_generate(loaded, inputs, knockout, steps):
     return tokens, torch.stack(logits)
 
 
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 @pytest.mark.parametrize("flows", [None, "image->question,last,generated", "image->generated"])
 def test_masked_generate_equals_no_cache_greedy_loop(setup, flows):
     from probes.run import masked_generate
 
     loaded, inputs = setup
     n = loaded.adapter.num_layers
-    knockout = Knockout(tuple(__import__("probes.masking").masking.parse_flows(flows)),
-                        tuple(range(n))) if flows else None
+    knockout = Knockout(parse_flows(flows), tuple(range(n))) if flows else None
     steps = 4
     loaded.model.generation_config.eos_token_id = -1  # decode all steps, whatever they are
     result = masked_generate(loaded, inputs, knockout, max_new_tokens=steps)
