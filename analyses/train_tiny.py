@@ -26,6 +26,7 @@ import torch
 
 from analyses.data import load_dataset, vocabulary
 from probes.cli import run_cli
+from probes.models.adapters import LlavaAdapter
 from probes.models.zoo import tiny_llava
 from probes.models.zoo.checkpoint import save
 
@@ -124,8 +125,8 @@ def asks_about_present(sample) -> bool:
 
 
 def _prompt(processor, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
+    """The prompt inference builds (the LLaVA adapter's chat-templated prompt)."""
+    return LlavaAdapter(None, processor).prompt(question)
 
 
 def sampling_weights(data: Encoded, config: TrainConfig, shape_only: bool) -> torch.Tensor:

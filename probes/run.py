@@ -120,12 +120,14 @@ class KnockoutResult:
 
 
 def first_blocked_position(groups: TokenGroups, knockouts: Sequence[Knockout], num_layers: int) -> int:
-    """The earliest query position any knockout blocks (or ``last`` when none blocks any)."""
-    starts = [
-        int(edges.queries.min()) for knockout in knockouts
-        for edges in knockout.edges(groups, num_layers) if edges.queries.size
-    ]
-    return min(starts, default=int(groups.last[0]))
+    """The earliest query position any knockout blocks, generated queries included (or
+    ``last`` when none blocks a prompt position): everything before it is shared."""
+    starts = [int(groups.last[0])]
+    for knockout in knockouts:
+        for edges in knockout.edges(groups, num_layers):
+            starts += [int(edges.queries.min())] if edges.queries.size else []
+            starts += [edges.queries_from] if edges.queries_from is not None else []
+    return min(starts)
 
 
 @torch.inference_mode()
@@ -173,11 +175,6 @@ class Generation:
     logits: torch.Tensor  # [steps, vocab], float32
 
 
-def _stop_ids(loaded: LoadedModel) -> set[int]:
-    eos = loaded.model.generation_config.eos_token_id
-    return set(eos if isinstance(eos, list) else [eos]) - {None}
-
-
 @torch.inference_mode()
 def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout: Knockout | None,
                     max_new_tokens: int = 8, clean: CleanPass | None = None,
@@ -188,20 +185,14 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout: Knockout | 
     num_layers = loaded.adapter.num_layers
     groups = groups or token_groups(loaded.adapter, inputs)
     clean = clean or clean_pass(loaded, inputs)
-    length = clean.hidden_states[0].shape[1]
-    if knockout is None:
-        plan, prefix = None, length - 1
-    else:
-        edges = knockout.edges(groups, num_layers)
-        plan = EdgeMaskPlan([edges])
-        starts = [int(e.queries.min()) for e in edges if e.queries.size]
-        starts += [e.queries_from for e in edges if e.queries_from is not None]
-        prefix = min(min(starts, default=length - 1), length - 1)
+    knockouts = [] if knockout is None else [knockout]
+    plan = EdgeMaskPlan([knockout.edges(groups, num_layers)]) if knockout else None
+    prefix = first_blocked_position(groups, knockouts, num_layers)
     head = loaded.adapter.lm_head(loaded.model)
     hidden, cache = run_layers(loaded, clean, 0, prefix, 1, plan)
     embed = loaded.adapter.language_model(loaded.model).get_input_embeddings()
     last_position = clean.position_ids[..., -1:]
-    tokens, step_logits, stop = [], [], _stop_ids(loaded)
+    tokens, step_logits, stop = [], [], loaded.eos_token_ids()
     for step in range(max_new_tokens):
         logits = head(hidden[:, -1]).float()[0]
         token = int(logits.argmax())

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from probes.cli import add_model_arguments, run_cli
 from probes.errors import UserError
+from probes.models.adapters.base import check_question
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,8 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1.")
-    if not args.question.strip():
-        raise UserError("the question is empty; pass a question such as --question 'What shape is in the image?'.")
+    check_question(args.question)  # before loading a 7B model
     from probes.images import load_image
     from probes.models.answer import answer_questions
     from probes.models.loading import load_model

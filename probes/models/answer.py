@@ -67,7 +67,5 @@ def answer_questions(
 
 
 def _stop_ids(loaded: LoadedModel) -> set[int]:
-    eos = loaded.model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    pad = loaded.processor.tokenizer.pad_token_id
-    return ids | ({pad} if pad is not None else set())
+    pad = loaded.processor.tokenizer.pad_token_id  # batched rows that finished are padded
+    return loaded.eos_token_ids() | ({pad} if pad is not None else set())

@@ -43,6 +43,11 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def eos_token_ids(self) -> set[int]:
+        """The token ids that end a generated answer (the generation config's eos ids)."""
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos]) - {None}
+
     @property
     def model_id(self) -> str:
         """The name recorded in results: the hub id, or the alias of a built-in model."""
@@ -129,7 +134,8 @@ def load_model(
             f"{', '.join(supported_model_types())}."
         )
     adapter_type = adapter_class(model_type)
-    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype, pick_device(device))
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
     model_class = getattr(transformers, adapter_type.model_class_name)
     options: dict[str, Any] = {
         "dtype": torch_dtype,

@@ -60,6 +60,14 @@ def size_field(size: Any, name: str) -> int | None:
     return None if value is None else int(value)
 
 
+def check_question(question: str) -> str:
+    """The question stripped, or a UserError if nothing is left."""
+    question = question.strip()
+    if not question:
+        raise UserError("the question is empty; pass a question such as --question 'What shape is in the image?'.")
+    return question
+
+
 class Adapter(ABC):
     """Base class: the family-specific facts about one loaded model and its processor.
 
@@ -158,9 +166,7 @@ class Adapter(ABC):
     # ----------------------------------------------------------------- inputs
     def prompt(self, question: str) -> str:
         """The family's chat-templated prompt for one image and one question."""
-        question = question.strip()
-        if not question:
-            raise UserError("the question is empty; pass a question such as --question 'What shape is in the image?'.")
+        question = check_question(question)
         if getattr(self.processor, "chat_template", None) is None:
             raise UserError("the checkpoint's processor has no chat template, so a prompt cannot be built.")
         messages = [
