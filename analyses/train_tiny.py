@@ -303,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="draw yes/no questions about present and absent attributes equally")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="stage 2: start from this checkpoint's weights (same vocabulary)")
+    parser.add_argument("--text-width", type=int, default=TrainConfig.text_width)
+    parser.add_argument("--text-layers", type=int, default=TrainConfig.text_layers)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     config = TrainConfig(
@@ -311,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape_oversample=args.shape_oversample, lr=args.lr, warmup=args.warmup,
         init_from=None if args.init_from is None else str(args.init_from),
         balance_yes_no=args.balance_yes_no,
+        text_width=args.text_width, text_layers=args.text_layers,
     )
     report = train(config, args.out, args.resume)
     sys.stdout.write(json.dumps(report["history"][-1]) + "\n")

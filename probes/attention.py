@@ -211,14 +211,14 @@ def enable(model: torch.nn.Module, base: str | None = None) -> str:
 
 @contextlib.contextmanager
 def attach(attention_modules: list[torch.nn.Module], plan: EditPlan) -> Iterator[None]:
-    """Attach ``plan`` to the given attention modules for the duration of the block."""
-    if any(getattr(module, PLAN_ATTRIBUTE, None) is not None for module in attention_modules):
-        raise RuntimeError("another fusionlens plan is already attached to this model")
-    for module in attention_modules:
-        setattr(module, PLAN_ATTRIBUTE, plan)
+    """Attach ``plan`` to the given attention modules for the duration of the block. Inside
+    another ``attach`` (a user's own edit, a planted mask) the two plans act together, as a
+    :class:`CombinedPlan`; the outer plan is restored on exit."""
+    outer = [getattr(module, PLAN_ATTRIBUTE, None) for module in attention_modules]
+    for module, previous in zip(attention_modules, outer):
+        setattr(module, PLAN_ATTRIBUTE, plan if previous is None else CombinedPlan((previous, plan)))
     try:
         yield
     finally:
-        for module in attention_modules:
-            setattr(module, PLAN_ATTRIBUTE, None)
-
+        for module, previous in zip(attention_modules, outer):
+            setattr(module, PLAN_ATTRIBUTE, previous)

@@ -51,13 +51,19 @@ def parse_flows(text: str | Iterable[str]) -> tuple[Flow, ...]:
 @dataclass(frozen=True)
 class Edges:
     """Blocked edges of one row: these query positions may not read these key positions at
-    these layers. ``queries_from`` additionally blocks every query at or after that position
-    (generated tokens, which do not exist yet when the plan is made)."""
+    these layers (every query with every key). ``queries_from`` additionally blocks every query
+    at or after that position (generated tokens, which do not exist yet when the plan is made).
+    ``paired=True`` blocks only the pairs ``(queries[i], keys[i])``: an arbitrary edge set."""
 
     queries: np.ndarray
     keys: np.ndarray
     layers: frozenset[int]
     queries_from: int | None = None
+    paired: bool = False
+
+    def __post_init__(self) -> None:
+        if self.paired and (self.queries.shape != self.keys.shape or self.queries_from is not None):
+            raise ValueError("paired edges need queries and keys of one length and no queries_from")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,31 @@ class Knockout:
         return result
 
 
+@dataclass(frozen=True)
+class EdgeKnockout:
+    """An explicit set of (query position, key position) edges blocked at layers: the same
+    mechanism as a :class:`Knockout`, for edge sets no flow names (random controls).
+
+    >>> ko = EdgeKnockout(np.array([5, 6]), np.array([1, 2]), (3,))
+    >>> [e.queries.tolist() for e in ko.edges(None, 6)], ko.edge_count
+    ([[5, 6]], 2)
+    """
+
+    queries: np.ndarray
+    keys: np.ndarray
+    layers: tuple[int, ...]
+
+    @property
+    def edge_count(self) -> int:
+        return int(self.queries.size)
+
+    def edges(self, groups, num_layers: int) -> list[Edges]:
+        check_layers(self.layers, num_layers)
+        queries = np.asarray(self.queries, dtype=np.int64)
+        keys = np.asarray(self.keys, dtype=np.int64)
+        return [Edges(queries, keys, frozenset(self.layers), paired=True)]
+
+
 def check_layers(layers: Iterable[int], num_layers: int) -> None:
     for layer in layers:
         if not 0 <= layer < num_layers:
@@ -121,6 +152,12 @@ class EdgeMaskPlan:
         for b, row in enumerate(self.rows):
             for edges in row:
                 if layer not in edges.layers:
+                    continue
+                if edges.paired:
+                    rows = np.searchsorted(positions, edges.queries)
+                    hit = (rows < len(positions)) & (edges.keys < kv_length)
+                    hit[hit] &= positions[rows[hit]] == edges.queries[hit]
+                    blocked[b, rows[hit], edges.keys[hit]] = True
                     continue
                 is_query = np.isin(positions, edges.queries)
                 if edges.queries_from is not None:
