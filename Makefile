@@ -20,7 +20,7 @@ install: $(STAMP)
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --nbmake tests notebooks
 
 demo: install
 	$(PY) -m probes.models answer --image "$(DEMO_IMAGE)" --question "what is the color of the shape?"

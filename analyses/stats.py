@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95% Wilson score interval for a binomial proportion (sound at 0% and 100% too).
@@ -18,3 +20,64 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_mean_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 0.95):
+    """Mean and percentile-bootstrap CI of the mean of each column of ``values`` [n, ...].
+
+    Resamples are drawn as multinomial counts (one draw, shared by all columns), so the result
+    is a pure function of (values, n_resamples, seed).
+
+    >>> import numpy as np
+    >>> mean, low, high = bootstrap_mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+    >>> float(mean), bool(low < 2.5 < high)
+    (2.5, True)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[0]
+    flat = values.reshape(n, -1)
+    if n == 0:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan, nan
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
+    means = counts @ flat / n  # [resamples, columns]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    shape = values.shape[1:]
+    return flat.mean(0).reshape(shape), low.reshape(shape), high.reshape(shape)
+
+
+def sign_flip_p_values(differences, n_flips: int = 10000, seed: int = 0):
+    """One-sided p-values of "mean > 0" for each column of paired ``differences`` [n, ...],
+    by random sign flips (a paired permutation test; the observed signs count as one flip).
+
+    >>> import numpy as np
+    >>> p = sign_flip_p_values(np.array([[1.0, 0.0], [2.0, 0.0], [1.5, 0.0], [3.0, 0.0],
+    ...                                  [2.5, 0.0], [1.0, 0.0], [2.0, 0.0], [1.2, 0.0]]))
+    >>> bool(p[0] < 0.01), float(p[1])
+    (True, 1.0)
+    """
+    differences = np.asarray(differences, dtype=np.float64)
+    n = differences.shape[0]
+    flat = differences.reshape(n, -1)
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_flips, n))
+    observed = flat.mean(0)
+    flipped = signs @ flat / n
+    # ties (e.g. all-zero differences) count as "as large": a zero effect is never significant
+    exceed = (flipped >= observed - 1e-12 * np.abs(observed).clip(1)).sum(0)
+    return ((1 + exceed) / (1 + n_flips)).reshape(differences.shape[1:])
+
+
+def holm_adjust(p_values):
+    """Holm-Bonferroni adjusted p-values (family-wise error control), same order as given.
+
+    >>> [round(float(p), 3) for p in holm_adjust([0.01, 0.04, 0.03])]
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order]).clip(max=1.0)
+    result = np.empty_like(p)
+    result[order] = adjusted
+    return result

@@ -11,6 +11,8 @@ MODULES = [
     "probes.tracing", "probes.run", "probes.masking", "probes.record", "probes.steer",
     "probes.images", "probes.models.registry", "probes.models.answer", "probes.models.loading",
     "probes.models.adapters.grids", "probes.models.zoo.vocab", "analyses.stats",
+    "analyses.results", "analyses.layer_masking", "analyses.layer_masking.findings",
+    "figures.style", "figures.layer_masking",
 ]
 
 

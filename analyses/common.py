@@ -1,0 +1,64 @@
+"""What every analysis command shares: its options (the design's conventions), loading the
+model and data they name, and the records of both that go into ``summary.json``."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from analyses.data import Dataset, available_datasets, load_dataset
+from probes.cli import add_model_arguments
+from probes.errors import UserError
+from probes.models.loading import LoadedModel, load_model
+
+DEFAULT_DATA = "easy-vqa"
+
+
+def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
+                           default_batch_size: int = 32) -> None:
+    """``--model --device --dtype`` plus ``--data --split --limit --out --batch-size --seed
+    --resume``."""
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help=f"dataset: {', '.join(available_datasets())} (default: {DEFAULT_DATA})")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=None, help="the first N samples only")
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help=f"directory for the result files (default: {default_out})")
+    parser.add_argument("--batch-size", type=int, default=default_batch_size,
+                        help=f"conditions or samples per forward (default: {default_batch_size})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out instead of starting over")
+
+
+def load_data(name: str, split: str, limit: int | None) -> Dataset:
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, not {limit}.")
+    try:
+        return load_dataset(name, split, limit=limit)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
+    return load_model(args.model, device=args.device, dtype=args.dtype,
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+
+
+def model_record(loaded: LoadedModel) -> dict[str, Any]:
+    """Which model produced a result: id, where it came from, and a revision (the hub commit,
+    or a hash of the weights file of a local or built-in checkpoint)."""
+    revision = getattr(loaded.model.config, "_commit_hash", None)
+    weights = Path(loaded.source.location) / "model.safetensors"
+    if revision is None and weights.is_file():
+        revision = "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return {"id": loaded.model_id, "kind": loaded.source.kind, "revision": revision,
+            "dtype": str(loaded.dtype).removeprefix("torch."), "layers": loaded.adapter.num_layers}
+
+
+def data_record(dataset: Dataset) -> dict[str, Any]:
+    return {"name": dataset.name, "split": dataset.split, "size": len(dataset),
+            "fingerprint": dataset.fingerprint()}

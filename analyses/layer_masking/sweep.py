@@ -1,0 +1,150 @@
+"""One sample's layer sweep: every flow blocked at every layer (or window), plus its control.
+
+For each flow and layer the knockout's next-token distribution at ``last`` is compared with the
+clean one, on the token the clean model predicts there (the first token of its answer):
+
+- ``prob_change_pct``: 100 * (p_blocked - p_clean) / p_clean (negative = the flow mattered);
+- ``logit_change``: logit_blocked - logit_clean of that token;
+- ``kl``: KL(clean || blocked) of the full next-token distributions, in nats;
+- ``flipped``: whether the blocked run's top token differs.
+
+**Control.** For each flow, the same number of attention edges, at the same layers, drawn at
+random (seeded by the run's seed, the sample's index and the flow's index) from the edges that
+carry no image information into text: text->text edges (both ends in the prompt's text, the
+first prompt token never a key: it is the attention sink, and blocking it is not "no effect")
+and image->image edges; never a token's edge to itself, so every row keeps a key. Matching the
+count of text->text edges alone is impossible for image flows (a 576-token image feeding 40 text
+tokens blocks 23,040 edges; the whole text->text triangle has under 1,000), hence the union.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from probes.masking import EdgeKnockout, Knockout, parse_flows
+from probes.models.loading import LoadedModel
+from probes.run import clean_pass, run_knockouts
+from probes.tokens import TokenGroups, token_groups
+
+METRICS = ("prob_change_pct", "logit_change", "kl", "flipped")
+REGION_GROUPS = ("object", "background")
+
+
+@dataclass(frozen=True)
+class SampleSweep:
+    """One sample's sweep. ``metrics`` is [series, layer, metric] with series = the flows,
+    then one control per flow, in the same order."""
+
+    metrics: np.ndarray
+    answer_token: int
+    clean_probability: float
+    flow_edges: np.ndarray  # [flows] edges each flow blocks per layer
+    control_edges: np.ndarray  # [flows] edges its control blocks per layer
+
+
+def sample_groups(loaded: LoadedModel, inputs, sample) -> TokenGroups:
+    """The sample's token groups; ``object`` / ``background`` from its pixel mask (or the
+    boxes of its target objects when it has no mask)."""
+    groups = token_groups(loaded.adapter, inputs)
+    if sample.mask is not None:
+        return groups.with_region(mask=np.asarray(sample.mask))
+    boxes = sample.target_boxes
+    if boxes:
+        region = np.zeros((sample.image.height, sample.image.width), dtype=bool)
+        for box in boxes:
+            region[box.y0:box.y1, box.x0:box.x1] = True
+        return groups.with_region(mask=region)
+    return groups
+
+
+def needs_region(flows: Sequence[str]) -> bool:
+    names = {name for flow in parse_flows(flows) for name in (*flow.source.split(","),
+                                                             *flow.target.split(","))}
+    return bool(names & set(REGION_GROUPS))
+
+
+def causal_edge_count(queries: np.ndarray, keys: np.ndarray) -> int:
+    """Edges (q, k) with k <= q: those a flow really removes (later keys are masked anyway)."""
+    return int(np.searchsorted(np.sort(keys), queries, side="right").sum())
+
+
+def _triangle(count: int) -> int:
+    return count * (count - 1) // 2
+
+
+def _pairs_below_diagonal(positions: np.ndarray, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pair number t -> (positions[q], positions[k]) with k < q, enumerating the strict lower
+    triangle row by row: t = q (q - 1) / 2 + k."""
+    q = ((1 + np.sqrt(1 + 8 * picks.astype(np.float64))) // 2).astype(np.int64)
+    q -= (q * (q - 1) // 2 > picks).astype(np.int64)  # guard float rounding at row starts
+    q += ((q + 1) * q // 2 <= picks).astype(np.int64)
+    k = picks - q * (q - 1) // 2
+    return positions[q], positions[k]
+
+
+def control_edges(groups: TokenGroups, count: int, rng: np.random.Generator) -> EdgeKnockout:
+    """``count`` random edges (or all there are, if fewer) from the control pool; layers are
+    filled in by the caller (see the module docstring for the pool)."""
+    text = np.setdiff1d(np.concatenate([groups.system, groups.question, groups.template,
+                                        groups.last]), [groups.padding.size])
+    text = np.sort(text)
+    image = np.sort(groups.image)
+    text_pairs = _triangle(text.size)
+    total = text_pairs + _triangle(image.size)
+    picks = np.sort(rng.choice(total, size=min(count, total), replace=False))
+    in_text = picks < text_pairs
+    tq, tk = _pairs_below_diagonal(text, picks[in_text])
+    iq, ik = _pairs_below_diagonal(image, picks[~in_text] - text_pairs)
+    return EdgeKnockout(np.concatenate([tq, iq]), np.concatenate([tk, ik]), ())
+
+
+def conditions(flows: Sequence[str], window: int, num_layers: int) -> list[list[Knockout]]:
+    """[flow][layer] knockouts: the flow blocked in the window centred on each layer."""
+    return [[Knockout.window(flow, layer, window, num_layers) for layer in range(num_layers)]
+            for flow in flows]
+
+
+def compare(clean_logits: torch.Tensor, logits: torch.Tensor, token: int) -> np.ndarray:
+    """[conditions, 4] metrics of ``logits`` [conditions, vocab] against the clean logits."""
+    clean_logp = clean_logits.double().log_softmax(-1)
+    logp = logits.double().log_softmax(-1)
+    p_clean = clean_logp[token].exp()
+    prob_change = 100 * (logp[:, token].exp() - p_clean) / p_clean
+    logit_change = logits[:, token].double() - clean_logits[token].double()
+    kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+    flipped = logits.argmax(-1) != token
+    return torch.stack([prob_change, logit_change, kl, flipped.double()], -1).numpy()
+
+
+def sweep_sample(loaded: LoadedModel, sample, flows: Sequence[str], window: int, seed: int,
+                 sample_index: int, batch_size: int = 32) -> SampleSweep:
+    """The sweep of one sample (see the module docstring); equal to one full masked forward
+    per condition (tests/test_layer_masking.py checks it), computed with the shared prefix."""
+    num_layers = loaded.adapter.num_layers
+    inputs = loaded.adapter.build_inputs([sample.image], [sample.question])
+    inputs = inputs.to(loaded.device, loaded.dtype)
+    groups = sample_groups(loaded, inputs, sample) if needs_region(flows) else \
+        token_groups(loaded.adapter, inputs)
+    clean = clean_pass(loaded, inputs)
+    clean_logits = clean.logits.float().cpu()
+    token = int(clean_logits.argmax())
+    rows, flow_edges, control_counts = [], [], []
+    for index, flow_conditions in enumerate(conditions(flows, window, num_layers)):
+        flow_result = run_knockouts(loaded, inputs, flow_conditions, batch_size, clean, groups)
+        edges = flow_conditions[0].edges(groups, num_layers)
+        count = sum(causal_edge_count(e.queries, e.keys) for e in edges)
+        rng = np.random.default_rng([seed, sample_index, index])
+        drawn = control_edges(groups, count, rng)
+        controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
+        control_result = run_knockouts(loaded, inputs, controls, batch_size, clean, groups)
+        rows.append((compare(clean_logits, flow_result.logits, token),
+                     compare(clean_logits, control_result.logits, token)))
+        flow_edges.append(count)
+        control_counts.append(drawn.edge_count)
+    metrics = np.stack([r[0] for r in rows] + [r[1] for r in rows])
+    probability = float(clean_logits.double().softmax(-1)[token])
+    return SampleSweep(metrics, token, probability, np.array(flow_edges), np.array(control_counts))

@@ -1,0 +1,218 @@
+"""analyses.layer_masking against references: the sweep equals a full masked re-run per
+condition, a planted one-layer model is found exactly, resume and shards give the result of an
+uninterrupted run, the stated rules, the control's edges, and every bad input's one sentence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.data import load_dataset
+from analyses.layer_masking import LayerMaskingConfig, merge, review, run_layer_masking
+from analyses.layer_masking.__main__ import main as cli_main
+from analyses.layer_masking.findings import significance
+from analyses.layer_masking.sweep import (
+    _pairs_below_diagonal,
+    causal_edge_count,
+    conditions,
+    control_edges,
+    sweep_sample,
+)
+from analyses.results import RunResult
+from probes import attention
+from probes.cli import run_cli
+from probes.masking import EdgeKnockout, EdgeMaskPlan, Edges
+from probes.models.loading import load_model
+from probes.run import run_knockouts_naively
+from probes.tokens import token_groups
+
+FLOWS = ("image->question,last", "question->last")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return load_model("tiny-llava")
+
+
+@pytest.fixture(scope="module")
+def easy():
+    return load_dataset("easy-vqa", "test", limit=24)
+
+
+def _reference_metrics(clean: torch.Tensor, logits: torch.Tensor, token: int) -> np.ndarray:
+    """The four metrics written out one by one, in float64, from a full re-run's logits."""
+    rows = []
+    p = torch.softmax(clean.double(), -1)
+    for row in logits.double():
+        q = torch.softmax(row, -1)
+        rows.append([100 * (q[token] - p[token]) / p[token], row[token] - clean[token].double(),
+                     float((p * (p.log() - q.log())).sum()), float(row.argmax() != token)])
+    return np.array(rows, dtype=np.float64)
+
+
+def test_sweep_equals_a_full_masked_rerun_per_condition(trained, easy):
+    layers = trained.adapter.num_layers
+    for index in (0, 5):
+        sample = easy[index]
+        sweep = sweep_sample(trained, sample, FLOWS, window=3, seed=7, sample_index=index)
+        inputs = trained.adapter.build_inputs([sample.image], [sample.question])
+        groups = token_groups(trained.adapter, inputs)
+        clean = trained.model(**inputs.batch).logits[0, -1].detach().float()
+        token = int(clean.argmax())
+        assert token == sweep.answer_token
+        for f, flow_conditions in enumerate(conditions(FLOWS, 3, layers)):
+            naive = run_knockouts_naively(trained, inputs, flow_conditions)
+            np.testing.assert_allclose(sweep.metrics[f], _reference_metrics(clean, naive, token),
+                                       rtol=1e-4, atol=1e-4)
+            # the control: same edge count, same layers, recomputed from its drawn edges
+            count = causal_edge_count(groups.get(FLOWS[f].split("->")[1]),
+                                      groups.get(FLOWS[f].split("->")[0]))
+            assert sweep.flow_edges[f] == sweep.control_edges[f] == count
+            drawn = control_edges(groups, count, np.random.default_rng([7, index, f]))
+            controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
+            naive = run_knockouts_naively(trained, inputs, controls)
+            np.testing.assert_allclose(sweep.metrics[len(FLOWS) + f],
+                                       _reference_metrics(clean, naive, token),
+                                       rtol=1e-4, atol=1e-4)
+    assert np.abs(sweep.metrics[0, :, 0]).max() > 1.0  # blocking the image does something
+
+
+def test_control_edges_are_valid_random_and_deterministic(trained, easy):
+    inputs = trained.adapter.build_inputs([easy[0].image], [easy[0].question])
+    groups = token_groups(trained.adapter, inputs)
+    drawn = control_edges(groups, 500, np.random.default_rng(3))
+    again = control_edges(groups, 500, np.random.default_rng(3))
+    np.testing.assert_array_equal(drawn.queries, again.queries)
+    pairs = set(zip(drawn.queries.tolist(), drawn.keys.tolist()))
+    assert len(pairs) == 500  # without repeats
+    image = set(groups.image.tolist())
+    for q, k in pairs:
+        assert k < q and (q in image) == (k in image)  # never self, never image<->text
+        assert k != groups.padding.size  # never the sink
+    assert any(q not in image for q, _ in pairs)  # both pools are used
+    for n in (1, 2, 7, 40):
+        positions = np.arange(100, 100 + n)
+        picks = np.arange(n * (n - 1) // 2)
+        q, k = _pairs_below_diagonal(positions, picks)
+        expected = [(positions[i], positions[j]) for i in range(n) for j in range(i)]
+        assert list(zip(q.tolist(), k.tolist())) == expected
+
+
+def test_a_planted_single_fusion_layer_is_found_and_only_it(trained, easy):
+    """The image may reach text only at layer 4 (blocked at every other layer, as part of the
+    model): the sweep must report layer 4, and no other, as a fusion layer."""
+    planted_layer, layers = 4, trained.adapter.num_layers
+    groups = token_groups(trained.adapter, trained.adapter.build_inputs([easy[0].image], ["?"]))
+    after_image = int(groups.image.max()) + 1
+    plant = EdgeMaskPlan([[Edges(np.zeros(0, np.int64), groups.image,
+                                 frozenset(set(range(layers)) - {planted_layer}),
+                                 queries_from=after_image)]])
+    attention.enable(trained.model)
+    with attention.attach(trained.adapter.attention_modules(trained.model), plant):
+        result = run_layer_masking(trained, easy, LayerMaskingConfig(samples="all"))
+    assert result.summary["fusion_layers"] == [planted_layer]
+    effects = np.array([r["effect"] for r in result.summary["tests"]])
+    assert effects[planted_layer] > 1.0
+    others = np.delete(result.arrays["prob_change_pct"][:, 0], planted_layer, axis=1)
+    assert np.abs(others).max() < 1e-3  # elsewhere the flow is already cut: no change (to rounding)
+
+
+def test_significance_and_review_rules_on_planted_numbers():
+    rng = np.random.default_rng(0)
+    samples, layers = 30, 16
+    change = rng.normal(0, 1, (samples, 2, layers))  # flow and control: noise around 0
+    change[:, 0, [3, 4]] -= 40  # fusion
+    change[:, 0, 14] -= 20  # review after 9 quiet layers
+    change[:, 1, 8] -= 60  # the control hurts at 8: the flow is not "larger" there
+    rows = significance({"prob_change_pct": change}, ["image->last"], 500, 0)
+    assert [r["layer"] for r in rows if r["significant"]] == [3, 4, 14]
+    assert review([3, 4, 14], layers) == {"detected": True, "layers": [14], "late_start": 12,
+                                          "stretch": 2}
+    assert not review([3, 4, 11, 12], layers)["detected"]  # no quiet stretch before layer 12
+    assert not review([3, 4], layers)["detected"]
+
+
+def _comparable(result: RunResult) -> tuple[dict, dict]:
+    summary = {k: v for k, v in result.summary.items() if k not in ("timing", "versions")}
+    return json.loads(json.dumps(summary)), result.arrays
+
+
+def _assert_same(a: RunResult, b: RunResult) -> None:
+    summary_a, arrays_a = _comparable(a)
+    summary_b, arrays_b = _comparable(b)
+    assert summary_a == summary_b
+    assert arrays_a.keys() == arrays_b.keys()
+    for name in arrays_a:
+        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(trained, easy, tmp_path):
+    config = LayerMaskingConfig(checkpoint_every=2, n_bootstrap=300)
+    whole = run_layer_masking(trained, easy, config)
+
+    def interrupt(done):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_layer_masking(trained, easy, config, out=tmp_path, on_sample=interrupt)
+    assert json.loads((tmp_path / ".partial.json").read_text())["done"] == 4
+    seen = []
+    resumed = run_layer_masking(trained, easy, config, out=tmp_path, resume=True,
+                                on_sample=seen.append)
+    assert seen[0] == 5  # it went on from the saved state, not from the start
+    _assert_same(whole, resumed)
+    assert not (tmp_path / ".partial.json").exists()
+
+
+def test_shards_merge_into_the_unsharded_result(trained, easy, tmp_path):
+    config = LayerMaskingConfig(n_bootstrap=300)
+    whole = run_layer_masking(trained, easy, config)
+    directories = []
+    for index in range(3):
+        part = run_layer_masking(trained, easy, config, shard=(index, 3))
+        directories.append(part.save(tmp_path / f"shard{index}"))
+    _assert_same(whole, merge(directories))
+    with pytest.raises(Exception, match="every shard"):
+        merge(directories[:2])
+
+
+def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli(cli_main, ["--limit", "12", "--window", "3", "--out", str(out),
+                              "--bootstrap", "200"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "fusion layers:" in table and "window 3" in table
+    result = RunResult.load(out)
+    for key in ("analysis", "model", "data", "n_samples", "config", "versions", "seed",
+                "per_layer", "fusion_layers", "review"):
+        assert key in result.summary
+    assert set(result.summary["review"]) >= {"detected", "layers"}
+    assert result.arrays["prob_change_pct"].shape == (result.summary["n_samples"], 2, 6)
+    for name in ("layer_effect", "layer_heatmap", "layer_metrics"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+        pdf = (out / f"{name}.pdf").read_bytes()
+        assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts, embedded
+    from figures.paper import main as paper_main
+
+    redrawn = tmp_path / "redrawn"
+    assert run_cli(paper_main, [str(out), "--out", str(redrawn)]) == 0
+    assert (redrawn / "run" / "layer_effect.pdf").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--flows", "image->nowhere"], "unknown token group 'nowhere'"),
+    (["--flows", "image-question"], "is not of the form SRC->DST"),
+    (["--window", "7"], "a window of 7 layers does not fit a model with 6 layers"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--model", "tiny-random-llava", "--limit", "3"], "answers none of the 3 samples"),
+    (["--shard", "3/2"], "need 0 <= i < n"),
+])
+def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys):
+    assert run_cli(cli_main, [*argv, "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and message in error
