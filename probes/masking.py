@@ -99,6 +99,32 @@ class Knockout:
 
 
 @dataclass(frozen=True)
+class SetKnockout:
+    """An explicit (query set, key set, layers) triple: these query positions may not read
+    these key positions at these layers; ``generated=True`` makes every generated token a
+    query too (an asymmetric mask over a subset of image tokens, as AIF uses, is
+    ``SetKnockout(text_positions, image_subset, all_layers, generated=True)``).
+
+    >>> from types import SimpleNamespace
+    >>> ko = SetKnockout(np.array([70, 71]), np.array([5, 9]), (0, 1), generated=True)
+    >>> prompt = SimpleNamespace(length=72)  # token groups: generated tokens start at 72
+    >>> [(e.queries.tolist(), e.keys.tolist(), e.queries_from) for e in ko.edges(prompt, 6)]
+    [([70, 71], [5, 9], 72)]
+    """
+
+    queries: np.ndarray
+    keys: np.ndarray
+    layers: tuple[int, ...]
+    generated: bool = False
+
+    def edges(self, groups, num_layers: int) -> list[Edges]:
+        check_layers(self.layers, num_layers)
+        start = groups.length if self.generated else None  # the first generated position
+        return [Edges(np.asarray(self.queries, dtype=np.int64),
+                      np.asarray(self.keys, dtype=np.int64), frozenset(self.layers), start)]
+
+
+@dataclass(frozen=True)
 class EdgeKnockout:
     """An explicit set of (query position, key position) edges blocked at layers: the same
     mechanism as a :class:`Knockout`, for edge sets no flow names (random controls).

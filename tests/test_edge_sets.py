@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from probes import attention
-from probes.masking import EdgeKnockout, EdgeMaskPlan, Knockout
+from probes.masking import EdgeKnockout, EdgeMaskPlan, Knockout, SetKnockout, parse_flows
 from probes.models.loading import load_model
 from probes.record import AttentionRecorder
-from probes.run import run_knockouts, run_knockouts_naively
+from probes.run import masked_generate, run_knockouts, run_knockouts_naively
 from probes.tokens import token_groups
 
 
@@ -74,3 +74,16 @@ def test_nested_plans_act_together_and_the_outer_plan_comes_back():
     assert all(getattr(m, attention.PLAN_ATTRIBUTE) is None for m in modules)
     torch.testing.assert_close(nested, run_knockouts_naively(loaded, inputs, [both])[0],
                                rtol=0, atol=1e-6)
+
+
+def test_set_knockout_is_the_flow_it_spells_out_in_generate_too():
+    loaded, inputs, groups = _setup()
+    layers = tuple(range(loaded.adapter.num_layers))
+    flow = Knockout(parse_flows("image->question,last,generated"), layers)
+    explicit = SetKnockout(groups.get("question,last"), groups.get("image"), layers, generated=True)
+    by_flow = masked_generate(loaded, inputs, flow, max_new_tokens=4)
+    by_set = masked_generate(loaded, inputs, explicit, max_new_tokens=4)
+    assert by_flow.tokens == by_set.tokens
+    torch.testing.assert_close(by_flow.logits, by_set.logits, rtol=0, atol=1e-6)
+    clean = masked_generate(loaded, inputs, None, max_new_tokens=4)
+    assert (clean.logits[0] - by_set.logits[0]).abs().max() > 1e-4
