@@ -81,3 +81,23 @@ def holm_adjust(p_values):
     result = np.empty_like(p)
     result[order] = adjusted
     return result
+
+
+def mcnemar_exact(first, second) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes (e.g. per-sample correctness
+    of two methods on the same samples): a binomial test of the discordant pairs, b = first
+    right and second wrong, c = the reverse, against p = 1/2. 1.0 when there are none.
+
+    >>> round(mcnemar_exact([1, 1, 1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1]), 4)
+    0.0312
+    >>> mcnemar_exact([1, 0, 1], [1, 0, 1])
+    1.0
+    """
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    b = int((first & ~second).sum())
+    c = int((~first & second).sum())
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2.0 ** n
+    return float(min(1.0, 2 * tail))
