@@ -1,0 +1,91 @@
+"""Training-free refinement: suppress chosen image tokens for the text at chosen layers and
+decode again, reusing the clean pass's prefix cache.
+
+Two ways to suppress the image tokens ``suppressed`` for the text queries (question, ``last``
+and every generated token) at ``layers``:
+
+- ``hard``: the edges are cut, ``SetKnockout(text, suppressed, layers, generated=True)``
+  (exact -inf before the softmax, the rows renormalise);
+- ``soft``: ``bias`` (negative) is added to those attention logits, a :class:`Steering`.
+
+Both decode with :func:`probes.run.masked_generate`, which recomputes only the positions from
+the first text query on and takes everything before it from the clean pass. The soft bias is
+a steering plan attached around that call; the knockout handed to it then cuts nothing (no
+keys) and only says, with its queries, where the recomputed suffix starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from probes import attention
+from probes.masking import SetKnockout
+from probes.models.loading import LoadedModel
+from probes.run import CleanPass, Generation, masked_generate
+from probes.steer import Steering, SteeringPlan
+from probes.tokens import TokenGroups
+
+MODES = ("soft", "hard")
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """Which image tokens (sequence positions) to suppress for the text, where and how."""
+
+    keys: np.ndarray
+    layers: tuple[int, ...]
+    mode: str = "soft"
+    bias: float = -2.0  # soft mode: added to the suppressed logits
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"suppression mode must be one of {MODES}, not {self.mode!r}")
+
+    @property
+    def empty(self) -> bool:
+        return self.keys.size == 0 or not self.layers or (self.mode == "soft" and self.bias == 0)
+
+    def knockout(self, groups: TokenGroups) -> SetKnockout:
+        """The hard cut (soft mode: the same queries and layers with no keys)."""
+        keys = self.keys if self.mode == "hard" else np.zeros(0, dtype=np.int64)
+        return SetKnockout(groups.get("question,last"), keys, self.layers, generated=True)
+
+    def steering(self, groups: TokenGroups) -> SteeringPlan | None:
+        """The soft bias as a steering plan of one batch row (None in hard mode)."""
+        if self.mode != "soft":
+            return None
+        values = np.full(self.keys.size, self.bias, dtype=np.float32)
+        return SteeringPlan([[Steering(frozenset(self.layers), groups.get("question,last"),
+                                       np.asarray(self.keys, dtype=np.int64), values, "bias",
+                                       queries_from=groups.length)]])
+
+
+def refined_generate(loaded: LoadedModel, inputs, suppression: Suppression | None,
+                     clean: CleanPass, groups: TokenGroups, max_new_tokens: int = 4) -> Generation:
+    """Greedy decoding under ``suppression`` with the clean prefix reused; an empty
+    suppression (no keys, no layers, a zero bias) or None is the clean decode itself."""
+    if suppression is None or suppression.empty:
+        return masked_generate(loaded, inputs, None, max_new_tokens, clean=clean, groups=groups)
+    plan = suppression.steering(groups)
+    modules = loaded.adapter.attention_modules(loaded.model)
+    attention.enable(loaded.model)
+    with attention.attach(modules, plan) if plan is not None else contextlib.nullcontext():
+        return masked_generate(loaded, inputs, suppression.knockout(groups), max_new_tokens,
+                               clean=clean, groups=groups)
+
+
+def answer_text(loaded: LoadedModel, generation: Generation) -> str:
+    """The generation's text as the answer path reads it (up to the first stop token)."""
+    stop = loaded.eos_token_ids()
+    pad = loaded.processor.tokenizer.pad_token_id
+    if pad is not None:
+        stop = stop | {pad}
+    tokens = []
+    for token in generation.tokens:
+        if token in stop:
+            break
+        tokens.append(token)
+    return loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
