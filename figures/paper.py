@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from analyses.results import RunResult
-from figures import layer_masking
+from figures import layer_masking, token_importance
 from figures.style import save
 from probes.cli import run_cli
 from probes.errors import UserError
 
 DRAWERS: dict[str, Callable[[Mapping, Mapping], dict]] = {
     "layer_masking": layer_masking.draw_all,
+    "token_importance": token_importance.draw_all,
 }
 
 

@@ -1,0 +1,240 @@
+"""Adaptive Information Flow (AIF, arXiv 2604.15809) on one (image, question): the profiling
+pass, token importance, the mask, and the second decoding pass.
+
+1. **Profile.** The clean prefill (up to the first answer token) runs once with an
+   :class:`~probes.record.AttentionRecorder` attached: for every layer, the attention of the
+   chosen text rows to the image patches, reduced over heads (``heads``) and then maxed over
+   the rows: the token dynamics ``d[i, l]``. Recording only reads queries and keys, so this
+   prefill *is* the clean pass whose keys and values the second pass reuses.
+2. **Importance** (:mod:`analyses.token_importance.dynamics`): entropy of each curve, mu, the
+   ratio scan, the chosen ratio (or a fixed one).
+3. **Mask and decode.** :class:`~probes.masking.SetKnockout`: the text after the image (and,
+   with ``mask_generated``, every generated token) may not read the masked image tokens, at
+   every layer; image->image edges stay. :func:`probes.run.masked_generate` decodes greedily,
+   sharing the clean pass's keys and values up to the first masked query.
+
+Choices the paper leaves open, with their defaults (recorded in every result):
+
+- ``heads="mean"``: a^l_{j,i} is the head-mean attention. The max over heads is dominated by
+  single heads that park on a few tokens whatever the question (sinks), which would make every
+  curve peak there; the mean is also what most attention analyses of LLaVA plot.
+- ``text_rows="question,last"``: the question's tokens and the position that predicts the
+  answer. The system prompt precedes the image in every supported family (it cannot attend to
+  it), and the template's fixed tokens ("ASSISTANT") read the image the same way for every
+  question, so they would add question-independent maxima.
+- ``mask_generated=True``: the published mask cuts image->text for all text, and the answer's
+  own tokens are text.
+- ``scan="published"``: S exactly as published. On the tiny model it always picks the largest
+  ratio (see :func:`~analyses.token_importance.dynamics.scan_ratios`); ``"normalized"`` is the
+  variant that does not reward a smaller support.
+
+>>> from analyses.data import load_dataset
+>>> from probes.models.loading import load_model
+>>> sample = load_dataset("easy-vqa", limit=1)[0]
+>>> result = aif_generate(load_model("tiny-llava"), sample.image, sample.question)
+>>> result.answer, result.importance.dynamics.shape, 0.1 <= result.ratio <= 0.9
+('triangle', (64, 6), True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from analyses.token_importance.dynamics import (
+    DEFAULT_RATIOS,
+    RatioScan,
+    curve_entropy,
+    mask_count,
+    mask_order,
+    mean_attention,
+    scan_ratios,
+)
+from probes import attention
+from probes.errors import UserError
+from probes.masking import SetKnockout
+from probes.models.adapters import VLInputs
+from probes.models.loading import LoadedModel
+from probes.record import AttentionRecorder
+from probes.run import CleanPass, Generation, clean_pass, masked_generate
+from probes.tokens import TokenGroups, token_groups
+
+HEADS = {"mean": "mean_heads", "max": "max_heads"}
+PROFILE_GROUPS = ("system", "question", "template", "last")
+SCANS = ("published", "normalized")
+
+
+@dataclass(frozen=True)
+class AIFConfig:
+    """The method's settings (see the module docstring for the defaults' reasons)."""
+
+    heads: str = "mean"  # how a layer's heads become one attention: "mean" or "max"
+    text_rows: str = "question,last"  # token groups whose rows are the text tokens j
+    mask_generated: bool = True  # generated tokens may not read masked image tokens either
+    ratios: tuple[float, ...] = DEFAULT_RATIOS  # candidate mask ratios of the scan
+    ratio: float | None = None  # a fixed mask ratio instead of the adaptive choice
+    scan: str = "published"  # S as published, or "normalized" (S / log of the kept count)
+    max_new_tokens: int = 4
+
+    def validate(self) -> None:
+        if self.heads not in HEADS:
+            raise UserError(f"--heads must be one of {', '.join(HEADS)}, not {self.heads!r}.")
+        parts = [part.strip() for part in self.text_rows.split(",") if part.strip()]
+        wrong = [part for part in parts if part not in PROFILE_GROUPS]
+        if not parts or wrong:
+            raise UserError(f"--text-rows takes prompt text groups among "
+                            f"{', '.join(PROFILE_GROUPS)}, not {self.text_rows!r}.")
+        if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):
+            raise UserError("candidate mask ratios must lie strictly between 0 and 1.")
+        if self.ratio is not None and not 0.0 <= self.ratio <= 1.0:
+            raise UserError(f"--ratio must lie in [0, 1], not {self.ratio}.")
+        if self.scan not in SCANS:
+            raise UserError(f"--scan must be one of {', '.join(SCANS)}, not {self.scan!r}.")
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}.")
+
+    def recorded(self) -> dict:
+        return {**asdict(self), "profile": "prefill up to the first answer token",
+                "mask_queries": "text after the image (question, template, last)"
+                                + (" and generated tokens" if self.mask_generated else ""),
+                "mask_layers": "all", "order": "decreasing curve entropy (background first)",
+                "ties": "first ratio maximising |S - S0|; equal entropies by token order",
+                "count": "nearest integer to ratio x image tokens"}
+
+
+@dataclass(frozen=True)
+class TokenImportance:
+    """One input's token importance. Token axis = the image patches in sequence order."""
+
+    positions: np.ndarray  # [tokens] absolute positions of the image patches
+    cells: np.ndarray  # [tokens, 3] (grid, row, col) of each patch
+    dynamics: np.ndarray  # [tokens, layers] d^l_i
+    entropy: np.ndarray  # [tokens] Ent_i
+    mu: np.ndarray  # [tokens] mu_i
+    scan: RatioScan  # the S-curve and the adaptive ratio
+
+    def order(self, by: str = "entropy") -> np.ndarray:
+        """Token indices in the order they are masked: ``entropy`` (highest first, AIF),
+        ``low_entropy`` (lowest first), ``low_mu`` (least attended first), ``high_mu``."""
+        orders = {"entropy": (self.entropy, True), "low_entropy": (self.entropy, False),
+                  "low_mu": (self.mu, False), "high_mu": (self.mu, True)}
+        if by not in orders:
+            raise ValueError(f"unknown order {by!r}; known: {', '.join(orders)}")
+        return mask_order(*orders[by])
+
+    def masked(self, ratio: float, by: str = "entropy") -> np.ndarray:
+        """Sorted positions of the tokens masked at ``ratio`` in the order ``by``."""
+        count = mask_count(ratio, self.positions.size)
+        return np.sort(self.positions[self.order(by)[:count]])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What one input's clean profiling pass leaves for any number of masked decodes."""
+
+    inputs: VLInputs
+    groups: TokenGroups
+    clean: CleanPass
+    importance: TokenImportance
+    config: AIFConfig
+
+
+@dataclass(frozen=True)
+class AIFResult:
+    """The AIF answer and everything that led to it."""
+
+    answer: str
+    generation: Generation  # tokens and the logits that chose them
+    ratio: float  # the mask ratio used (adaptive, or the fixed one)
+    masked: np.ndarray  # sorted absolute positions of the masked image tokens
+    importance: TokenImportance
+    config: AIFConfig = field(repr=False)
+
+
+def image_patches(groups: TokenGroups) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and (grid, row, col) cells of the image's patch tokens (no row newlines)."""
+    tokens = groups.image_tokens
+    is_patch = np.isin(tokens.positions, groups.image_patches)
+    return tokens.positions[is_patch], tokens.layout.token_cells[is_patch]
+
+
+def text_queries(groups: TokenGroups) -> np.ndarray:
+    """The prompt's text after the image: the queries the mask forbids to read masked tokens."""
+    prompt = np.concatenate([groups.system, groups.question, groups.template, groups.last])
+    return np.sort(prompt[prompt > groups.image.max()])
+
+
+def build(loaded: LoadedModel, image: Image.Image, question: str) -> tuple[VLInputs, TokenGroups]:
+    inputs = loaded.adapter.build_inputs([image], [question]).to(loaded.device, loaded.dtype)
+    return inputs, token_groups(loaded.adapter, inputs)
+
+
+@torch.inference_mode()
+def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
+            config: AIFConfig = AIFConfig()) -> tuple[TokenImportance, CleanPass]:
+    """The clean pass of one input with the token dynamics recorded on the way."""
+    config.validate()
+    positions, cells = image_patches(groups)
+    rows = groups.get(config.text_rows)
+    layers = loaded.adapter.num_layers
+    recorder = AttentionRecorder(queries=rows, keys=positions, reduce=HEADS[config.heads],
+                                 max_queries=True)
+    attention.enable(loaded.model)
+    with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
+        clean = clean_pass(loaded, inputs)
+    dynamics = np.stack([recorder.maps[layer][0, 0, 0].double().cpu().numpy()
+                         for layer in range(layers)], axis=1)  # [tokens, layers]
+    entropy, mu = curve_entropy(dynamics), mean_attention(dynamics)
+    scan = scan_ratios(mu, mask_order(entropy), config.ratios, config.scan == "normalized")
+    return TokenImportance(positions, cells, dynamics, entropy, mu, scan), clean
+
+
+def prepare(loaded: LoadedModel, image: Image.Image, question: str,
+            config: AIFConfig = AIFConfig()) -> Prepared:
+    """Inputs, token groups, the clean pass and the token importance of one question."""
+    inputs, groups = build(loaded, image, question)
+    importance, clean = profile(loaded, inputs, groups, config)
+    return Prepared(inputs, groups, clean, importance, config)
+
+
+def knockout(loaded: LoadedModel, groups: TokenGroups, masked: np.ndarray,
+             mask_generated: bool = True) -> SetKnockout | None:
+    """The asymmetric AIF mask of ``masked`` image positions (None when nothing is masked)."""
+    if np.asarray(masked).size == 0:
+        return None
+    return SetKnockout(text_queries(groups), np.asarray(masked, dtype=np.int64),
+                       tuple(range(loaded.adapter.num_layers)), generated=mask_generated)
+
+
+def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Generation:
+    """Greedy answer of a prepared input with ``masked`` image positions cut off from text."""
+    config = prepared.config
+    return masked_generate(loaded, prepared.inputs,
+                           knockout(loaded, prepared.groups, masked, config.mask_generated),
+                           max_new_tokens=config.max_new_tokens, clean=prepared.clean,
+                           groups=prepared.groups)
+
+
+def answer_text(loaded: LoadedModel, tokens: list[int]) -> str:
+    """The decoded answer, cut at the first end-of-sequence token."""
+    stop = loaded.eos_token_ids()
+    kept = []
+    for token in tokens:
+        if token in stop:
+            break
+        kept.append(token)
+    return loaded.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+
+def aif_generate(loaded: LoadedModel, image: Image.Image, question: str,
+                 config: AIFConfig = AIFConfig()) -> AIFResult:
+    """Answer ``question`` about ``image`` with AIF: profile, choose the ratio, mask, decode."""
+    prepared = prepare(loaded, image, question, config)
+    ratio = prepared.importance.scan.ratio if config.ratio is None else config.ratio
+    masked = prepared.importance.masked(ratio)
+    generation = decode(loaded, prepared, masked)
+    return AIFResult(answer_text(loaded, generation.tokens), generation, ratio, masked,
+                     prepared.importance, config)

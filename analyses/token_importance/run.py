@@ -1,0 +1,333 @@
+"""AIF on a dataset: clean vs AIF vs the paper's ablations, object-token recall, overhead.
+
+Per sample, one profiling pass (the clean prefill with the token dynamics recorded, see
+:mod:`analyses.token_importance.aif`), then one masked greedy decode per method, all sharing
+that pass's keys and values. Methods (``METHODS``; "the AIF count" = the tokens AIF masks at its
+chosen ratio, so that the ablations differ from AIF only in *which* tokens they mask):
+
+- ``clean``: no mask;
+- ``aif``: the highest-entropy tokens masked at the adaptive ratio (or ``--ratio``);
+- ``aif_normalized_s``: the same ranking, the ratio chosen with the normalised S
+  (see :func:`~analyses.token_importance.dynamics.scan_ratios`);
+- ``random``: the AIF count of image tokens drawn at random (seeded by run seed and sample);
+- ``low_entropy_first``: the AIF count of the *lowest*-entropy tokens (the paper's ablation);
+- ``keep_top_mu``: the AIF count of the least attended tokens (ranking by mu, not entropy);
+- ``mask_top_mu``: the AIF count of the most attended tokens (highest-attention masking);
+- ``fixed_0.3``, ``fixed_0.5``, ``fixed_0.7``: entropy ranking at fixed ratios.
+
+Accuracy: exact match of the greedy answer (as :func:`analyses.vqa_accuracy.grade`), 95% Wilson
+intervals, two-sided exact McNemar p-values of each method against clean on the same samples.
+Object-token recall: where a sample's target has pixels, the share of its object tokens among
+the top ``top_fraction`` of the image tokens by low entropy vs by highest mu.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from analyses.common import data_record, model_record
+from analyses.results import RunResult, provenance
+from analyses.stats import bootstrap_mean_ci, mcnemar_exact, sign_flip_p_values, wilson_interval
+from analyses.token_importance.aif import (
+    AIFConfig,
+    Prepared,
+    aif_generate,
+    answer_text,
+    decode,
+    prepare,
+)
+from analyses.token_importance.dynamics import (
+    mask_count,
+    object_recall,
+    scan_ratios,
+)
+from probes.errors import UserError
+from probes.models.loading import LoadedModel
+
+ANALYSIS = "token_importance"
+SMALL_OBJECT = 0.1  # an object is small when it covers at most this share of the image tokens
+
+
+@dataclass(frozen=True)
+class TokenImportanceConfig:
+    """What decides the numbers (all of it goes into ``summary.json``)."""
+
+    aif: AIFConfig = field(default_factory=AIFConfig)
+    fixed_ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
+    top_fraction: float = 0.2  # object-token recall within this top share of the ranking
+    timed_samples: int = 20  # samples on which plain generate and AIF are timed side by side
+    seed: int = 0
+    n_bootstrap: int = 2000
+
+    def validate(self) -> None:
+        self.aif.validate()
+        if any(not 0.0 < r < 1.0 for r in self.fixed_ratios):
+            raise UserError("--fixed-ratios must lie strictly between 0 and 1.")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise UserError(f"--top-fraction must lie in (0, 1], not {self.top_fraction}.")
+        if self.timed_samples < 0:
+            raise UserError(f"--timed-samples must be at least 0, not {self.timed_samples}.")
+
+    @property
+    def methods(self) -> list[str]:
+        return ["clean", "aif", "aif_normalized_s", "random", "low_entropy_first",
+                "keep_top_mu", "mask_top_mu", *(f"fixed_{r:g}" for r in self.fixed_ratios)]
+
+    def recorded(self) -> dict[str, Any]:
+        config = asdict(self)
+        config["aif"] = self.aif.recorded()
+        config["methods"] = self.methods
+        config["small_object"] = f"object tokens <= {SMALL_OBJECT:g} of the image tokens"
+        return config
+
+
+def method_masks(prepared: Prepared, config: TokenImportanceConfig,
+                 rng: np.random.Generator) -> tuple[dict[str, np.ndarray], float, float]:
+    """Masked image positions of every method for one prepared input, the adaptive ratio
+    used and the normalised-S ratio."""
+    importance = prepared.importance
+    ratio = importance.scan.ratio if config.aif.ratio is None else config.aif.ratio
+    normalized = scan_ratios(importance.mu, importance.order("entropy"), config.aif.ratios,
+                             normalized=True).ratio
+    count = mask_count(ratio, importance.positions.size)
+    masks = {
+        "clean": np.zeros(0, np.int64),
+        "aif": importance.masked(ratio),
+        "aif_normalized_s": importance.masked(normalized),
+        "random": np.sort(rng.choice(importance.positions, size=count, replace=False)),
+        "low_entropy_first": importance.masked(ratio, "low_entropy"),
+        "keep_top_mu": importance.masked(ratio, "low_mu"),
+        "mask_top_mu": importance.masked(ratio, "high_mu"),
+    }
+    for fixed in config.fixed_ratios:
+        masks[f"fixed_{fixed:g}"] = importance.masked(fixed)
+    return masks, ratio, normalized
+
+
+def object_tokens(prepared: Prepared, sample) -> np.ndarray | None:
+    """Boolean [tokens]: which image patches overlap the sample's target pixels (its mask, or
+    its target boxes); None where the target has no pixels or covers no patch."""
+    groups = prepared.groups
+    if sample.mask is not None:
+        region = np.asarray(sample.mask, dtype=bool)
+    elif sample.target_boxes:
+        region = np.zeros((sample.image.height, sample.image.width), dtype=bool)
+        for box in sample.target_boxes:
+            region[box.y0:box.y1, box.x0:box.x1] = True
+    else:
+        return None
+    if not region.any():
+        return None
+    try:
+        positions = groups.with_region(mask=region).object
+    except UserError:  # the region covers no patch (cropped away)
+        return None
+    return np.isin(prepared.importance.positions, positions)
+
+
+def _timed(function: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig) -> tuple[float, float]:
+    """Seconds of a plain greedy ``generate`` and of :func:`aif_generate`, each from the image
+    and question, the faster of two alternating runs each."""
+
+    def plain():
+        inputs = loaded.adapter.build_inputs([sample.image], [sample.question])
+        inputs = inputs.to(loaded.device, loaded.dtype)
+        with torch.inference_mode():
+            loaded.model.generate(**inputs.batch, max_new_tokens=config.max_new_tokens,
+                                  do_sample=False,
+                                  pad_token_id=loaded.processor.tokenizer.pad_token_id)
+
+    def aif():
+        aif_generate(loaded, sample.image, sample.question, config)
+
+    plains, aifs = [], []
+    for _ in range(2):
+        plains.append(_timed(plain))
+        aifs.append(_timed(aif))
+    return min(plains), min(aifs)
+
+
+def run_token_importance(loaded: LoadedModel, dataset,
+                         config: TokenImportanceConfig = TokenImportanceConfig(),
+                         progress: bool = False) -> RunResult:
+    """Every sample of ``dataset`` under every method; see the module docstring."""
+    config.validate()
+    methods = config.methods
+    rows: dict[str, list] = {}
+
+    def add(name: str, value) -> None:
+        rows.setdefault(name, []).append(value)
+
+    if config.timed_samples and len(dataset):
+        time_side_by_side(loaded, dataset[0], config.aif)  # warm-up: first calls allocate
+    for index in tqdm(range(len(dataset)), disable=not progress, desc="token importance",
+                      unit="sample"):
+        sample = dataset[index]
+        prepared = prepare(loaded, sample.image, sample.question, config.aif)
+        importance = prepared.importance
+        rng = np.random.default_rng([config.seed, index])
+        masks, ratio, normalized = method_masks(prepared, config, rng)
+        answers = [answer_text(loaded, decode(loaded, prepared, masks[m]).tokens) for m in methods]
+        is_object = object_tokens(prepared, sample)
+        if is_object is None:
+            is_object = np.zeros(importance.positions.size, dtype=bool)
+        add("sample_index", index)
+        add("kind", sample.kind)
+        add("reference", sample.answer)
+        add("answers", answers)
+        add("correct", [a.lower() == sample.answer.strip().lower() for a in answers])
+        add("masked_count", [masks[m].size for m in methods])
+        add("ratio", ratio)
+        add("ratio_normalized_s", normalized)
+        add("dynamics", importance.dynamics)
+        add("entropy", importance.entropy)
+        add("mu", importance.mu)
+        add("cells", importance.cells)
+        add("s_curve", importance.scan.s)
+        add("s0", importance.scan.s0)
+        add("is_object", is_object)
+        top = config.top_fraction
+        add("recall_entropy", object_recall(importance.order("low_entropy"), is_object, top))
+        add("recall_attention", object_recall(importance.order("high_mu"), is_object, top))
+        kept = ~np.isin(importance.positions, masks["aif"])
+        add("kept_curve", importance.dynamics[kept].mean(0) if kept.any()
+            else np.full(importance.dynamics.shape[1], np.nan))
+        add("masked_curve", importance.dynamics[~kept].mean(0) if (~kept).any()
+            else np.full(importance.dynamics.shape[1], np.nan))
+        seconds = (time_side_by_side(loaded, sample, config.aif) if index < config.timed_samples
+                   else (np.nan, np.nan))
+        add("plain_seconds", seconds[0])
+        add("aif_seconds", seconds[1])
+    arrays = _stack(rows)
+    return summarize(arrays, config, model_record(loaded), data_record(dataset),
+                     loaded.adapter.num_layers, str(loaded.device))
+
+
+def _pad(values: list[np.ndarray], fill) -> np.ndarray:
+    """Stack arrays whose first axis may differ (images of different token counts)."""
+    longest = max(v.shape[0] for v in values)
+    out = np.full((len(values), longest, *values[0].shape[1:]), fill,
+                  dtype=np.result_type(values[0].dtype, np.asarray(fill).dtype))
+    for i, v in enumerate(values):
+        out[i, : v.shape[0]] = v
+    return out
+
+
+def _stack(rows: dict[str, list]) -> dict[str, np.ndarray]:
+    ragged = {"dynamics": np.nan, "entropy": np.nan, "mu": np.nan, "cells": -1,
+              "is_object": False}
+    arrays = {}
+    for name, values in rows.items():
+        arrays[name] = _pad(values, ragged[name]) if name in ragged else np.array(values)
+    arrays["n_tokens"] = np.array([v.shape[0] for v in rows["entropy"]], dtype=np.int64)
+    return arrays
+
+
+def _mean_row(values: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    mean, low, high = bootstrap_mean_ci(values, n_bootstrap, seed)
+    return {"mean": float(mean), "ci_low": float(low), "ci_high": float(high),
+            "n": int(values.size)}
+
+
+def method_rows(correct: np.ndarray, methods: list[str],
+                kinds: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """``{method, accuracy, ci_low, ci_high, n, p_value_vs_clean}`` (per kind when given)."""
+    rows = []
+    groups = [("all", np.ones(correct.shape[0], bool))]
+    if kinds is not None:
+        groups = [(kind, kinds == kind) for kind in sorted(set(kinds.tolist()))] + groups
+    for kind, chosen in groups:
+        subset = correct[chosen]
+        for m, method in enumerate(methods):
+            hits, n = int(subset[:, m].sum()), int(subset.shape[0])
+            low, high = wilson_interval(hits, n)
+            row = {"method": method, "accuracy": hits / n if n else float("nan"),
+                   "ci_low": low, "ci_high": high, "n": n, "correct": hits,
+                   "p_value_vs_clean": mcnemar_exact(subset[:, 0], subset[:, m])}
+            rows.append(row if kinds is None else {"kind": kind, **row})
+    return rows
+
+
+def recall_summary(arrays: dict[str, np.ndarray], config: TokenImportanceConfig) -> dict:
+    has_object = arrays["is_object"].any(1)
+    share = arrays["is_object"].sum(1) / arrays["n_tokens"]
+    summary = {"top_fraction": config.top_fraction, "ranking": {
+        "entropy": "ascending curve entropy (AIF's importance)",
+        "attention": "descending mu (mean over layers of the max text->token attention)"}}
+    for name, chosen in (("all", has_object), ("small", has_object & (share <= SMALL_OBJECT))):
+        entropy = arrays["recall_entropy"][chosen]
+        attention = arrays["recall_attention"][chosen]
+        k = np.ceil(config.top_fraction * arrays["n_tokens"][chosen] - 1e-9)
+        difference = entropy - attention
+        summary[name] = {
+            "n": int(chosen.sum()),
+            "entropy": _mean_row(entropy, config.n_bootstrap, config.seed),
+            "attention": _mean_row(attention, config.n_bootstrap, config.seed),
+            "random": float((k / arrays["n_tokens"][chosen]).mean()) if chosen.any() else
+            float("nan"),
+            "difference": _mean_row(difference, config.n_bootstrap, config.seed),
+            "p_entropy_above_attention": float(sign_flip_p_values(difference[:, None],
+                                                                  seed=config.seed)[0])
+            if chosen.any() else float("nan"),
+        }
+    return summary
+
+
+def summarize(arrays: dict[str, np.ndarray], config: TokenImportanceConfig, model: dict,
+              data: dict, num_layers: int, device: str) -> RunResult:
+    methods = config.methods
+    summary = provenance(ANALYSIS, model, data, int(arrays["sample_index"].size),
+                         config.recorded(), config.seed)
+    per_layer = []
+    for series, name in (("kept tokens (AIF)", "kept_curve"),
+                         ("masked tokens (AIF)", "masked_curve")):
+        mean, low, high = bootstrap_mean_ci(arrays[name], config.n_bootstrap, config.seed)
+        for layer in range(num_layers):
+            per_layer.append({"series": series, "layer": layer, "mean": float(mean[layer]),
+                              "ci_low": float(low[layer]), "ci_high": float(high[layer]),
+                              "n": int(arrays[name].shape[0])})
+    ratios = {f"{r:g}": int((np.isclose(arrays["ratio"], r)).sum()) for r in config.aif.ratios}
+    normalized = {f"{r:g}": int((np.isclose(arrays["ratio_normalized_s"], r)).sum())
+                  for r in config.aif.ratios}
+    plain, aif = arrays["plain_seconds"], arrays["aif_seconds"]
+    timed = np.isfinite(plain) & np.isfinite(aif)
+    summary.update({
+        "axes": {"correct": ["sample", "method"], "answers": ["sample", "method"],
+                 "masked_count": ["sample", "method"], "dynamics": ["sample", "token", "layer"],
+                 "entropy": ["sample", "token"], "mu": ["sample", "token"],
+                 "cells": ["sample", "token", "grid_row_col"], "is_object": ["sample", "token"],
+                 "s_curve": ["sample", "ratio"], "kept_curve": ["sample", "layer"],
+                 "masked_curve": ["sample", "layer"]},
+        "num_layers": num_layers,
+        "method_names": methods,
+        "methods": method_rows(arrays["correct"], methods),
+        "methods_by_kind": method_rows(arrays["correct"], methods, arrays["kind"]),
+        "per_layer": per_layer,
+        "chosen_ratios": {"published_s": ratios, "normalized_s": normalized},
+        "recall": recall_summary(arrays, config),
+        "timing": {
+            "device": device, "n": int(timed.sum()),
+            "plain_generate_seconds": float(np.median(plain[timed])) if timed.any() else None,
+            "aif_seconds": float(np.median(aif[timed])) if timed.any() else None,
+            "ratio_median": float(np.median(aif[timed] / plain[timed])) if timed.any() else None,
+            "what": "per sample, from image and question to answer, the faster of two runs; "
+                    "AIF = profiling prefill + mask + masked decode",
+        },
+    })
+    return RunResult(summary, arrays)
