@@ -12,7 +12,9 @@ MODULES = [
     "probes.images", "probes.models.registry", "probes.models.answer", "probes.models.loading",
     "probes.models.adapters.grids", "probes.models.zoo.vocab", "analyses.stats",
     "analyses.results", "analyses.layer_masking", "analyses.layer_masking.findings",
-    "figures.style", "figures.layer_masking",
+    "figures.style", "figures.layer_masking", "analyses.attention_evolution",
+    "analyses.attention_evolution.scores", "analyses.contrastive_attention",
+    "analyses.contrastive_attention.contrast", "figures.attention_evolution",
 ]
 
 
