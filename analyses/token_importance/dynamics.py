@@ -9,7 +9,7 @@ to token i at layer l (recorded by :mod:`analyses.token_importance.aif`). From t
 - tokens are masked in order of *decreasing* entropy (background first); for each candidate
   ratio r the first ``mask_count(r, N)`` of that order are masked and ``S(r)`` is the entropy of
   mu over the kept tokens, normalised to sum 1; ``S0`` is the same over all tokens; the chosen
-  ratio maximises ``|S(r) - S0|`` (the first such ratio on ties).
+  ratio maximises ``|S(r) - S0|`` (the first such ratio on ties, within 1e-12).
 
 >>> d = np.array([[0.9, 0.05, 0.05], [0.3, 0.3, 0.4], [0.2, 0.4, 0.4], [0.33, 0.33, 0.34]])
 >>> np.round(curve_entropy(d), 3).tolist()
@@ -113,7 +113,11 @@ def scan_ratios(mu: np.ndarray, order: np.ndarray, ratios=DEFAULT_RATIOS,
     s0 = _entropy(mu, normalized)
     s = np.array([_entropy(mu[order[c:]], normalized) for c in counts])
     shift = np.abs(s - s0)
-    index = int(np.nanargmax(shift)) if np.isfinite(shift).any() else 0
+    if not np.isfinite(shift).any():
+        return RatioScan(ratios, counts, s, s0, 0)
+    # the first ratio within float rounding of the largest shift: equal S values computed over
+    # different token sets may differ in the last bits, and the rule must not depend on that
+    index = int(np.flatnonzero(shift >= np.nanmax(shift) - 1e-12)[0])
     return RatioScan(ratios, counts, s, s0, index)
 
 
