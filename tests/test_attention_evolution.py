@@ -86,6 +86,8 @@ def test_recorded_maps_equal_maps_from_eager_output_attentions(name, fine):
             np.testing.assert_allclose(maps.maps[s, layer], expected_map, atol=1e-5, rtol=0)
             np.testing.assert_allclose(maps.head_maps[s, layer], expected_heads, atol=1e-5, rtol=0)
     assert maps.relevant.sum() > 0 and maps.relevant.size == patches.size
+    plain = record_sample(loaded, sample, heads=True, keep_clean=False)[0]  # no cache kept
+    np.testing.assert_array_equal(plain.maps, maps.maps)
 
 
 # ----------------------------------------------------------------- scores by hand

@@ -90,7 +90,7 @@ def run_attention_evolution(loaded: LoadedModel, dataset,
     for index in tqdm(range(len(dataset)), disable=not progress, desc="attention evolution",
                       unit="sample"):
         sample = dataset[index]
-        maps, _, groups, _ = record_sample(loaded, sample, config.heads)
+        maps, _, groups, _ = record_sample(loaded, sample, config.heads, keep_clean=False)
         if cells is None:
             cells = maps.cells
         elif maps.cells.shape != cells.shape or not np.array_equal(maps.cells, cells):

@@ -141,7 +141,7 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
     series = SERIES.index(config.series)
     started = time.perf_counter()
     if layers["early"] is None:
-        maps = np.stack([record_sample(loaded, dataset[i])[0].maps[series]
+        maps = np.stack([record_sample(loaded, dataset[i], keep_clean=False)[0].maps[series]
                          for i in tqdm(range(len(dataset)), disable=not progress,
                                        desc="maps (early layer rule)", unit="sample")])
         layers["early"], layers["early_distances"] = choose_early_layer(maps, layers["late"])
