@@ -159,11 +159,11 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(trained, ea
 
     with pytest.raises(KeyboardInterrupt):
         run_layer_masking(trained, easy, config, out=tmp_path, on_sample=interrupt)
-    assert json.loads((tmp_path / ".partial.json").read_text())["done"] == 4
+    assert json.loads((tmp_path / ".partial.json").read_text())["done"] == 5  # saved on the way out
     seen = []
     resumed = run_layer_masking(trained, easy, config, out=tmp_path, resume=True,
                                 on_sample=seen.append)
-    assert seen[0] == 5  # it went on from the saved state, not from the start
+    assert seen[0] == 6  # it went on from the saved state, not from the start
     _assert_same(whole, resumed)
     assert not (tmp_path / ".partial.json").exists()
 

@@ -125,6 +125,9 @@ class _State:
     def write(self) -> None:
         if self.out is None:
             return
+        complete = min(len(values) for values in self.rows.values())  # an interrupted append
+        for values in self.rows.values():
+            del values[complete:]
         arrays = dict(self.graded or {})
         if self.done:
             arrays.update({name: np.stack(values) if np.ndim(values[0]) else np.array(values)
@@ -163,8 +166,26 @@ def run_layer_masking(
                         "them anyway, or more samples.")
     started = time.perf_counter()
     todo = selected[state.done:]
+    try:
+        _sweep_all(loaded, dataset, config, state, todo, len(selected), progress, on_sample)
+    except KeyboardInterrupt:
+        state.write()  # what is done stays done; --resume goes on from here
+        raise
+    seconds = (time.perf_counter() - started) / max(1, len(todo))
+    arrays = {name: np.stack(values) if np.ndim(values[0]) else np.array(values)
+              for name, values in state.rows.items()}
+    arrays.update(graded)
+    result = summarize(arrays, config, model_record(loaded), data_record(dataset), num_layers,
+                       {"seconds_per_sample": seconds, "device": str(loaded.device)})
+    if shard != (0, 1):
+        result.summary["shard"] = f"{shard[0]}/{shard[1]}"
+    state.clear()
+    return result
+
+
+def _sweep_all(loaded, dataset, config, state, todo, total, progress, on_sample) -> None:
     for index in tqdm(todo, disable=not progress, desc="layer masking", unit="sample",
-                      initial=state.done, total=len(selected)):
+                      initial=state.done, total=total):
         sample = dataset[index]
         sweep = sweep_sample(loaded, sample, config.flows, config.window, config.seed, index,
                              config.batch_size)
@@ -179,16 +200,6 @@ def run_layer_masking(
             state.write()
         if on_sample is not None:
             on_sample(state.done)
-    seconds = (time.perf_counter() - started) / max(1, len(todo))
-    arrays = {name: np.stack(values) if np.ndim(values[0]) else np.array(values)
-              for name, values in state.rows.items()}
-    arrays.update(graded)
-    result = summarize(arrays, config, model_record(loaded), data_record(dataset), num_layers,
-                       {"seconds_per_sample": seconds, "device": str(loaded.device)})
-    if shard != (0, 1):
-        result.summary["shard"] = f"{shard[0]}/{shard[1]}"
-    state.clear()
-    return result
 
 
 def _grade(loaded, dataset, indices, config, progress) -> dict[str, np.ndarray]:

@@ -1,0 +1,95 @@
+"""Layer masking per sample: our sweep (flow + control at every layer, prefix shared, suffixes
+batched) against the naive way (one full masked forward per condition, batch 1), side by side.
+
+    make bench        (or: python tests/bench_layer_masking.py)
+
+Prints a table and merges its rows into bench-results.json ({name, baseline, ours, unit,
+ratio, shape}, ratio = baseline / ours). One thread, float32. Never part of `make test`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_engine import QUESTION, llava_15_shape  # noqa: E402
+
+from analyses.data import Sample, load_dataset  # noqa: E402
+from analyses.layer_masking.sweep import compare, conditions, control_edges, sweep_sample  # noqa: E402
+from probes.masking import EdgeKnockout  # noqa: E402
+from probes.models.loading import load_model  # noqa: E402
+from probes.run import run_knockouts_naively  # noqa: E402
+from probes.tokens import token_groups  # noqa: E402
+
+FLOW = ("image->question,last",)
+
+
+def naive_sweep(loaded, sample, seed: int, index: int) -> np.ndarray:
+    """The same numbers the slow way: a clean forward, then one full forward per condition."""
+    inputs = loaded.adapter.build_inputs([sample.image], [sample.question])
+    groups = token_groups(loaded.adapter, inputs)
+    with torch.inference_mode():
+        clean = loaded.model(**inputs.batch).logits[0, -1].float()
+    token = int(clean.argmax())
+    flow_conditions = conditions(FLOW, 1, loaded.adapter.num_layers)[0]
+    edges = flow_conditions[0].edges(groups, loaded.adapter.num_layers)[0]
+    count = int(np.searchsorted(np.sort(edges.keys), edges.queries, side="right").sum())
+    drawn = control_edges(groups, count, np.random.default_rng([seed, index, 0]))
+    controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
+    flow = compare(clean, run_knockouts_naively(loaded, inputs, flow_conditions), token)
+    control = compare(clean, run_knockouts_naively(loaded, inputs, controls), token)
+    return np.stack([flow, control])
+
+
+def bench(loaded, samples, label: str) -> dict:
+    ours_s = naive_s = 0.0
+    worst = 0.0
+    for index, sample in enumerate(samples):
+        start = time.perf_counter()
+        sweep = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8)
+        ours_s += time.perf_counter() - start
+        start = time.perf_counter()
+        naive = naive_sweep(loaded, sample, 0, index)
+        naive_s += time.perf_counter() - start
+        worst = max(worst, float(np.abs(sweep.metrics[..., 1] - naive[..., 1]).max()))  # logits
+    if worst > 1e-3:
+        raise AssertionError(f"the sweep differs from the naive way by {worst} in logits")
+    n = len(samples)
+    return {"name": f"layer masking, one sample: flow + control at every layer ({label})",
+            "baseline": naive_s / n, "ours": ours_s / n, "unit": "s/sample",
+            "ratio": naive_s / ours_s,
+            "shape": f"{loaded.adapter.num_layers} layers, {n} samples, max |logit diff| {worst:.1e}"}
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    rows = [bench(load_model("tiny-llava"), load_dataset("easy-vqa", "test", limit=20)[:20],
+                  "tiny-llava, easy-VQA")]
+    with tempfile.TemporaryDirectory() as directory:
+        llava_15_shape(Path(directory))
+        image = Image.new("RGB", (336, 336), (200, 30, 30))
+        sample = Sample(id="bench/0", image=image, question=QUESTION, answer="", kind="bench",
+                        boxes=(), target=(), mask=None, dataset="bench")
+        rows.append(bench(load_model(directory), [sample], "LLaVA-1.5 shape, 615 tokens"))
+    for row in rows:
+        sys.stdout.write(f"{row['name']}: naive {row['baseline']:.3f} s, ours {row['ours']:.3f} s, "
+                         f"{row['ratio']:.1f}x ({row['shape']})\n")
+    path = Path("bench-results.json")
+    existing = json.loads(path.read_text()) if path.is_file() else []
+    names = {row["name"] for row in rows}
+    path.write_text(json.dumps([r for r in existing if r["name"] not in names] + rows, indent=1)
+                    + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
