@@ -27,6 +27,7 @@ demo: install
 
 bench: install
 	$(PY) tests/bench_engine.py
+	$(PY) tests/bench_layer_masking.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
