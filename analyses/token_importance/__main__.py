@@ -38,7 +38,7 @@ def format_table(summary: dict) -> str:
     for row in summary["methods"]:
         ci = f"[{row['ci_low']:5.1%}, {row['ci_high']:5.1%}]"
         lines.append(f"{row['method']:<18} {row['accuracy']:8.1%} {ci:>15} "
-                     f"{row['p_value_vs_clean']:10.4f}")
+                     f"{row['p_value_vs_clean']:10.2g}")
     ratios = summary["chosen_ratios"]["published_s"]
     lines.append("adaptive ratio chosen: " + ", ".join(f"{r}: {n}" for r, n in ratios.items()
                                                         if n))

@@ -1,0 +1,74 @@
+"""AIF's end-to-end overhead vs a plain greedy ``generate``, side by side, at LLaVA-1.5 shape
+(32 layers, 576 image tokens, small width, random weights) and on the embedded tiny model.
+
+    PYTHONPATH=. python tests/bench_token_importance.py [--out bench-results.json]
+
+Both sides start from the image and question and decode the same number of tokens; AIF is the
+profiling prefill (clean pass with recording), the ratio scan and the masked decode that reuses
+the clean prefix. Never part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from analyses.token_importance import AIFConfig, aif_generate
+from probes.models.loading import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import QUESTION, llava_15_shape, side_by_side  # noqa: E402
+
+
+def bench(loaded, image: Image.Image, question: str, steps: int, name: str) -> dict:
+    loaded.model.generation_config.eos_token_id = -1  # always decode `steps` tokens
+    config = AIFConfig(max_new_tokens=steps)
+
+    def plain():
+        inputs = loaded.adapter.build_inputs([image], [question]).to(loaded.device, loaded.dtype)
+        with torch.inference_mode():
+            return loaded.model.generate(**inputs.batch, max_new_tokens=steps, do_sample=False,
+                                         min_new_tokens=steps)
+
+    def aif():
+        return aif_generate(loaded, image, question, config)
+
+    plain_s, aif_s = side_by_side(plain, aif, repeats=5)
+    prompt = loaded.adapter.build_inputs([image], [question]).input_ids.shape[1]
+    return {"name": f"AIF end to end vs plain generate ({name})", "baseline": plain_s,
+            "ours": aif_s, "unit": "s", "ratio": plain_s / aif_s,
+            "shape": f"{loaded.adapter.num_layers} layers, {prompt} prompt tokens, "
+                     f"{steps} new tokens"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        llava_15_shape(Path(directory))
+        loaded = load_model(directory)
+        rows.append(bench(loaded, Image.new("RGB", (336, 336), (200, 30, 30)), QUESTION, 8,
+                          "LLaVA-1.5 shape"))
+    from analyses.data import load_dataset
+
+    sample = load_dataset("easy-vqa", limit=1)[0]
+    rows.append(bench(load_model("tiny-llava"), sample.image, sample.question, 4, "tiny-llava"))
+    for row in rows:
+        print(f"{row['name']:<55} {row['baseline']:8.3f} s {row['ours']:8.3f} s "
+              f"{row['ratio']:6.2f}x  {row['shape']}")
+    if args.out is not None:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
