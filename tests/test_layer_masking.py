@@ -216,3 +216,13 @@ def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys)
     assert run_cli(cli_main, [*argv, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and message in error
+
+
+def test_region_flows_leave_out_samples_without_a_visible_target(trained):
+    data = load_dataset("fine-grained", "test", limit=32)
+    visible = [i for i in range(len(data)) if data[i].mask.any()]  # 26, 30 count zero objects
+    assert 0 < len(visible) < len(data)  # the slice has questions about nothing visible
+    config = LayerMaskingConfig(flows=("object->last",), samples="all",
+                                n_bootstrap=200)
+    result = run_layer_masking(trained, data, config)
+    assert result.arrays["sample_index"].tolist() == visible

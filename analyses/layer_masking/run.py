@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from analyses.common import data_record, model_record
 from analyses.layer_masking.findings import findings, series_names
-from analyses.layer_masking.sweep import METRICS, sweep_sample
+from analyses.layer_masking.sweep import METRICS, has_region, needs_region, sweep_sample
 from analyses.results import RunResult, load_arrays, provenance, save_arrays, to_json, write_atomic
 from analyses.vqa_accuracy import grade
 from probes.errors import UserError
@@ -160,6 +160,8 @@ def run_layer_masking(
         state.write()
     graded = state.graded
     selected = graded["graded_index"][graded["graded_correct"]].tolist()
+    if needs_region(config.flows):  # e.g. "how many circles?" with none: no object to block
+        selected = [i for i in selected if has_region(dataset[i])]
     if not selected:
         raise UserError(f"{loaded.model_id} answers none of the {len(indices)} samples of "
                         f"{dataset.name}/{dataset.split} correctly; use --all-samples to sweep "

@@ -61,6 +61,13 @@ def sample_groups(loaded: LoadedModel, inputs, sample) -> TokenGroups:
     return groups
 
 
+def has_region(sample) -> bool:
+    """Whether the sample marks a visible region the question is about."""
+    if sample.mask is not None:
+        return bool(np.asarray(sample.mask).any())
+    return bool(sample.target_boxes)
+
+
 def needs_region(flows: Sequence[str]) -> bool:
     names = {name for flow in parse_flows(flows) for name in (*flow.source.split(","),
                                                              *flow.target.split(","))}
