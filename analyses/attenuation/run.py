@@ -1,0 +1,181 @@
+"""An attenuation run over a dataset: the per-sample curves, their means with bootstrap CIs for
+all samples and for small vs large targets, and the result (``summary.json`` + ``arrays.npz``).
+
+**Small vs large.** A target is *small* when its pixels cover less than ``small_cells`` patch
+cells of the image's (first) patch grid, *large* otherwise; questions about nothing visible
+(a count of zero) are in neither. On the tiny model (8x8 grid on a 128 px canvas) one cell is
+256 px, about the median target of the fine-grained set.
+
+**Attenuation, by a stated rule.** For each curve and subset: the layer where the mean peaks,
+the peak, the last layer's mean, and ``retained`` = last / peak (1 = nothing lost after the
+peak). Small vs large is compared per layer by the difference of means (small - large) with a
+bootstrap CI of the difference (samples resampled within each group).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from analyses.attenuation.measure import METRICS, measure_sample
+from analyses.common import data_record, model_record
+from analyses.results import RunResult, provenance
+from analyses.stats import bootstrap_mean_ci, wilson_interval
+from probes.errors import UserError
+from probes.models.loading import LoadedModel
+
+ANALYSIS = "attenuation"
+SUBSETS = ("all", "small", "large")
+CURVES = ("image_share(last)", "region_share(last)", "image_value_ratio(last)", "answer_prob")
+
+
+@dataclass(frozen=True)
+class AttenuationConfig:
+    """What decides the numbers (all of it goes into ``summary.json``)."""
+
+    small_cells: float = 1.0  # targets under this many patch cells of area are "small"
+    seed: int = 0
+    n_bootstrap: int = 2000
+
+    def validate(self) -> None:
+        if not self.small_cells > 0:
+            raise UserError(f"--small-cells must be positive, not {self.small_cells}.")
+        if self.n_bootstrap < 1:
+            raise UserError(f"--bootstrap must be at least 1, not {self.n_bootstrap}.")
+
+
+def grid_cells(loaded: LoadedModel, sample) -> int:
+    """Cells of the first patch grid the sample's image becomes."""
+    grid = loaded.adapter.image_layout(sample.image.size).grids[0]
+    return grid.rows * grid.cols
+
+
+def run_attenuation(loaded: LoadedModel, dataset, config: AttenuationConfig = AttenuationConfig(),
+                    progress: bool = False) -> RunResult:
+    """Measure every sample of ``dataset`` and summarise (see the module docstring)."""
+    config.validate()
+    started = time.perf_counter()
+    curves, tokens, correct, areas, fractions = [], [], [], [], []
+    for index in tqdm(range(len(dataset)), disable=not progress, desc="attenuation",
+                      unit="sample"):
+        sample = dataset[index]
+        measured = measure_sample(loaded, sample)
+        curves.append(measured.values)
+        tokens.append(measured.answer_token)
+        correct.append(measured.correct)
+        areas.append(measured.target_area * grid_cells(loaded, sample))
+        fractions.append(measured.region_fraction)
+    seconds = (time.perf_counter() - started) / max(1, len(dataset))
+    arrays = {
+        "curves": np.stack(curves), "answer_token": np.array(tokens, dtype=np.int64),
+        "correct": np.array(correct, dtype=bool),
+        "target_cells": np.array(areas, dtype=np.float64),
+        "region_fraction": np.array(fractions, dtype=np.float64),
+        "kind": np.array([dataset[i].kind for i in range(len(dataset))]),
+    }
+    return summarize(arrays, config, model_record(loaded), data_record(dataset),
+                     loaded.adapter.num_layers,
+                     {"seconds_per_sample": seconds, "device": str(loaded.device)})
+
+
+def subset_masks(target_cells: np.ndarray, small_cells: float) -> dict[str, np.ndarray]:
+    visible = target_cells > 0
+    return {"all": np.ones(target_cells.size, dtype=bool),
+            "small": visible & (target_cells < small_cells),
+            "large": visible & (target_cells >= small_cells)}
+
+
+def _mean_ci(values: np.ndarray, n_bootstrap: int, seed: int):
+    """Per layer: mean, CI and n over the samples with a finite value ([samples, layers])."""
+    rows = []
+    for layer in range(values.shape[1]):
+        column = values[:, layer]
+        column = column[np.isfinite(column)]
+        mean, low, high = bootstrap_mean_ci(column, n_bootstrap, seed)
+        rows.append((float(mean), float(low), float(high), int(column.size)))
+    return rows
+
+
+def difference_ci(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: int,
+                  level: float = 0.95) -> tuple[float, float, float]:
+    """mean(first) - mean(second) of two independent samples, with a percentile-bootstrap CI
+    (each group resampled within itself). NaN if either is empty.
+
+    >>> round(difference_ci(np.array([2.0, 3.0, 4.0]), np.array([1.0, 1.0]), 500, 0)[0], 6)
+    2.0
+    """
+    if first.size == 0 or second.size == 0:
+        return (np.nan, np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    a = rng.multinomial(first.size, np.full(first.size, 1 / first.size), n_bootstrap) @ first
+    b = rng.multinomial(second.size, np.full(second.size, 1 / second.size), n_bootstrap) @ second
+    differences = a / first.size - b / second.size
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(differences, [tail, 100 - tail])
+    return (float(first.mean() - second.mean()), float(low), float(high))
+
+
+def attenuation_findings(per_layer: list[dict]) -> list[dict]:
+    """Peak layer, peak, last and retained = last / peak, per (curve, subset)."""
+    found = []
+    for series in CURVES:
+        for subset in SUBSETS:
+            rows = sorted((r for r in per_layer if r["series"] == series and r["subset"] == subset
+                           and np.isfinite(r["mean"])), key=lambda r: r["layer"])
+            if not rows:
+                continue
+            means = np.array([r["mean"] for r in rows])
+            peak = int(np.argmax(means))
+            found.append({"series": series, "subset": subset, "peak_layer": rows[peak]["layer"],
+                          "peak": float(means[peak]), "last": float(means[-1]),
+                          "retained": float(means[-1] / means[peak]) if means[peak] > 0
+                          else float("nan"), "n": rows[-1]["n"]})
+    return found
+
+
+def summarize(arrays: dict[str, np.ndarray], config: AttenuationConfig, model: dict, data: dict,
+              num_layers: int, timing: dict[str, Any]) -> RunResult:
+    curves = arrays["curves"]
+    masks = subset_masks(arrays["target_cells"], config.small_cells)
+    summary = provenance(ANALYSIS, model, data, int(curves.shape[0]), asdict(config), config.seed)
+    per_layer, comparison, accuracy = [], [], []
+    for subset, mask in masks.items():
+        if not mask.any():
+            continue
+        hits = int(arrays["correct"][mask].sum())
+        low, high = wilson_interval(hits, int(mask.sum()))
+        accuracy.append({"subset": subset, "accuracy": hits / int(mask.sum()), "ci_low": low,
+                         "ci_high": high, "n": int(mask.sum())})
+        for m, metric in enumerate(METRICS):
+            for layer, (mean, low, high, n) in enumerate(
+                    _mean_ci(curves[mask, m], config.n_bootstrap, config.seed)):
+                per_layer.append({"series": metric, "subset": subset, "layer": layer,
+                                  "mean": mean, "ci_low": low, "ci_high": high, "n": n})
+    if masks["small"].any() and masks["large"].any():
+        for m, metric in enumerate(METRICS):
+            for layer in range(num_layers):
+                small, large = (curves[masks[s], m, layer] for s in ("small", "large"))
+                difference, low, high = difference_ci(small[np.isfinite(small)],
+                                                      large[np.isfinite(large)],
+                                                      config.n_bootstrap, config.seed)
+                comparison.append({"series": metric, "layer": layer, "difference": difference,
+                                   "ci_low": low, "ci_high": high})
+    summary.update({
+        "axes": {"curves": ["sample", "metric", "layer"]},
+        "metrics": list(METRICS),
+        "num_layers": num_layers,
+        "subsets": {name: int(mask.sum()) for name, mask in masks.items()},
+        "accuracy": accuracy,
+        "region_chance": {name: float(np.nanmean(arrays["region_fraction"][mask]))
+                          if np.isfinite(arrays["region_fraction"][mask]).any() else None
+                          for name, mask in masks.items()},
+        "per_layer": per_layer,
+        "small_minus_large": comparison,
+        "attenuation": attenuation_findings(per_layer),
+        "timing": timing,
+    })
+    return RunResult(summary, arrays)
