@@ -268,6 +268,7 @@ def test_clis_write_results_and_figures_that_redraw_without_a_model(tmp_path, ca
     (contrastive_main, ["--series", "image"], "--series must be one of question, last"),
     (contrastive_main, ["--refine-layers", "4,x"], "takes layer numbers separated by commas"),
     (contrastive_main, ["--layer-masking", "/nonexistent"], "cannot read a layer-masking result"),
+    (contrastive_main, ["--resume"], "cannot resume a run"),
 ])
 def test_bad_input_gets_one_sentence_and_exit_2(main, argv, message, tmp_path, capsys):
     assert run_cli(main, [*argv, "--limit", "2", "--out", str(tmp_path)] if "--limit" not in argv
