@@ -127,8 +127,12 @@ def test_significance_and_review_rules_on_planted_numbers():
     change[:, 0, [3, 4]] -= 40  # fusion
     change[:, 0, 14] -= 20  # review after 9 quiet layers
     change[:, 1, 8] -= 60  # the control hurts at 8: the flow is not "larger" there
+    change[:, 0, 6] = -1.0 + rng.normal(0, 0.01, samples)  # sure, but below the 2% minimum
     rows = significance({"prob_change_pct": change}, ["image->last"], 500, 0)
     assert [r["layer"] for r in rows if r["significant"]] == [3, 4, 14]
+    assert rows[6]["p_holm"] < 0.05  # layer 6 fails only the minimal effect
+    relaxed = significance({"prob_change_pct": change}, ["image->last"], 500, 0, min_effect=0.5)
+    assert [r["layer"] for r in relaxed if r["significant"]] == [3, 4, 6, 14]
     assert review([3, 4, 14], layers) == {"detected": True, "layers": [14], "late_start": 12,
                                           "stretch": 2}
     assert not review([3, 4, 11, 12], layers)["detected"]  # no quiet stretch before layer 12

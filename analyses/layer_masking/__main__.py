@@ -62,12 +62,15 @@ def main_run(argv: Sequence[str] | None) -> int:
                         help="i/n: run only every n-th sample from the i-th (merge the shards "
                              "with the merge command)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--min-effect", type=float, default=LayerMaskingConfig.min_effect,
+                        help="smallest mean drop of p(answer) in %% that can make a fusion layer "
+                             "(default 2.0)")
     args = parser.parse_args(argv)
     flows = tuple(part.strip() for part in args.flows.split(";") if part.strip())
     config = LayerMaskingConfig(flows=flows, window=args.window,
                                 samples="all" if args.all_samples else "correct",
                                 batch_size=args.batch_size, seed=args.seed,
-                                n_bootstrap=args.bootstrap)
+                                n_bootstrap=args.bootstrap, min_effect=args.min_effect)
     shard = parse_shard(args.shard)
     dataset = load_data(args.data, args.split, args.limit)
     loaded = load_model_from_args(args)

@@ -45,6 +45,7 @@ class LayerMaskingConfig:
     seed: int = 0
     n_bootstrap: int = 2000
     alpha: float = 0.05
+    min_effect: float = 2.0  # smallest mean drop of p(answer), in %, that makes a fusion layer
     checkpoint_every: int = 8  # samples between two writes of the resume state
 
     def validate(self, num_layers: int) -> None:
@@ -227,7 +228,8 @@ def summarize(arrays: dict[str, np.ndarray], config: LayerMaskingConfig, model: 
         "num_layers": num_layers,
         "graded": {"n": int(graded.size), "correct": int(graded.sum()),
                    "selected": config.samples},
-        **findings(arrays, flows, num_layers, config.n_bootstrap, config.seed, config.alpha),
+        **findings(arrays, flows, num_layers, config.n_bootstrap, config.seed, config.alpha,
+                    config.min_effect),
         "timing": timing,
     })
     return RunResult(summary, arrays)
