@@ -3,8 +3,12 @@
 Everything before the first blocked query position is identical to the clean run at every
 layer, so its keys and values are taken from the clean pass and shared by all conditions; only
 the suffix is recomputed. Layers before a condition's first blocked layer are identical too, so
-each condition's suffix starts from the clean hidden states at that layer. Conditions are
-sorted by their first layer and run as batches.
+each condition joins the batch at its first blocked layer, from the clean hidden states there:
+a batch of conditions runs each layer only for the conditions that differ from the clean run.
+
+Knockouts are read through ``.layers`` and ``.edges(groups, num_layers)`` only (a list of edge
+objects with ``.queries``, ``.keys``, ``.layers``, ``.queries_from``, which
+:class:`~probes.masking.EdgeMaskPlan` turns into blocked edges), so any knockout-like class works.
 
 >>> from PIL import Image
 >>> from probes.models.loading import load_model
@@ -15,39 +19,111 @@ sorted by their first layer and run as batches.
 >>> result = run_knockouts(loaded, inputs, sweep)
 >>> result.logits.shape[0], result.clean_logits.dim()
 (6, 1)
+>>> run_knockouts(loaded, inputs, sweep, hidden_states=True).hidden_states.shape
+torch.Size([6, 7, 64])
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from probes import attention
-from probes.masking import EdgeMaskPlan, Knockout
+from probes.masking import EdgeMaskPlan
 from probes.models.adapters import VLInputs
 from probes.models.loading import LoadedModel
+from probes.record import AttentionRecorder
 from probes.tokens import TokenGroups, token_groups
 
 
-class PrefixCache:
-    """A minimal KV cache: per layer, the shared prefix's keys and values (batch 1, expanded to
-    the batch on use) followed by whatever the suffix appends. Decoder layers only call
-    ``update``; this is all they need."""
+class SharedPrefixCache:
+    """A KV cache for runs that share the clean prefix, with its buffers allocated once.
 
-    def __init__(self, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]], batch: int) -> None:
-        self.layers = {i: (k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                       for i, (k, v) in prefix.items()}
+    Per layer, keys and values [rows, kv_heads, capacity, dim]: the clean prefix's, then what
+    the suffix and each decoding step write in place (no ``torch.cat`` of the whole cache per
+    layer or step). With ``one_shot`` every layer runs once (a sweep never reads a layer's keys
+    again after it ran), so all layers share one buffer pair and the prefix is copied in on each
+    layer's update. Decoder layers only call ``update``; this is all they need.
+    """
+
+    def __init__(self, keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix: int,
+                 rows: int, capacity: int, one_shot: bool = False) -> None:
+        self.prefix, self.one_shot = prefix, one_shot
+        self.prefix_kv = [(k[:, :, :prefix], v[:, :, :prefix]) for k, v in keys_values]
+        like = keys_values[0][0]
+        shape = (rows, like.shape[1], capacity, like.shape[3])
+        self.buffers = [(like.new_empty(shape), like.new_empty(shape))
+                        for _ in range(1 if one_shot else len(keys_values))]
+        self.lengths = [prefix] * len(keys_values)
+        if not one_shot:
+            for layer in range(len(keys_values)):
+                self._copy_prefix(layer, rows)
+
+    def _copy_prefix(self, layer: int, rows: int) -> None:
+        keys, values = self.buffers[0 if self.one_shot else layer]
+        prefix_keys, prefix_values = self.prefix_kv[layer]
+        keys[:rows, :, : self.prefix] = prefix_keys  # broadcast over the rows
+        values[:rows, :, : self.prefix] = prefix_values
 
     def update(self, key, value, layer_idx, *args, **kwargs):
-        old_key, old_value = self.layers[layer_idx]
-        self.layers[layer_idx] = (torch.cat([old_key, key], 2), torch.cat([old_value, value], 2))
-        return self.layers[layer_idx]
+        rows, start = key.shape[0], self.lengths[layer_idx]
+        end = start + key.shape[2]
+        if self.one_shot:
+            self._copy_prefix(layer_idx, rows)
+        else:
+            self.lengths[layer_idx] = end
+        keys, values = self.buffers[0 if self.one_shot else layer_idx]
+        keys[:rows, :, start:end] = key
+        values[:rows, :, start:end] = value
+        return keys[:rows, :, :end], values[:rows, :, :end]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(next(iter(self.layers.values()))[0].shape[2])
+        return self.lengths[layer_idx]
+
+
+class SuffixMasks:
+    """Additive attention masks for queries at positions ``prefix..length-1``: causal, plus the
+    edges each row blocks at that layer. A row's mask is built once per distinct set of edges
+    (by :class:`EdgeMaskPlan`, which also refuses a query left without keys) for every query
+    position the run will have, generated ones included, and sliced per call: a layer or a
+    decoding step never builds a mask again.
+    """
+
+    def __init__(self, rows: Sequence[Sequence], prefix: int, length: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.rows, self.prefix, self.length = rows, prefix, length
+        self.positions = torch.arange(prefix, length, device=device)
+        self.low = torch.finfo(dtype).min
+        allowed = torch.arange(length, device=device)[None, :] <= self.positions[:, None]
+        self.causal = torch.where(allowed, 0.0, self.low).to(dtype)[None, None]  # [1, 1, Q, K]
+        self._built: dict[tuple, torch.Tensor] = {}
+
+    def _row(self, row: int, layer: int) -> torch.Tensor | None:
+        edges = [edges for edges in self.rows[row] if layer in edges.layers]
+        if not edges:
+            return None
+        key = (row, tuple(map(id, edges)))  # layers with the same edges share one mask
+        if key not in self._built:
+            blocked = EdgeMaskPlan([edges]).blocked(layer, self.positions, self.length)
+            self._built[key] = self.causal.masked_fill(blocked[:, None], self.low)
+        return self._built[key]
+
+    def for_call(self, layer: int, rows: Sequence[int], start: int, stop: int) -> torch.Tensor | None:
+        """[len(rows) or 1, 1, stop - start, stop] for queries ``start..stop-1`` reading keys
+        ``0..stop-1``, or None where plain attention is exact (one query, nothing blocked)."""
+        masks = [self._row(row, layer) for row in rows]
+        if all(mask is None for mask in masks):
+            if stop - start == 1:
+                return None
+            full = self.causal
+        elif len(masks) == 1:
+            full = masks[0]
+        else:
+            full = torch.cat([self.causal if mask is None else mask for mask in masks])
+        return full[:, :, start - self.prefix : stop - self.prefix, :stop]
 
 
 @dataclass
@@ -55,7 +131,7 @@ class CleanPass:
     """What the clean forward of one input leaves for the conditions to share."""
 
     logits: torch.Tensor  # [vocab] at the last position
-    hidden_states: tuple[torch.Tensor, ...]  # [1, seq, hidden] entering each layer (+ final)
+    hidden_states: tuple[torch.Tensor, ...]  # [1, seq, hidden] entering each layer, then normed
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, kv_heads, seq, dim]
     position_ids: torch.Tensor  # [1, seq] or [3, 1, seq]
 
@@ -73,53 +149,66 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs) -> CleanPass:
     return CleanPass(output.logits[0, -1].float(), output.hidden_states, keys_values, positions)
 
 
-def _suffix_mask(prefix: int, length: int, batch: int, dtype, device) -> torch.Tensor:
-    """Causal additive mask [batch, 1, suffix, length] for queries prefix..length-1."""
-    keys = torch.arange(length, device=device)
-    queries = torch.arange(prefix, length, device=device)
-    allowed = keys[None, :] <= queries[:, None]
-    mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
-    return mask[None, None].expand(batch, 1, -1, -1)
+def rotary(loaded: LoadedModel, clean: CleanPass, positions: torch.Tensor):
+    """(cos, sin) for ``positions`` (batch 1: they broadcast over the rows of a batch)."""
+    return loaded.adapter.language_model(loaded.model).rotary_emb(clean.hidden_states[0], positions)
 
 
-def run_layers(loaded: LoadedModel, clean: CleanPass, start_layer: int, prefix: int,
-               batch: int, plan: attention.EditPlan | None) -> tuple[torch.Tensor, PrefixCache]:
-    """Run decoder layers ``start_layer..`` on the suffix (positions ``prefix..``) of ``batch``
-    copies of the input under ``plan``; returns (final-norm hidden states, cache)."""
-    length = clean.hidden_states[0].shape[1]
-    hidden = clean.hidden_states[start_layer][:, prefix:].expand(batch, -1, -1).contiguous()
-    shared = {i: (k[:, :, :prefix], v[:, :, :prefix])
-              for i, (k, v) in enumerate(clean.keys_values) if i >= start_layer}
-    cache = PrefixCache(shared, batch)
-    positions = clean.position_ids[..., prefix:length]
-    positions = positions.expand(*positions.shape[:-2], batch, -1)
-    mask = _suffix_mask(prefix, length, batch, hidden.dtype, hidden.device)
-    return _decoder(loaded, hidden, cache, positions, mask, plan, start_layer), cache
+def _position_rows(position_embeddings, first: int, start: int, stop: int):
+    """The rows of (cos, sin) of query positions ``start..stop-1``, computed from ``first`` on."""
+    return tuple(table[..., start - first : stop - first, :] for table in position_embeddings)
 
 
-def _decoder(loaded, hidden, cache, positions, mask, plan, start_layer=0) -> torch.Tensor:
-    """Decoder layers ``start_layer..`` and the final norm, with ``plan`` attached."""
+def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Sequence[int],
+               rows: Sequence[int], start: int, stop: int, cache, masks: SuffixMasks,
+               position_embeddings, on_layer: Callable[[int, torch.Tensor], None] | None = None,
+               ) -> torch.Tensor:
+    """Decoder layers and the final norm for queries at positions ``start..stop-1`` of the runs
+    ``rows`` (indices into ``masks.rows``). Run ``rows[i]`` joins at layer ``starts[i]``
+    (ascending) with ``entering[layer]`` [1, queries, hidden], the clean hidden states entering
+    that layer: nothing differs from the clean run before a run's first blocked layer, so it
+    costs nothing there. ``on_layer(layer, hidden)`` sees each layer's output. Returns [rows,
+    hidden] at the last query position after the final norm."""
     model, adapter = loaded.model, loaded.adapter
-    position_embeddings = adapter.language_model(model).rotary_emb(hidden, positions)
-    modules = adapter.attention_modules(model)
-    with attention.attach(modules, plan) if plan is not None else contextlib.nullcontext():
-        for layer in adapter.decoder_layers(model)[start_layer:]:
-            hidden = layer(hidden, attention_mask=mask, past_key_values=cache, use_cache=True,
-                           position_embeddings=position_embeddings)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-    return adapter.final_norm(model)(hidden)
+    hidden, active = None, 0
+    for index, layer in enumerate(adapter.decoder_layers(model)):
+        joining = 0
+        while active + joining < len(starts) and starts[active + joining] == index:
+            joining += 1
+        if joining:
+            new = entering[index].expand(joining, -1, -1)
+            hidden = new if hidden is None else torch.cat([hidden, new])
+            active += joining
+        if hidden is None:
+            continue
+        mask = masks.for_call(index, rows[:active], start, stop)
+        hidden = layer(hidden, attention_mask=mask, past_key_values=cache, use_cache=True,
+                       position_embeddings=position_embeddings)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        if on_layer is not None:
+            on_layer(index, hidden)
+    return adapter.final_norm(model)(hidden[:, -1])
 
 
 @dataclass
 class KnockoutResult:
-    """Next-token logits at ``last`` for each condition, in the order given, and clean."""
+    """Next-token logits at ``last`` for each condition, in the order given, and clean.
+
+    The optional fields are None unless asked for: ``hidden_states`` [conditions, layers + 1,
+    hidden] at ``last``, indexed as ``output_hidden_states`` (entry i enters layer i, the last is
+    the output of the final norm); ``attentions`` {layer: [conditions, ...]} and
+    ``clean_attentions`` {layer: [1, ...]}, each map as an :class:`AttentionRecorder` stores it.
+    """
 
     logits: torch.Tensor  # [conditions, vocab], float32
     clean_logits: torch.Tensor  # [vocab]
     prefix_length: int  # positions shared with the clean run
+    hidden_states: torch.Tensor | None = None
+    attentions: dict[int, torch.Tensor] | None = None
+    clean_attentions: dict[int, torch.Tensor] | None = None
 
 
-def first_blocked_position(groups: TokenGroups, knockouts: Sequence[Knockout], num_layers: int) -> int:
+def first_blocked_position(groups: TokenGroups, knockouts: Sequence, num_layers: int) -> int:
     """The earliest query position any knockout blocks, generated queries included (or
     ``last`` when none blocks a prompt position): everything before it is shared."""
     starts = [int(groups.last[0])]
@@ -131,30 +220,110 @@ def first_blocked_position(groups: TokenGroups, knockouts: Sequence[Knockout], n
 
 
 @torch.inference_mode()
-def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence[Knockout],
+def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
                   batch_size: int = 16, clean: CleanPass | None = None,
-                  groups: TokenGroups | None = None) -> KnockoutResult:
+                  groups: TokenGroups | None = None, *, hidden_states: bool = False,
+                  record: AttentionRecorder | None = None) -> KnockoutResult:
     """Logits at ``last`` under each knockout, equal (to float rounding) to one full masked
-    forward per condition, computed with a shared prefix and suffixes started late."""
+    forward per condition, computed with a shared prefix and conditions joining the batch at
+    their first blocked layer.
+
+    ``hidden_states=True`` also returns each condition's hidden states at ``last``. ``record``
+    (an :class:`AttentionRecorder`, used as a template: its queries, keys, layers and
+    reductions; its own ``maps`` stay empty) also returns each condition's recorded attention;
+    recorded query rows are then recomputed too, and one extra clean run supplies the layers
+    before each condition's first blocked layer.
+    """
     num_layers = loaded.adapter.num_layers
     groups = groups or token_groups(loaded.adapter, inputs)
     clean = clean or clean_pass(loaded, inputs)
+    rows = [knockout.edges(groups, num_layers) for knockout in knockouts]
+    starts = [min(knockout.layers, default=num_layers) for knockout in knockouts]
     prefix = first_blocked_position(groups, knockouts, num_layers)
-    head = loaded.adapter.lm_head(loaded.model)
-    order = sorted(range(len(knockouts)), key=lambda i: min(knockouts[i].layers))
-    logits = torch.empty(len(knockouts), clean.logits.shape[0])
+    if record is not None:
+        rows.append([])  # the clean run, for the layers before each condition's first
+        starts.append(0)
+        prefix = min([prefix, *record.queries.tolist()])
+    length = clean.hidden_states[0].shape[1]
+    # conditions that block nothing stay clean: they never join
+    order = [i for i in sorted(range(len(rows)), key=starts.__getitem__) if starts[i] < num_layers]
+    masks = SuffixMasks(rows, prefix, length, clean.hidden_states[0].dtype, clean.hidden_states[0].device)
+    cache = SharedPrefixCache(clean.keys_values, prefix, max(1, min(batch_size, len(order))),
+                              length, one_shot=True)
+    position_embeddings = rotary(loaded, clean, clean.position_ids[..., prefix:length])
+    collect = _Collector(loaded, clean, rows, starts, hidden_states, record)
+    finals = clean.hidden_states[0].new_empty(len(rows), clean.hidden_states[0].shape[-1])
+    entering = [states[:, prefix:] for states in clean.hidden_states]
     for chunk_start in range(0, len(order), batch_size):
         chunk = order[chunk_start : chunk_start + batch_size]
-        plan = EdgeMaskPlan([knockouts[i].edges(groups, num_layers) for i in chunk])
-        start_layer = min(min(knockouts[i].layers) for i in chunk)
-        hidden, _ = run_layers(loaded, clean, start_layer, prefix, len(chunk), plan)
-        logits[chunk] = head(hidden[:, -1]).float().cpu()
-    return KnockoutResult(logits, clean.logits.cpu(), prefix)
+        with collect.chunk(chunk) as on_layer:
+            finals[chunk] = run_layers(
+                loaded, entering, [starts[i] for i in chunk], chunk, prefix, length, cache, masks,
+                position_embeddings, on_layer)
+        collect.final(chunk, finals[chunk])
+    logits = clean.logits.cpu().repeat(len(rows), 1)
+    if order:
+        logits[order] = loaded.adapter.lm_head(loaded.model)(finals[order]).float().cpu()
+    return KnockoutResult(logits[: len(knockouts)], clean.logits.cpu(), prefix,
+                          collect.hidden_states(len(knockouts)), collect.attentions(len(knockouts)),
+                          collect.clean_attentions())
+
+
+class _Collector:
+    """Gathers, chunk by chunk, what run_knockouts returns besides logits: hidden states at
+    ``last`` and recorded attention. A condition's layers before its first blocked layer are
+    the clean run's (rows join late), so they are filled from the clean pass or the clean row."""
+
+    def __init__(self, loaded, clean, rows, starts, hidden_states, record) -> None:
+        self.loaded, self.starts, self.record = loaded, starts, record
+        self.hidden = None
+        if hidden_states:  # the clean value everywhere, overwritten where a condition differs
+            self.hidden = torch.stack([h[0, -1] for h in clean.hidden_states]).repeat(len(rows), 1, 1)
+        self.maps: list[dict[int, torch.Tensor]] = [{} for _ in rows]
+
+    @contextlib.contextmanager
+    def chunk(self, chunk: Sequence[int]):
+        on_layer = None
+        if self.hidden is not None:
+            def on_layer(layer: int, hidden: torch.Tensor) -> None:
+                if layer + 1 < self.hidden.shape[1] - 1:  # the last entry is after the final norm
+                    self.hidden[chunk[: hidden.shape[0]], layer + 1] = hidden[:, -1]
+        if self.record is None:
+            yield on_layer
+            return
+        recorder = AttentionRecorder(self.record.queries, self.record.keys, self.record.layers,
+                                     self.record.reduce, self.record.max_queries)
+        attention.enable(self.loaded.model)
+        modules = self.loaded.adapter.attention_modules(self.loaded.model)
+        with attention.attach(modules, recorder):
+            yield on_layer
+        for layer, maps in recorder.maps.items():
+            for row, condition in enumerate(chunk[: maps.shape[0]]):
+                if layer >= self.starts[condition]:
+                    self.maps[condition][layer] = maps[row]
+
+    def final(self, chunk: Sequence[int], normed: torch.Tensor) -> None:
+        if self.hidden is not None:
+            self.hidden[chunk, -1] = normed
+
+    def hidden_states(self, conditions: int) -> torch.Tensor | None:
+        return None if self.hidden is None else self.hidden[:conditions].float().cpu()
+
+    def clean_attentions(self) -> dict[int, torch.Tensor] | None:
+        if self.record is None:
+            return None
+        return {layer: maps[None].cpu() for layer, maps in sorted(self.maps[-1].items())}
+
+    def attentions(self, conditions: int) -> dict[int, torch.Tensor] | None:
+        if self.record is None:
+            return None
+        clean = self.maps[-1]  # the clean row, which ran every layer
+        return {layer: torch.stack([self.maps[c].get(layer, clean[layer]) for c in range(conditions)]).cpu()
+                for layer in sorted(clean)}
 
 
 @torch.inference_mode()
-def run_knockouts_naively(loaded: LoadedModel, inputs: VLInputs,
-                          knockouts: Sequence[Knockout]) -> torch.Tensor:
+def run_knockouts_naively(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence) -> torch.Tensor:
     """The reference: one full forward per condition, batch 1. [conditions, vocab]."""
     num_layers = loaded.adapter.num_layers
     groups = token_groups(loaded.adapter, inputs)
@@ -176,32 +345,43 @@ class Generation:
 
 
 @torch.inference_mode()
-def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout: Knockout | None,
-                    max_new_tokens: int = 8, clean: CleanPass | None = None,
-                    groups: TokenGroups | None = None) -> Generation:
+def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tokens: int = 8,
+                    clean: CleanPass | None = None, groups: TokenGroups | None = None) -> Generation:
     """Greedy decoding of one input under ``knockout`` (generated tokens are queries too when a
     flow names ``generated`` or ``text``), reusing the clean pass's keys and values for every
     position before the first blocked query. ``knockout=None`` decodes clean."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
     num_layers = loaded.adapter.num_layers
     groups = groups or token_groups(loaded.adapter, inputs)
     clean = clean or clean_pass(loaded, inputs)
     knockouts = [] if knockout is None else [knockout]
-    plan = EdgeMaskPlan([knockout.edges(groups, num_layers)]) if knockout else None
     prefix = first_blocked_position(groups, knockouts, num_layers)
+    length = clean.hidden_states[0].shape[1]
+    total = length + max_new_tokens - 1  # every position a forward will see
+    like = clean.hidden_states[0]
+    masks = SuffixMasks([knockout.edges(groups, num_layers) if knockout else []], prefix, total,
+                        like.dtype, like.device)
+    cache = SharedPrefixCache(clean.keys_values, prefix, 1, total)
+    # text after the prompt continues one position at a time (in every mRoPE axis too);
+    # the rotary tables of every position are computed once
+    last = clean.position_ids[..., -1:]
+    generated = last + torch.arange(1, max_new_tokens, device=last.device)
+    tables = rotary(loaded, clean, torch.cat([clean.position_ids[..., prefix:], generated], -1))
     head = loaded.adapter.lm_head(loaded.model)
-    hidden, cache = run_layers(loaded, clean, 0, prefix, 1, plan)
     embed = loaded.adapter.language_model(loaded.model).get_input_embeddings()
-    last_position = clean.position_ids[..., -1:]
+    hidden = run_layers(loaded, [clean.hidden_states[0][:, prefix:]], [0], [0],
+                        prefix, length, cache, masks, _position_rows(tables, prefix, prefix, length))
     tokens, step_logits, stop = [], [], loaded.eos_token_ids()
     for step in range(max_new_tokens):
-        logits = head(hidden[:, -1]).float()[0]
+        logits = head(hidden).float()[0]
         token = int(logits.argmax())
         tokens.append(token)
-        step_logits.append(logits.cpu())
+        step_logits.append(logits)
         if token in stop or step == max_new_tokens - 1:
             break
-        # text after the prompt continues one position at a time (in every mRoPE axis too)
-        positions = last_position + step + 1
-        hidden = _decoder(loaded, embed(torch.tensor([[token]], device=hidden.device)), cache,
-                          positions, None, plan)
-    return Generation(tokens, torch.stack(step_logits))
+        position = length + step
+        token_embedding = embed(torch.tensor([[token]], device=like.device))
+        hidden = run_layers(loaded, [token_embedding], [0], [0], position, position + 1,
+                            cache, masks, _position_rows(tables, prefix, position, position + 1))
+    return Generation(tokens, torch.stack(step_logits).cpu())

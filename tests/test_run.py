@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -90,3 +91,98 @@ def test_masked_generate_equals_no_cache_greedy_loop(setup, flows):
     tokens, logits = _reference_generate(loaded, inputs, knockout, steps)
     assert result.tokens == tokens
     torch.testing.assert_close(result.logits, logits, atol=1e-5, rtol=0)
+
+
+def _masked_forward(loaded, inputs, knockout, **kwargs):
+    """The reference: one full forward under the knockout's EdgeMaskPlan (the plan path)."""
+    from probes import attention
+    from probes.masking import EdgeMaskPlan
+    from probes.tokens import token_groups
+
+    groups = token_groups(loaded.adapter, inputs)
+    plan = EdgeMaskPlan([knockout.edges(groups, loaded.adapter.num_layers)]) if knockout else None
+    modules = loaded.adapter.attention_modules(loaded.model)
+    with torch.inference_mode(), attention.attach(modules, plan) if plan else nullcontext():
+        return loaded.model(**inputs.batch, **kwargs)
+
+
+@pytest.mark.parametrize("flows", ["image->question,last", "question->last"])
+def test_hidden_states_per_condition_equal_a_masked_forward(setup, flows):
+    loaded, inputs = setup
+    n = loaded.adapter.num_layers
+    sweep = _sweep(n, flows, 1) + [Knockout.window(flows, 1, 3, n)]
+    result = run_knockouts(loaded, inputs, sweep, batch_size=3, hidden_states=True)
+    clean = torch.stack([h[0, -1] for h in _masked_forward(
+        loaded, inputs, None, output_hidden_states=True).hidden_states]).float()
+    assert result.hidden_states.shape == (len(sweep), n + 1, clean.shape[-1])
+    for condition, knockout in enumerate(sweep):
+        reference = _masked_forward(loaded, inputs, knockout, output_hidden_states=True)
+        expected = torch.stack([h[0, -1] for h in reference.hidden_states]).float()
+        torch.testing.assert_close(result.hidden_states[condition], expected, atol=1e-5, rtol=0)
+        # entering the first blocked layer nothing differs yet; leaving it, `last` does
+        first = min(knockout.layers)
+        assert torch.equal(result.hidden_states[condition, : first + 1], clean[: first + 1])
+        assert (result.hidden_states[condition, first + 1] - clean[first + 1]).abs().max() > 1e-6
+    # the logits stay what they were without the option
+    torch.testing.assert_close(result.logits, run_knockouts(loaded, inputs, sweep, batch_size=3).logits,
+                               atol=0, rtol=0)
+
+
+def _eager_attentions(loaded, inputs, knockout):
+    """output_attentions of eager attention under the knockout: the recording reference."""
+    from probes import attention
+
+    attention.enable(loaded.model, "eager")
+    try:
+        return _masked_forward(loaded, inputs, knockout, output_attentions=True).attentions
+    finally:
+        attention.enable(loaded.model, "sdpa")
+
+
+@pytest.mark.parametrize("rows", ["question,last", "image_tail"])
+def test_recorded_attention_per_condition_equals_eager_output_attentions(setup, rows):
+    from probes.record import AttentionRecorder
+    from probes.tokens import token_groups
+
+    loaded, inputs = setup
+    n = loaded.adapter.num_layers
+    groups = token_groups(loaded.adapter, inputs)
+    sweep = [Knockout.window("image->question,last", layer, 1, n) for layer in (0, n // 2, n - 1)]
+    sweep.append(Knockout.window("image->last", 1, 3, n))
+    if rows == "image_tail":  # query rows before the first blocked query, reduced over heads
+        queries = np.concatenate([groups.image[-2:], groups.last])
+        template = AttentionRecorder(queries=queries, keys=groups.image, reduce="mean_heads")
+    else:
+        queries = groups.get("question,last")
+        template = AttentionRecorder(queries=queries)
+    result = run_knockouts(loaded, inputs, sweep, batch_size=2, record=template)
+    assert template.maps == {}  # a template only
+    assert sorted(result.attentions) == list(range(n))
+    keys = slice(None) if template.keys is None else groups.image
+
+    def expected(maps, layer):
+        reference = maps[layer][0][:, queries][..., keys].float()
+        return reference.mean(0, keepdim=True) if template.reduce == "mean_heads" else reference
+
+    clean = _eager_attentions(loaded, inputs, None)
+    for layer in range(n):
+        torch.testing.assert_close(result.clean_attentions[layer][0], expected(clean, layer),
+                                   atol=1e-5, rtol=0)
+    for condition, knockout in enumerate(sweep):
+        maps = _eager_attentions(loaded, inputs, knockout)
+        for layer in range(n):
+            torch.testing.assert_close(result.attentions[layer][condition], expected(maps, layer),
+                                       atol=1e-5, rtol=0)
+        # the blocked edges carry exactly nothing: `last` reads no image key where it is blocked
+        first = min(knockout.layers)
+        last_row = result.attentions[first][condition][:, -1]
+        image = slice(None) if template.keys is not None else groups.image
+        assert last_row[..., image].abs().max() == 0
+        assert result.clean_attentions[first][0][:, -1][..., image].abs().max() > 0
+
+
+def test_optional_results_are_off_by_default(setup):
+    loaded, inputs = setup
+    result = run_knockouts(loaded, inputs, [Knockout.window("image->last", 0, 1, 2)])
+    assert result.hidden_states is None and result.attentions is None
+    assert result.clean_attentions is None
