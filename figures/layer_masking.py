@@ -60,7 +60,7 @@ def effect_curves(summary: Mapping[str, Any], metric: str = "prob_change_pct") -
             axes.fill_between(effect["layer"], effect["ci_low"], effect["ci_high"],
                               color=PALETTE["flow"], alpha=0.25, linewidth=0)
             axes.plot(effect["layer"], effect["mean"], color=PALETTE["flow"],
-                      label=f"block {flow}")
+                      label="flow blocked (panel title)")
             fusion = summary["fusion_layers_by_flow"].get(flow, [])
             if fusion:
                 axes.plot(fusion, effect["mean"][fusion], "o", color=PALETTE["fusion"],

@@ -230,3 +230,20 @@ def test_region_flows_leave_out_samples_without_a_visible_target(trained):
                                 n_bootstrap=200)
     result = run_layer_masking(trained, data, config)
     assert result.arrays["sample_index"].tolist() == visible
+
+
+def test_fusion_layers_per_question_kind_on_planted_numbers():
+    from analyses.layer_masking.run import _fusion_by_kind
+
+    rng = np.random.default_rng(1)
+    kinds = np.array(["colour"] * 25 + ["shape"] * 25 + ["rare"] * 5)
+    change = rng.normal(0, 0.5, (kinds.size, 2, 6))
+    change[:25, 0, 2] -= 50  # colour reads the image at layer 2
+    change[25:50, 0, 0] -= 30  # shape at layer 0
+    arrays = {"kind": kinds, "prob_change_pct": change, "logit_change": change,
+              "kl": change, "flipped": change}
+    by_kind = _fusion_by_kind(arrays, LayerMaskingConfig(flows=("image->last",),
+                                                         n_bootstrap=300), 6)
+    assert by_kind.keys() == {"colour", "shape"}  # "rare" has too few samples
+    assert by_kind["colour"]["fusion_layers"] == [2] and by_kind["shape"]["fusion_layers"] == [0]
+    assert by_kind["colour"]["n"] == 25

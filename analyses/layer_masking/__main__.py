@@ -33,6 +33,10 @@ def format_table(summary: dict) -> str:
         mark = "*" if row["significant"] else ""
         lines.append(f"{row['layer']:>5}  {row['effect']:7.1f} {ci:>17}  "
                      f"{row['control_effect']:7.1f}  {row['p_holm']:8.4f}  {mark}")
+    for kind, row in summary.get("fusion_layers_by_kind", {}).items():
+        effects = " ".join(f"{e:5.1f}" for e in row["effect"])
+        lines.append(f"  {kind:<10} n={row['n']:<5} effect by layer: {effects}   fusion: "
+                     f"{row['fusion_layers'] or 'none'}")
     review = summary["review"]
     lines.append(f"fusion layers: {summary['fusion_layers'] or 'none'}; review: "
                  + (f"layers {review['layers']}" if review["detected"] else "not detected"))

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from analyses.common import data_record, model_record
-from analyses.layer_masking.findings import findings, series_names
+from analyses.layer_masking.findings import findings, series_names, significance
 from analyses.layer_masking.sweep import METRICS, has_region, needs_region, sweep_sample
 from analyses.results import RunResult, load_arrays, provenance, save_arrays, to_json, write_atomic
 from analyses.vqa_accuracy import grade
@@ -30,6 +30,7 @@ from probes.tokens import GROUPS
 ANALYSIS = "layer_masking"
 DEFAULT_FLOWS = ("image->question,last",)
 STATE_ARRAYS, STATE_JSON = ".partial.npz", ".partial.json"
+MIN_KIND_SAMPLES = 20
 PER_SAMPLE = ("sample_index", "sample_id", "kind", "answer_token", "clean_probability",
               "flow_edges", "control_edges", *METRICS)
 
@@ -230,9 +231,29 @@ def summarize(arrays: dict[str, np.ndarray], config: LayerMaskingConfig, model: 
                    "selected": config.samples},
         **findings(arrays, flows, num_layers, config.n_bootstrap, config.seed, config.alpha,
                     config.min_effect),
+        "fusion_layers_by_kind": _fusion_by_kind(arrays, config, num_layers),
         "timing": timing,
     })
     return RunResult(summary, arrays)
+
+
+def _fusion_by_kind(arrays, config: LayerMaskingConfig, num_layers: int) -> dict[str, Any]:
+    """The fusion rule applied to each question kind's samples alone (kinds with at least
+    ``MIN_KIND_SAMPLES`` samples): kinds may read the image at different layers."""
+    kinds = np.asarray(arrays["kind"]).astype(str)
+    result = {}
+    for kind in sorted(set(kinds.tolist())):
+        rows = kinds == kind
+        if rows.sum() < MIN_KIND_SAMPLES:
+            continue
+        subset = {name: arrays[name][rows] for name in METRICS}
+        tests = significance(subset, list(config.flows), config.n_bootstrap, config.seed,
+                             config.alpha, config.min_effect)
+        result[kind] = {"n": int(rows.sum()),
+                        "fusion_layers": [r["layer"] for r in tests
+                                          if r["flow"] == config.flows[0] and r["significant"]],
+                        "effect": [r["effect"] for r in tests if r["flow"] == config.flows[0]]}
+    return result
 
 
 def merge(directories: Sequence[Path]) -> RunResult:
