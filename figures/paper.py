@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from analyses.results import RunResult
-from figures import attention_evolution, attenuation, layer_masking, token_importance
+from figures import attention_evolution, attenuation, layer_masking, token_importance, vif
 from figures.style import save
 from probes.cli import run_cli
 from probes.errors import UserError
@@ -23,6 +23,7 @@ DRAWERS: dict[str, Callable[[Mapping, Mapping], dict]] = {
     "contrastive_attention": attention_evolution.draw_contrastive,
     "token_importance": token_importance.draw_all,
     "attenuation": attenuation.draw_all,
+    "train_vif": vif.draw_all,
 }
 
 
