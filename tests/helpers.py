@@ -1,10 +1,15 @@
-"""Test helpers shared by the adapter tests: painting boxes and finding them in pixel values."""
+"""Test helpers shared by the adapter tests (painting boxes and finding them in pixel values)
+and the analyses' resume tests (interrupting a run, comparing two runs' results)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from analyses.results import to_json
 
 RED = (255, 0, 0)
 
@@ -34,3 +39,26 @@ def red_cells(rgb: np.ndarray, cell: int) -> set[tuple[int, int]]:
 def shrink(box, by: float):
     x0, y0, x1, y1 = box
     return (x0 + by, y0 + by, x1 - by, y1 - by)
+
+
+def interrupt_at(done: int):
+    """An ``on_sample`` callback that interrupts a run once ``done`` samples are finished."""
+
+    def on_sample(finished: int) -> None:
+        if finished == done:
+            raise KeyboardInterrupt
+
+    return on_sample
+
+
+def assert_same_run(a, b) -> None:
+    """Two RunResults are the same run: equal summaries but for timing and versions (as JSON
+    text, so NaN equals NaN) and exactly equal arrays, dtypes included."""
+    summaries = [json.dumps(json.loads(to_json({k: v for k, v in r.summary.items()
+                                                if k not in ("timing", "versions")})),
+                            sort_keys=True) for r in (a, b)]
+    assert summaries[0] == summaries[1]
+    assert a.arrays.keys() == b.arrays.keys()
+    for name in a.arrays:
+        assert a.arrays[name].dtype == b.arrays[name].dtype, name
+        np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)

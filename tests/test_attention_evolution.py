@@ -2,7 +2,8 @@
 maps equal maps computed from eager ``output_attentions``; localisation scores equal a hand
 computation; a planted sink is found and only it; the refinement's decode equals a no-cache
 greedy loop recomputing the full masked or biased forward at each step; ratio 0 is the clean
-run exactly; the stated rules; determinism; the CLIs and every bad input's one sentence."""
+run exactly; the stated rules; determinism; resume (in either contrastive pass) gives the
+uninterrupted result; the CLIs and every bad input's one sentence."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_run, interrupt_at
 
 from analyses.attention_evolution import (
     EvolutionConfig,
@@ -37,6 +39,7 @@ from analyses.contrastive_attention import (
 from analyses.contrastive_attention.__main__ import main as contrastive_main
 from analyses.data import load_dataset
 from analyses.results import RunResult
+from analyses.resume import PARTIAL
 from probes import attention
 from probes.cli import run_cli
 from probes.masking import EdgeMaskPlan
@@ -218,6 +221,52 @@ def test_runs_are_deterministic(trained, fine):
     assert a.summary["per_layer"] == b.summary["per_layer"]
 
 
+def test_attention_evolution_resumes_to_the_uninterrupted_result(trained, fine, tmp_path):
+    config = EvolutionConfig(n_bootstrap=100, examples=5)  # examples from both halves
+    whole = run_attention_evolution(trained, fine, config)
+    with pytest.raises(KeyboardInterrupt):
+        run_attention_evolution(trained, fine, config, out=tmp_path, on_sample=interrupt_at(3))
+    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 3
+    seen = []
+    resumed = run_attention_evolution(trained, fine, config, out=tmp_path, resume=True,
+                                      on_sample=seen.append)
+    assert seen[0] == 4  # it went on from the kept samples, not from the start
+    assert_same_run(whole, resumed)
+    assert not (tmp_path / PARTIAL).exists()
+
+
+def test_contrastive_attention_resumes_in_either_pass_to_the_uninterrupted_result(
+        trained, fine, tmp_path, monkeypatch):
+    import analyses.contrastive_attention.run as contrastive_run
+
+    config = ContrastiveConfig(mode="hard", ratio=0.3, n_bootstrap=100)  # early layer: 2 passes
+    whole = run_contrastive_attention(trained, fine, config)
+    calls, stop = [], [4]
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stop[0]:
+            raise KeyboardInterrupt
+        return record_sample(*args, **kwargs)
+
+    monkeypatch.setattr(contrastive_run, "record_sample", counted)
+    with pytest.raises(KeyboardInterrupt):  # in the first pass, after 3 samples
+        run_contrastive_attention(trained, fine, config, out=tmp_path)
+    assert len(list((tmp_path / PARTIAL).glob("early-*.npz"))) == 3
+    calls.clear()
+    stop[0] = None
+    with pytest.raises(KeyboardInterrupt):  # in the second pass, after 2 samples
+        run_contrastive_attention(trained, fine, config, out=tmp_path, resume=True,
+                                  on_sample=interrupt_at(2))
+    assert len(calls) == 5 + 2  # the first pass went on from its 4th sample
+    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 2
+    calls.clear()
+    resumed = run_contrastive_attention(trained, fine, config, out=tmp_path, resume=True)
+    assert len(calls) == 6  # neither pass started over
+    assert_same_run(whole, resumed)
+    assert not (tmp_path / PARTIAL).exists()
+
+
 # ----------------------------------------------------------------- CLIs
 def test_clis_write_results_and_figures_that_redraw_without_a_model(tmp_path, capsys):
     from figures.paper import main as paper_main
@@ -268,7 +317,6 @@ def test_clis_write_results_and_figures_that_redraw_without_a_model(tmp_path, ca
     (contrastive_main, ["--series", "image"], "--series must be one of question, last"),
     (contrastive_main, ["--refine-layers", "4,x"], "takes layer numbers separated by commas"),
     (contrastive_main, ["--layer-masking", "/nonexistent"], "cannot read a layer-masking result"),
-    (contrastive_main, ["--resume"], "cannot resume a run"),
 ])
 def test_bad_input_gets_one_sentence_and_exit_2(main, argv, message, tmp_path, capsys):
     assert run_cli(main, [*argv, "--limit", "2", "--out", str(tmp_path)] if "--limit" not in argv

@@ -1,7 +1,8 @@
 """analyses.attenuation against references: attention shares and the image's value contribution
 vs a hand computation from eager ``output_attentions`` and the hooked value projection and
 o_proj input; the logit lens vs the model's own logits; the small/large rule; the CLI, figures
-redrawn without a model, determinism and every bad input's one sentence."""
+redrawn without a model, determinism, resume (and its state) and every bad input's one
+sentence."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_run, interrupt_at
 
 from analyses.attenuation import AttenuationConfig, logit_lens, measure_sample, run_attenuation
 from analyses.attenuation.__main__ import main as cli_main
@@ -19,7 +21,9 @@ from analyses.attenuation.run import difference_ci, subset_masks
 from analyses.data import load_dataset
 from analyses.layer_masking.sweep import has_region, sample_groups
 from analyses.results import RunResult
+from analyses.resume import PARTIAL, SampleStore
 from probes.cli import run_cli
+from probes.errors import UserError
 from probes.models.loading import load_model
 from probes.tokens import token_groups
 
@@ -133,6 +137,49 @@ def test_run_is_deterministic_and_its_subsets_partition_visible_targets(fine):
     assert (shares >= 0).all() and (shares <= 1).all()
 
 
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(fine, tmp_path):
+    loaded = load_model("tiny-llava")
+    config = AttenuationConfig(n_bootstrap=200)
+    whole = run_attenuation(loaded, fine, config)
+    with pytest.raises(KeyboardInterrupt):
+        run_attenuation(loaded, fine, config, out=tmp_path, on_sample=interrupt_at(3))
+    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 3  # kept as they finished
+    with pytest.raises(UserError, match="another config"):
+        run_attenuation(loaded, fine, AttenuationConfig(n_bootstrap=200, small_cells=2.0),
+                        out=tmp_path, resume=True)
+    seen = []
+    resumed = run_attenuation(loaded, fine, config, out=tmp_path, resume=True,
+                              on_sample=seen.append)
+    assert seen == [4, 5, 6]  # it went on from the kept samples, not from the start
+    assert_same_run(whole, resumed)
+    assert not (tmp_path / PARTIAL).exists()
+    resumed.save(tmp_path)
+    with pytest.raises(UserError, match="holds a finished run"):
+        run_attenuation(loaded, fine, config, out=tmp_path, resume=True)
+
+
+def test_resume_state_keeps_ragged_samples_and_refuses_another_key(tmp_path):
+    key = {"analysis": "demo", "model": {"id": "m"}, "data": {"size": 3}, "config": {"seed": 0}}
+    store = SampleStore.open(tmp_path, key, resume=False)
+    for n in (2, 5):  # ragged: each sample its own file
+        store.add({"curve": np.arange(n, dtype=np.float32), "kind": "x" * n, "ok": n > 3})
+    store.add({"maps": np.ones(3)}, stage="first")
+    with pytest.raises(TypeError, match="pickle"):
+        store.add({"bad": np.array([None, 1], dtype=object)})
+    back = SampleStore.open(tmp_path, dict(key, config={"seed": 0}), resume=True).finished()
+    assert [row["curve"].tolist() for row in back] == [[0.0, 1.0], [0.0, 1.0, 2.0, 3.0, 4.0]]
+    assert back[1]["curve"].dtype == np.float32 and str(back[1]["kind"]) == "xxxxx"
+    assert back[1]["ok"].dtype == bool and bool(back[1]["ok"])
+    for other in (dict(key, config={"seed": 1}), dict(key, model={"id": "n"})):
+        with pytest.raises(UserError, match="used another (config|model)"):
+            SampleStore.open(tmp_path, other, resume=True)
+    fresh = SampleStore.open(tmp_path, key, resume=False)  # without --resume: start over
+    assert fresh.finished() == [] and fresh.finished("first") == []
+    fresh.clear()
+    assert not (tmp_path / PARTIAL).exists()
+    assert SampleStore.open(tmp_path, key, resume=True).finished() == []  # nothing to resume
+
+
 def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli(cli_main, ["--data", "fine-grained", "--limit", "8", "--out", str(out),
@@ -163,7 +210,6 @@ def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_p
     (["--limit", "0"], "--limit must be at least 1"),
     (["--small-cells", "0"], "--small-cells must be positive"),
     (["--bootstrap", "0"], "--bootstrap must be at least 1"),
-    (["--resume"], "keep no resume state"),
     (["--batch-size", "4"], "--batch-size must be 1"),
     (["--data", "nowhere"], "nowhere"),
     (["--model", "no-such-model"], "no-such-model"),
@@ -176,7 +222,7 @@ def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("name", ["analyses.attenuation", "analyses.attenuation.run",
-                                  "figures.attenuation"])
+                                  "analyses.resume", "figures.attenuation"])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

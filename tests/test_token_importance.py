@@ -2,7 +2,8 @@
 ``output_attentions`` computed in numpy, the ratio scan against a brute-force loop, aif_generate
 against a no-cache greedy loop that recomputes the full masked forward at every step, ratio 0
 against clean decoding, exact zeros on the masked edges with image->image attention unchanged,
-on LLaVA, LLaVA-NeXT and Qwen2.5-VL; determinism; the CLI and every bad input's one sentence."""
+on LLaVA, LLaVA-NeXT and Qwen2.5-VL; determinism; resume gives the uninterrupted result; the
+CLI and every bad input's one sentence."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_run, interrupt_at
 from PIL import Image
 
 from analyses.data import load_dataset
 from analyses.results import RunResult
+from analyses.resume import PARTIAL
 from analyses.token_importance import (
     AIFConfig,
     aif_generate,
@@ -243,6 +246,21 @@ def test_a_run_is_deterministic_and_its_recall_matches_the_masks(trained):
         np.testing.assert_allclose(first.arrays["recall_entropy"][s], expected)
 
 
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(trained, tmp_path):
+    dataset = load_dataset("fine-grained", "test", limit=5)
+    config = TokenImportanceConfig(timed_samples=0, n_bootstrap=100)
+    whole = run_token_importance(trained, dataset, config)
+    with pytest.raises(KeyboardInterrupt):
+        run_token_importance(trained, dataset, config, out=tmp_path, on_sample=interrupt_at(2))
+    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 2
+    seen = []
+    resumed = run_token_importance(trained, dataset, config, out=tmp_path, resume=True,
+                                   on_sample=seen.append)
+    assert seen == [3, 4, 5]  # it went on from the kept samples, not from the start
+    assert_same_run(whole, resumed)
+    assert not (tmp_path / PARTIAL).exists()
+
+
 def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli(cli_main, ["--limit", "8", "--out", str(out), "--timed-samples", "2",
@@ -282,7 +300,6 @@ def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_p
     (["--top-fraction", "0"], "--top-fraction must lie in (0, 1]"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--limit", "0"], "--limit must be at least 1"),
-    (["--resume"], "--resume is not supported"),
     (["--batch-size", "4"], "--batch-size must be 1"),
     (["--data", "nope"], "nope"),
 ])

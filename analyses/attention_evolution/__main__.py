@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from analyses.attention_evolution import EvolutionConfig, run_attention_evolution
@@ -76,20 +74,6 @@ def write_run(result: RunResult, out: Path) -> None:
     sys.stdout.write(f"results and figures in {out}\n")
 
 
-def finished_run(out: Path, config: EvolutionConfig, args) -> RunResult | None:
-    """A complete earlier run in ``out`` with the same model, data and config, if any."""
-    try:
-        result = RunResult.load(out)
-    except FileNotFoundError:
-        return None
-    summary = result.summary
-    same = (summary.get("analysis") == "attention_evolution"
-            and json.loads(json.dumps(asdict(config))) == summary.get("config")
-            and summary["data"]["name"] == args.data and summary["data"]["split"] == args.split
-            and summary["n_samples"] == (args.limit or summary["data"]["size"]))
-    return result if same else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.attention_evolution",
                                      description=__doc__.split("\n")[0])
@@ -109,12 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              figure_layers=parse_layers(args.figure_layers, "--figure-layers"),
                              n_bootstrap=args.bootstrap, seed=args.seed)
     dataset = load_data(args.data, args.split, args.limit)
-    if args.resume and (result := finished_run(args.out, config, args)) is not None:
-        write_run(result, args.out)  # a finished run: nothing to recompute (runs are not resumed midway)
-        return 0
     loaded = load_model_from_args(args)
     config.validate(loaded.adapter.num_layers)
-    write_run(run_attention_evolution(loaded, dataset, config, progress=True), args.out)
+    write_run(run_attention_evolution(loaded, dataset, config, progress=True, out=args.out,
+                                      resume=args.resume), args.out)
     return 0
 
 

@@ -1,14 +1,17 @@
 """An attention-evolution run over a dataset: every sample's maps at every layer, the scores
 per layer with bootstrap CIs, the sink patches, and the result (``summary.json`` +
 ``arrays.npz``). Each sample's numbers depend only on (model, sample), so runs are
-deterministic.
+deterministic, and a resumed run (finished samples kept in ``out/.partial``, see
+:mod:`analyses.resume`) gives the files of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,7 @@ from analyses.attention_evolution.scores import (
 )
 from analyses.common import data_record, model_record
 from analyses.results import RunResult, provenance
+from analyses.resume import SampleStore, run_key
 from analyses.stats import bootstrap_mean_ci
 from probes.errors import UserError
 from probes.masking import check_layers
@@ -79,36 +83,58 @@ def thumbnail(image: Image.Image) -> np.ndarray:
 
 def run_attention_evolution(loaded: LoadedModel, dataset,
                             config: EvolutionConfig = EvolutionConfig(),
-                            progress: bool = False) -> RunResult:
-    """Record and score every sample of ``dataset`` (see the package docstring)."""
+                            progress: bool = False, out: Path | None = None,
+                            resume: bool = False,
+                            on_sample: Callable[[int], None] | None = None) -> RunResult:
+    """Record and score every sample of ``dataset`` (see the package docstring). With
+    ``out``, each finished sample is kept there for ``resume`` (see :mod:`analyses.resume`;
+    the caller saves the result); ``on_sample(done)`` is called after each sample."""
     num_layers = loaded.adapter.num_layers
     config.validate(num_layers)
+    model = model_record(loaded)
+    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset, asdict(config), model),
+                             resume)
     rows: dict[str, list] = {name: [] for name in
                              ("maps", "image_share", "head_maps", "relevant", "scores")}
     cells, examples = None, {"example_index": [], "example_images": [], "example_grid": []}
-    started = time.perf_counter()
-    for index in tqdm(range(len(dataset)), disable=not progress, desc="attention evolution",
-                      unit="sample"):
-        sample = dataset[index]
-        maps, _, groups, _ = record_sample(loaded, sample, config.heads, keep_clean=False)
+
+    def take(index: int, values: dict[str, np.ndarray]) -> None:
+        nonlocal cells
         if cells is None:
-            cells = maps.cells
-        elif maps.cells.shape != cells.shape or not np.array_equal(maps.cells, cells):
+            cells = values["cells"]
+        elif values["cells"].shape != cells.shape or not np.array_equal(values["cells"], cells):
             raise UserError(f"sample {index} of {dataset.name} has another patch grid than the "
                             "first sample; attention evolution compares patches across samples, "
                             "so its images must all give the same grid (resize them to one size).")
-        rows["maps"].append(maps.maps)
-        rows["image_share"].append(maps.image_share)
-        rows["head_maps"].append(maps.head_maps)
-        rows["relevant"].append(maps.relevant)
-        rows["scores"].append(maps.scores())
-        if len(examples["example_index"]) < config.examples and maps.relevant.any():
+        for name in rows:
+            rows[name].append(values.get(name))
+        if "example_image" in values:
             examples["example_index"].append(index)
-            examples["example_images"].append(thumbnail(sample.image))
-            examples["example_grid"].append(example_geometry(groups))
+            examples["example_images"].append(values["example_image"])
+            examples["example_grid"].append(values["example_grid"])
+
+    for index, values in enumerate(store.finished()):
+        take(index, values)
+    start = len(rows["maps"])
+    started = time.perf_counter()
+    for index in tqdm(range(start, len(dataset)), disable=not progress,
+                      desc="attention evolution", unit="sample", initial=start,
+                      total=len(dataset)):
+        sample = dataset[index]
+        maps, _, groups, _ = record_sample(loaded, sample, config.heads, keep_clean=False)
+        values = {"maps": maps.maps, "image_share": maps.image_share, "relevant": maps.relevant,
+                  "scores": maps.scores(), "cells": maps.cells}
+        if config.heads:
+            values["head_maps"] = maps.head_maps
+        if len(examples["example_index"]) < config.examples and maps.relevant.any():
+            values["example_image"] = thumbnail(sample.image)
+            values["example_grid"] = example_geometry(groups)
+        take(index, store.add(values))
+        if on_sample is not None:
+            on_sample(index + 1)
     if not rows["maps"]:
         raise UserError(f"{dataset.name}/{dataset.split} holds no samples.")
-    seconds = (time.perf_counter() - started) / len(dataset)
+    seconds = (time.perf_counter() - started) / max(1, len(dataset) - start)
     arrays = {
         "sample_index": np.arange(len(dataset), dtype=np.int64),
         "sample_id": np.array([dataset[i].id for i in range(len(dataset))]),
@@ -134,10 +160,11 @@ def run_attention_evolution(loaded: LoadedModel, dataset,
     arrays["sink_patches"] = sinks.astype(np.int64)
     arrays["sink_share"] = np.stack(rows["maps"])[..., sinks].sum(-1) if sinks.size else \
         np.full(arrays["image_share"].shape, np.nan)
-    summary = provenance(ANALYSIS, model_record(loaded), data_record(dataset), len(dataset),
-                         asdict(config), config.seed)
+    summary = provenance(ANALYSIS, model, data_record(dataset), len(dataset), asdict(config),
+                         config.seed)
     summary.update(summarize(arrays, config, num_layers))
     summary["timing"] = {"seconds_per_sample": seconds, "device": str(loaded.device)}
+    store.clear()
     return RunResult(summary, arrays)
 
 

@@ -60,9 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="targets covering fewer patch cells than this are small (default 1)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
-    if args.resume:
-        raise UserError("attenuation runs keep no resume state (one forward per sample); run "
-                        "again without --resume.")
     if args.batch_size != 1:
         raise UserError("attenuation measures one sample per forward; --batch-size must be 1.")
     config = AttenuationConfig(small_cells=args.small_cells, seed=args.seed,
@@ -70,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.validate()
     dataset = load_data(args.data, args.split, args.limit)
     loaded = load_model_from_args(args)
-    result = run_attenuation(loaded, dataset, config, progress=True)
+    result = run_attenuation(loaded, dataset, config, progress=True, out=args.out,
+                             resume=args.resume)
     write_run(result, args.out)
     return 0
 

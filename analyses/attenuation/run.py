@@ -10,12 +10,18 @@ cells of the image's (first) patch grid, *large* otherwise; questions about noth
 the peak, the last layer's mean, and ``retained`` = last / peak (1 = nothing lost after the
 peak). Small vs large is compared per layer by the difference of means (small - large) with a
 bootstrap CI of the difference (samples resampled within each group).
+
+**Resume.** Each sample's curves depend only on (model, sample), so a resumed run (finished
+samples kept in ``out/.partial``, see :mod:`analyses.resume`) gives the files of an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,7 @@ from tqdm import tqdm
 from analyses.attenuation.measure import METRICS, measure_sample
 from analyses.common import data_record, model_record
 from analyses.results import RunResult, provenance
+from analyses.resume import SampleStore, run_key
 from analyses.stats import bootstrap_mean_ci, wilson_interval
 from probes.errors import UserError
 from probes.models.loading import LoadedModel
@@ -55,31 +62,42 @@ def grid_cells(loaded: LoadedModel, sample) -> int:
 
 
 def run_attenuation(loaded: LoadedModel, dataset, config: AttenuationConfig = AttenuationConfig(),
-                    progress: bool = False) -> RunResult:
-    """Measure every sample of ``dataset`` and summarise (see the module docstring)."""
+                    progress: bool = False, out: Path | None = None, resume: bool = False,
+                    on_sample: Callable[[int], None] | None = None) -> RunResult:
+    """Measure every sample of ``dataset`` and summarise (see the module docstring). With
+    ``out``, each finished sample is kept there for ``resume`` (see :mod:`analyses.resume`;
+    the caller saves the result); ``on_sample(done)`` is called after each sample."""
     config.validate()
+    model = model_record(loaded)
+    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset, asdict(config), model),
+                             resume)
+    rows = store.finished()
+    start = len(rows)
     started = time.perf_counter()
-    curves, tokens, correct, areas, fractions = [], [], [], [], []
-    for index in tqdm(range(len(dataset)), disable=not progress, desc="attenuation",
-                      unit="sample"):
+    for index in tqdm(range(start, len(dataset)), disable=not progress, desc="attenuation",
+                      unit="sample", initial=start, total=len(dataset)):
         sample = dataset[index]
         measured = measure_sample(loaded, sample)
-        curves.append(measured.values)
-        tokens.append(measured.answer_token)
-        correct.append(measured.correct)
-        areas.append(measured.target_area * grid_cells(loaded, sample))
-        fractions.append(measured.region_fraction)
-    seconds = (time.perf_counter() - started) / max(1, len(dataset))
+        rows.append(store.add({
+            "curves": measured.values, "answer_token": measured.answer_token,
+            "correct": measured.correct,
+            "target_cells": measured.target_area * grid_cells(loaded, sample),
+            "region_fraction": measured.region_fraction}))
+        if on_sample is not None:
+            on_sample(index + 1)
+    seconds = (time.perf_counter() - started) / max(1, len(dataset) - start)
     arrays = {
-        "curves": np.stack(curves), "answer_token": np.array(tokens, dtype=np.int64),
-        "correct": np.array(correct, dtype=bool),
-        "target_cells": np.array(areas, dtype=np.float64),
-        "region_fraction": np.array(fractions, dtype=np.float64),
+        "curves": np.stack([row["curves"] for row in rows]),
+        "answer_token": np.array([row["answer_token"] for row in rows], dtype=np.int64),
+        "correct": np.array([row["correct"] for row in rows], dtype=bool),
+        "target_cells": np.array([row["target_cells"] for row in rows], dtype=np.float64),
+        "region_fraction": np.array([row["region_fraction"] for row in rows], dtype=np.float64),
         "kind": np.array([dataset[i].kind for i in range(len(dataset))]),
     }
-    return summarize(arrays, config, model_record(loaded), data_record(dataset),
-                     loaded.adapter.num_layers,
-                     {"seconds_per_sample": seconds, "device": str(loaded.device)})
+    result = summarize(arrays, config, model, data_record(dataset), loaded.adapter.num_layers,
+                       {"seconds_per_sample": seconds, "device": str(loaded.device)})
+    store.clear()
+    return result
 
 
 def subset_masks(target_cells: np.ndarray, small_cells: float) -> dict[str, np.ndarray]:

@@ -14,7 +14,6 @@ from analyses.results import RunResult
 from figures.attention_evolution import draw_contrastive
 from figures.style import save
 from probes.cli import run_cli
-from probes.errors import UserError
 
 DEFAULT_OUT = "runs/contrastive_attention"
 
@@ -84,9 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=4, help="samples shown in the figures")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
-    if args.resume:
-        raise UserError("contrastive_attention cannot resume a run (300 samples take under a "
-                        "minute on the tiny model); run it again without --resume.")
     ratio = 0.5 if args.ratio is None and args.threshold is None else args.ratio
     config = ContrastiveConfig(
         series=args.series, late_layer=args.late_layer, early_layer=args.early_layer,
@@ -96,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_bootstrap=args.bootstrap, seed=args.seed)
     dataset = load_data(args.data, args.split, args.limit)
     loaded = load_model_from_args(args)
-    result = run_contrastive_attention(loaded, dataset, config, args.layer_masking, progress=True)
+    result = run_contrastive_attention(loaded, dataset, config, args.layer_masking, progress=True,
+                                       out=args.out, resume=args.resume)
     write_run(result, args.out)
     return 0
 

@@ -4,13 +4,16 @@ against the clean answer and a random-suppression control of the same size.
 
 Two passes over the data when the early layer is chosen automatically (the rule reads every
 sample's maps first), one otherwise. Per sample the random control draws its patches from
-``default_rng([seed, sample index])``, so a run is deterministic.
+``default_rng([seed, sample index])``, so a run is deterministic; a resumed run (both passes'
+finished samples kept in ``out/.partial``, see :mod:`analyses.resume`) gives the files of an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from analyses.contrastive_attention.contrast import (
 )
 from analyses.contrastive_attention.refine import MODES, Suppression, answer_text, refined_generate
 from analyses.results import RunResult, provenance
+from analyses.resume import SampleStore, run_key
 from analyses.stats import bootstrap_mean_ci, mcnemar_exact, sign_flip_p_values, wilson_interval
 from probes.errors import UserError
 from probes.masking import check_layers
@@ -40,6 +44,7 @@ ANALYSIS = "contrastive_attention"
 MAPS = ("late", "early", "contrastive")
 LOCALISATION = ("auroc", "pointing")
 METHODS = ("clean", "refined", "random_control")
+EARLY_PASS = "early"  # the resume-state stage of the first pass (maps for the early-layer rule)
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,14 @@ def resolve_layers(config: ContrastiveConfig, num_layers: int,
 def run_contrastive_attention(loaded: LoadedModel, dataset,
                               config: ContrastiveConfig = ContrastiveConfig(),
                               layer_masking: str | Path | None = None,
-                              progress: bool = False) -> RunResult:
+                              progress: bool = False, out: Path | None = None,
+                              resume: bool = False,
+                              on_sample: Callable[[int], None] | None = None) -> RunResult:
     """Localisation of the contrastive map and, with ``config.refine``, the refinement's
-    accuracy against clean and the random control (see the module docstring)."""
+    accuracy against clean and the random control (see the module docstring). With ``out``,
+    the samples of both passes are kept there for ``resume`` (see :mod:`analyses.resume`; the
+    caller saves the result); ``on_sample(done)`` is called after each sample of the main
+    pass."""
     num_layers = loaded.adapter.num_layers
     config.validate(num_layers)
     masking = None if layer_masking is None else read_layer_masking(layer_masking, num_layers)
@@ -139,31 +149,55 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
     if len(dataset) == 0:
         raise UserError(f"{dataset.name}/{dataset.split} holds no samples.")
     series = SERIES.index(config.series)
-    started = time.perf_counter()
-    if layers["early"] is None:
-        maps = np.stack([record_sample(loaded, dataset[i], keep_clean=False)[0].maps[series]
-                         for i in tqdm(range(len(dataset)), disable=not progress,
-                                       desc="maps (early layer rule)", unit="sample")])
-        layers["early"], layers["early_distances"] = choose_early_layer(maps, layers["late"])
+    model = model_record(loaded)
+    recorded = {**asdict(config), "layer_masking": None if layer_masking is None
+                else str(layer_masking)}
+    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset,
+                                          {**recorded, "masking": masking}, model), resume)
+    started, computed = time.perf_counter(), 0
+    if layers["early"] is None:  # the rule reads every sample's maps: a first pass, kept too
+        first = [values["maps"] for values in store.finished(EARLY_PASS)]
+        for index in tqdm(range(len(first), len(dataset)), disable=not progress,
+                          desc="maps (early layer rule)", unit="sample", initial=len(first),
+                          total=len(dataset)):
+            maps = record_sample(loaded, dataset[index], keep_clean=False)[0].maps[series]
+            first.append(store.add({"maps": maps}, EARLY_PASS)["maps"])
+        layers["early"], layers["early_distances"] = choose_early_layer(np.stack(first),
+                                                                        layers["late"])
     rows: dict[str, list] = {name: [] for name in (
-        "maps", "relevant", "localisation", "suppressed", "random", "correct", "answers")}
+        "maps", "relevant", "localisation", "suppressed", "random", "correct", "answers",
+        "cells")}
     examples: dict[str, list] = {"example_index": [], "example_images": [], "example_grid": []}
-    for index in tqdm(range(len(dataset)), disable=not progress, desc="contrastive attention",
-                      unit="sample"):
+
+    def take(index: int, values: dict[str, np.ndarray]) -> None:
+        for name in rows:
+            if name in values:
+                rows[name].append(values[name])
+        if "example_image" in values:
+            examples["example_index"].append(index)
+            examples["example_images"].append(values["example_image"])
+            examples["example_grid"].append(values["example_grid"])
+
+    for index, values in enumerate(store.finished()):
+        take(index, values)
+    start = len(rows["maps"])
+    for index in tqdm(range(start, len(dataset)), disable=not progress,
+                      desc="contrastive attention", unit="sample", initial=start,
+                      total=len(dataset)):
         sample = dataset[index]
         sample_maps, clean, groups, inputs = record_sample(loaded, sample)
         maps = sample_maps.maps[series]  # [layers, patches]
         contrast = contrastive_map(maps[layers["late"]], maps[layers["early"]])
         relevant = sample_maps.relevant
-        rows["maps"].append(maps)
-        rows["relevant"].append(relevant)
-        rows["localisation"].append([[score(m, relevant) for score in (auroc, pointing)]
-                                     for m in (maps[layers["late"]], maps[layers["early"]], contrast)])
+        values = {"maps": maps, "relevant": relevant, "cells": sample_maps.cells,
+                  "localisation": [[score(m, relevant) for score in (auroc, pointing)]
+                                   for m in (maps[layers["late"]], maps[layers["early"]],
+                                             contrast)]}
         chosen = least_shift(contrast, config.ratio, config.threshold)
         rng = np.random.default_rng([config.seed, index])
         drawn = np.sort(rng.choice(contrast.size, size=chosen.size, replace=False))
-        rows["suppressed"].append(np.isin(np.arange(contrast.size), chosen))
-        rows["random"].append(np.isin(np.arange(contrast.size), drawn))
+        values["suppressed"] = np.isin(np.arange(contrast.size), chosen)
+        values["random"] = np.isin(np.arange(contrast.size), drawn)
         if config.refine:
             answers = []
             for patches in (None, chosen, drawn):
@@ -172,13 +206,16 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
                 generation = refined_generate(loaded, inputs, suppression, clean, groups,
                                               config.max_new_tokens)
                 answers.append(answer_text(loaded, generation))
-            rows["answers"].append(answers)
-            rows["correct"].append([a.lower() == sample.answer.strip().lower() for a in answers])
+            values["answers"] = answers
+            values["correct"] = [a.lower() == sample.answer.strip().lower() for a in answers]
         if len(examples["example_index"]) < config.examples and relevant.any():
-            examples["example_index"].append(index)
-            examples["example_images"].append(thumbnail(sample.image))
-            examples["example_grid"].append(example_geometry(groups))
-    seconds = (time.perf_counter() - started) / len(dataset)
+            values["example_image"] = thumbnail(sample.image)
+            values["example_grid"] = example_geometry(groups)
+        take(index, store.add(values))
+        computed += 1
+        if on_sample is not None:
+            on_sample(index + 1)
+    seconds = (time.perf_counter() - started) / max(1, computed)
     arrays = {
         "sample_index": np.arange(len(dataset), dtype=np.int64),
         "sample_id": np.array([dataset[i].id for i in range(len(dataset))]),
@@ -188,17 +225,17 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
         "localisation": np.array(rows["localisation"], dtype=np.float64),
         "suppressed": np.stack(rows["suppressed"]),
         "random_suppressed": np.stack(rows["random"]),
-        "cells": sample_maps.cells,
+        "cells": rows["cells"][-1],
         **{k: np.stack(v) if v else np.zeros((0,)) for k, v in examples.items()},
     }
     if config.refine:
         arrays["correct"] = np.array(rows["correct"], dtype=bool)
         arrays["answers"] = np.array(rows["answers"])
-    summary = provenance(ANALYSIS, model_record(loaded), data_record(dataset), len(dataset),
-                         {**asdict(config), "layer_masking": None if layer_masking is None
-                          else str(layer_masking)}, config.seed)
+    summary = provenance(ANALYSIS, model, data_record(dataset), len(dataset), recorded,
+                         config.seed)
     summary.update(summarize(arrays, config, layers, masking, num_layers))
     summary["timing"] = {"seconds_per_sample": seconds, "device": str(loaded.device)}
+    store.clear()
     return RunResult(summary, arrays)
 
 

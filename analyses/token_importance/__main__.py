@@ -91,9 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="samples timed with a plain generate side by side (default: 20)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
-    if args.resume:
-        raise UserError("--resume is not supported by analyses.token_importance yet; run again "
-                        "(one sample is one profiling pass and a few short decodes).")
     if args.batch_size != 1:
         raise UserError("analyses.token_importance decodes one sample at a time; --batch-size "
                         "must be 1.")
@@ -109,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.validate()  # bad options fail before the model loads
     dataset = load_data(args.data, args.split, args.limit)
     loaded = load_model_from_args(args)
-    result = run_token_importance(loaded, dataset, config, progress=True)
+    result = run_token_importance(loaded, dataset, config, progress=True, out=args.out,
+                                  resume=args.resume)
     write_run(result, args.out)
     return 0
 

@@ -19,6 +19,10 @@ Accuracy: exact match of the greedy answer (as :func:`analyses.vqa_accuracy.grad
 intervals, two-sided exact McNemar p-values of each method against clean on the same samples.
 Object-token recall: where a sample's target has pixels, the share of its object tokens among
 the top ``top_fraction`` of the image tokens by low entropy vs by highest mu.
+
+Each sample's numbers depend only on (model, sample, config, sample index), so a resumed run
+(finished samples kept in ``out/.partial``, see :mod:`analyses.resume`) gives the files of an
+uninterrupted one, timings aside.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,7 @@ from tqdm import tqdm
 
 from analyses.common import data_record, model_record
 from analyses.results import RunResult, provenance
+from analyses.resume import SampleStore, run_key
 from analyses.stats import bootstrap_mean_ci, mcnemar_exact, sign_flip_p_values, wilson_interval
 from analyses.token_importance.aif import (
     AIFConfig,
@@ -162,19 +168,32 @@ def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig) -> tuple[f
 
 def run_token_importance(loaded: LoadedModel, dataset,
                          config: TokenImportanceConfig = TokenImportanceConfig(),
-                         progress: bool = False) -> RunResult:
-    """Every sample of ``dataset`` under every method; see the module docstring."""
+                         progress: bool = False, out: Path | None = None, resume: bool = False,
+                         on_sample: Callable[[int], None] | None = None) -> RunResult:
+    """Every sample of ``dataset`` under every method; see the module docstring. With ``out``,
+    each finished sample is kept there for ``resume`` (see :mod:`analyses.resume`; the caller
+    saves the result); ``on_sample(done)`` is called after each sample."""
     config.validate()
     methods = config.methods
+    model = model_record(loaded)
+    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset, config.recorded(), model),
+                             resume)
     rows: dict[str, list] = {}
 
-    def add(name: str, value) -> None:
-        rows.setdefault(name, []).append(value)
+    def take(values: dict[str, np.ndarray]) -> None:
+        for name, value in values.items():
+            rows.setdefault(name, []).append(value)
 
-    if config.timed_samples and len(dataset):
+    finished = store.finished()
+    for row in finished:
+        take(row)
+    start = len(finished)
+    if start < min(config.timed_samples, len(dataset)):
         time_side_by_side(loaded, dataset[0], config.aif)  # warm-up: first calls allocate
-    for index in tqdm(range(len(dataset)), disable=not progress, desc="token importance",
-                      unit="sample"):
+    for index in tqdm(range(start, len(dataset)), disable=not progress, desc="token importance",
+                      unit="sample", initial=start, total=len(dataset)):
+        values: dict[str, Any] = {}
+        add = values.__setitem__
         sample = dataset[index]
         prepared = prepare(loaded, sample.image, sample.question, config.aif)
         importance = prepared.importance
@@ -211,9 +230,16 @@ def run_token_importance(loaded: LoadedModel, dataset,
                    else (np.nan, np.nan))
         add("plain_seconds", seconds[0])
         add("aif_seconds", seconds[1])
+        take(store.add(values))
+        if on_sample is not None:
+            on_sample(index + 1)
+    if not rows:
+        raise UserError(f"{dataset.name}/{dataset.split} holds no samples.")
     arrays = _stack(rows)
-    return summarize(arrays, config, model_record(loaded), data_record(dataset),
-                     loaded.adapter.num_layers, str(loaded.device))
+    result = summarize(arrays, config, model, data_record(dataset), loaded.adapter.num_layers,
+                       str(loaded.device))
+    store.clear()
+    return result
 
 
 def _pad(values: list[np.ndarray], fill) -> np.ndarray:
