@@ -28,6 +28,8 @@ demo: install
 bench: install
 	$(PY) tests/bench_engine.py
 	$(PY) tests/bench_layer_masking.py
+	$(PY) tests/bench_token_importance.py
+	$(PY) tests/bench_attention_evolution.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
