@@ -128,13 +128,27 @@ def additive_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
     return attention_mask.to(dtype)
 
 
-def row_probabilities(module, query, key, mask, scaling, rows) -> torch.Tensor:
-    """Exact attention probabilities [batch, heads, len(rows), keys] of the query ``rows``."""
+def mask_rows(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, rows: torch.Tensor,
+              dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """:func:`additive_mask` of the query ``rows`` only, [batch or 1, 1, len(rows), kv_len]:
+    recording a few rows never materialises the full square mask."""
+    if attention_mask is None:
+        keys = torch.arange(kv_len, device=device)
+        queries = rows.to(device) + (kv_len - q_len)
+        allowed = keys[None, :] <= queries[:, None]
+        return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    return additive_mask(attention_mask[:, :, rows.to(attention_mask.device)], len(rows), kv_len,
+                         dtype, device)
+
+
+def row_probabilities(module, query, key, rows_mask, scaling, rows) -> torch.Tensor:
+    """Exact attention probabilities [batch, heads, len(rows), keys] of the query ``rows``;
+    ``rows_mask`` is the additive mask of those rows ([batch or 1, 1, len(rows), keys])."""
     groups = getattr(module, "num_key_value_groups", 1)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     selected = query[:, :, rows].float()
     scores = selected @ repeat_kv(key, groups).float().transpose(2, 3) * scaling
-    scores = scores + mask[:, :, rows].float()
+    scores = scores + rows_mask.float()
     return scores.softmax(-1)
 
 
@@ -147,6 +161,16 @@ def _edited_attention(module, query, key, value, attention_mask, *, base, **kwar
     edit = plan.for_layer(module.layer_idx, positions, kv_len)
     if edit is None:
         return base(module, query, key, value, attention_mask, **kwargs)
+    mixes = edit.mix is not None and edit.mix_alpha != 0
+    if edit.blocked is None and edit.bias is None and not mixes:
+        # recording only (or alpha 0): the model's own call, bit for bit; only the recorded
+        # rows of the mask are built
+        if edit.record is not None:
+            rows_mask = mask_rows(attention_mask, q_len, kv_len, edit.record_rows, query.dtype,
+                                  query.device)
+            edit.record(module.layer_idx, row_probabilities(
+                module, query, key, rows_mask, kwargs.get("scaling"), edit.record_rows))
+        return base(module, query, key, value, attention_mask, **kwargs)
     mask = additive_mask(attention_mask, q_len, kv_len, query.dtype, query.device)
     if edit.blocked is not None:
         mask = torch.where(edit.blocked[:, None].to(query.device), torch.finfo(query.dtype).min, mask)
@@ -154,12 +178,9 @@ def _edited_attention(module, query, key, value, attention_mask, *, base, **kwar
         bias = edit.bias if edit.bias.dim() == 4 else edit.bias[:, None]
         mask = mask + bias.to(device=query.device, dtype=query.dtype)
     if edit.record is not None:
-        probabilities = row_probabilities(module, query, key, mask, kwargs.get("scaling"), edit.record_rows)
-        edit.record(module.layer_idx, probabilities)
-    mixes = edit.mix is not None and edit.mix_alpha != 0
-    if edit.blocked is None and edit.bias is None and not mixes:
-        # recording only (or alpha 0): the model's own call, bit for bit
-        return base(module, query, key, value, attention_mask, **kwargs)
+        rows = edit.record_rows.to(mask.device)
+        edit.record(module.layer_idx, row_probabilities(
+            module, query, key, mask[:, :, rows], kwargs.get("scaling"), edit.record_rows))
     output, weights = base(module, query, key, value, mask, **kwargs)
     if mixes:
         output = _mix(module, output, value, mask, edit.mix, edit.mix_alpha)

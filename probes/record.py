@@ -47,15 +47,22 @@ class AttentionRecorder:
     def for_layer(self, layer: int, query_positions: torch.Tensor, kv_length: int) -> LayerEdit | None:
         if self.layers is not None and layer not in self.layers:
             return None
-        wanted = torch.from_numpy(self.queries).to(query_positions.device)
+        wanted = self._on(query_positions.device, "queries")
         rows = torch.nonzero(torch.isin(query_positions, wanted))[:, 0]
         if rows.numel() == 0:
             return None
         return LayerEdit(record_rows=rows, record=self._store)
 
+    def _on(self, device: torch.device, name: str) -> torch.Tensor:
+        """``queries`` or ``keys`` as a tensor on ``device``, made once per device."""
+        cache = self.__dict__.setdefault("_tensors", {})
+        if (name, device) not in cache:
+            cache[(name, device)] = torch.from_numpy(getattr(self, name)).to(device)
+        return cache[(name, device)]
+
     def _store(self, layer: int, probabilities: torch.Tensor) -> None:
         if self.keys is not None:
-            probabilities = probabilities[..., torch.from_numpy(self.keys).to(probabilities.device)]
+            probabilities = probabilities[..., self._on(probabilities.device, "keys")]
         if self.reduce == "mean_heads":
             probabilities = probabilities.mean(1, keepdim=True)
         elif self.reduce == "max_heads":
