@@ -71,6 +71,9 @@ class LayerEdit:
     mix_alpha: float = 0.0
     record_rows: torch.Tensor | None = None  # indices into this call's queries
     record: Callable[[int, torch.Tensor], None] | None = None  # (layer, probs [B, H, R, K])
+    # the record rows' causal mask, kept on the edit once built: a plan that hands out the same
+    # edit for every layer of a forward has it built once, not once per layer
+    record_mask: torch.Tensor | None = None
 
 
 class EditPlan(Protocol):
@@ -166,8 +169,12 @@ def _edited_attention(module, query, key, value, attention_mask, *, base, **kwar
         # recording only (or alpha 0): the model's own call, bit for bit; only the recorded
         # rows of the mask are built
         if edit.record is not None:
-            rows_mask = mask_rows(attention_mask, q_len, kv_len, edit.record_rows, query.dtype,
-                                  query.device)
+            rows_mask = edit.record_mask if attention_mask is None else None
+            if rows_mask is None or rows_mask.dtype != query.dtype:
+                rows_mask = mask_rows(attention_mask, q_len, kv_len, edit.record_rows,
+                                      query.dtype, query.device)
+                if attention_mask is None:
+                    edit.record_mask = rows_mask
             edit.record(module.layer_idx, row_probabilities(
                 module, query, key, rows_mask, kwargs.get("scaling"), edit.record_rows))
         return base(module, query, key, value, attention_mask, **kwargs)

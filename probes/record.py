@@ -47,11 +47,18 @@ class AttentionRecorder:
     def for_layer(self, layer: int, query_positions: torch.Tensor, kv_length: int) -> LayerEdit | None:
         if self.layers is not None and layer not in self.layers:
             return None
-        wanted = self._on(query_positions.device, "queries")
-        rows = torch.nonzero(torch.isin(query_positions, wanted))[:, 0]
-        if rows.numel() == 0:
-            return None
-        return LayerEdit(record_rows=rows, record=self._store)
+        # queries are always the last len(query_positions) of kv_length positions (see
+        # probes.attention), so one edit serves every layer of a forward
+        edits = self.__dict__.setdefault("_edits", {})
+        key = (query_positions.device, len(query_positions), kv_length)
+        if key not in edits:
+            if len(edits) > 64:  # decoding makes a new key per step
+                edits.clear()
+            wanted = self._on(query_positions.device, "queries")
+            rows = torch.nonzero(torch.isin(query_positions, wanted))[:, 0]
+            edits[key] = None if rows.numel() == 0 else LayerEdit(record_rows=rows,
+                                                                 record=self._store)
+        return edits[key]
 
     def _on(self, device: torch.device, name: str) -> torch.Tensor:
         """``queries`` or ``keys`` as a tensor on ``device``, made once per device."""
