@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,16 @@ def model_record(loaded: LoadedModel) -> dict[str, Any]:
 def data_record(dataset: Dataset) -> dict[str, Any]:
     return {"name": dataset.name, "split": dataset.split, "size": len(dataset),
             "fingerprint": dataset.fingerprint()}
+
+
+def write_run(result, out: Path, table: str) -> None:
+    """What every analysis CLI does with its result: save it, draw its figures (PNG + PDF) next
+    to it, print its table."""
+    from figures.paper import draw_run  # drawing is the CLI's business, not the analysis's
+    from figures.style import save
+
+    result.save(out)
+    for name, figure in draw_run(result).items():
+        save(figure, out, name)
+    sys.stdout.write(table + "\n")
+    sys.stdout.write(f"results and figures in {out}\n")

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from analyses.attention_evolution import EvolutionConfig, run_attention_evolution
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args
-from analyses.results import RunResult
-from figures.attention_evolution import draw_all
-from figures.style import save
+from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -66,14 +62,6 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_run(result: RunResult, out: Path) -> None:
-    result.save(out)
-    for name, figure in draw_all(result.summary, result.arrays).items():
-        save(figure, out, name)
-    sys.stdout.write(format_table(result.summary) + "\n")
-    sys.stdout.write(f"results and figures in {out}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.attention_evolution",
                                      description=__doc__.split("\n")[0])
@@ -95,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = load_data(args.data, args.split, args.limit)
     loaded = load_model_from_args(args)
     config.validate(loaded.adapter.num_layers)
-    write_run(run_attention_evolution(loaded, dataset, config, progress=True, out=args.out,
-                                      resume=args.resume), args.out)
+    result = run_attention_evolution(loaded, dataset, config, progress=True, out=args.out,
+                                     resume=args.resume)
+    write_run(result, args.out, format_table(result.summary))
     return 0
 
 

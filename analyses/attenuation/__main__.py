@@ -6,13 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from analyses.attenuation import AttenuationConfig, run_attenuation
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args
-from analyses.results import RunResult
-from figures.attenuation import draw_all
-from figures.style import save
+from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -44,14 +40,6 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_run(result: RunResult, out: Path) -> None:
-    result.save(out)
-    for name, figure in draw_all(result.summary, result.arrays).items():
-        save(figure, out, name)
-    sys.stdout.write(format_table(result.summary) + "\n")
-    sys.stdout.write(f"results and figures in {out}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.attenuation",
                                      description=__doc__.split("\n")[0])
@@ -69,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_model_from_args(args)
     result = run_attenuation(loaded, dataset, config, progress=True, out=args.out,
                              resume=args.resume)
-    write_run(result, args.out)
+    write_run(result, args.out, format_table(result.summary))
     return 0
 
 

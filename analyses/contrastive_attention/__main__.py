@@ -8,11 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analyses.attention_evolution.__main__ import parse_layers
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args
+from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
 from analyses.contrastive_attention import ContrastiveConfig, run_contrastive_attention
-from analyses.results import RunResult
-from figures.attention_evolution import draw_contrastive
-from figures.style import save
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/contrastive_attention"
@@ -47,14 +44,6 @@ def format_table(summary: dict) -> str:
         lines.append(f"refined vs random control: McNemar p {summary['refined_vs_random_p']:.3f}; "
                      f"answers changed: {summary['answers_changed']}")
     return "\n".join(lines)
-
-
-def write_run(result: RunResult, out: Path) -> None:
-    result.save(out)
-    for name, figure in draw_contrastive(result.summary, result.arrays).items():
-        save(figure, out, name)
-    sys.stdout.write(format_table(result.summary) + "\n")
-    sys.stdout.write(f"results and figures in {out}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_model_from_args(args)
     result = run_contrastive_attention(loaded, dataset, config, args.layer_masking, progress=True,
                                        out=args.out, resume=args.resume)
-    write_run(result, args.out)
+    write_run(result, args.out, format_table(result.summary))
     return 0
 
 

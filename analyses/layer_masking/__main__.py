@@ -8,12 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args
+from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
 from analyses.layer_masking import DEFAULT_FLOWS, LayerMaskingConfig, merge, run_layer_masking
 from analyses.layer_masking.run import parse_shard
-from analyses.results import RunResult
-from figures.layer_masking import draw_all
-from figures.style import save
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -41,14 +38,6 @@ def format_table(summary: dict) -> str:
     lines.append(f"fusion layers: {summary['fusion_layers'] or 'none'}; review: "
                  + (f"layers {review['layers']}" if review["detected"] else "not detected"))
     return "\n".join(lines)
-
-
-def write_run(result: RunResult, out: Path) -> None:
-    result.save(out)
-    for name, figure in draw_all(result.summary, result.arrays).items():
-        save(figure, out, name)
-    sys.stdout.write(format_table(result.summary) + "\n")
-    sys.stdout.write(f"results and figures in {out}\n")
 
 
 def main_run(argv: Sequence[str] | None) -> int:
@@ -81,7 +70,7 @@ def main_run(argv: Sequence[str] | None) -> int:
     config.validate(loaded.adapter.num_layers)  # bad flows or windows fail before any work
     result = run_layer_masking(loaded, dataset, config, out=args.out, resume=args.resume,
                                shard=shard, progress=True)
-    write_run(result, args.out)
+    write_run(result, args.out, format_table(result.summary))
     return 0
 
 
@@ -95,7 +84,7 @@ def main_merge(argv: Sequence[str]) -> int:
         result = merge(args.shards)
     except FileNotFoundError as err:
         raise UserError(str(err)) from err
-    write_run(result, args.out)
+    write_run(result, args.out, format_table(result.summary))
     return 0
 
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args
-from analyses.results import RunResult
+from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
 from analyses.token_importance.aif import HEADS, SCANS, AIFConfig
 from analyses.token_importance.dynamics import DEFAULT_RATIOS
 from analyses.token_importance.run import TokenImportanceConfig, run_token_importance
-from figures.style import save
-from figures.token_importance import draw_all
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -58,14 +54,6 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_run(result: RunResult, out: Path) -> None:
-    result.save(out)
-    for name, figure in draw_all(result.summary, result.arrays).items():
-        save(figure, out, name)
-    sys.stdout.write(format_table(result.summary) + "\n")
-    sys.stdout.write(f"results and figures in {out}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.token_importance",
                                      description=__doc__.split("\n")[0].split(": ", 1)[1])
@@ -108,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_model_from_args(args)
     result = run_token_importance(loaded, dataset, config, progress=True, out=args.out,
                                   resume=args.resume)
-    write_run(result, args.out)
+    write_run(result, args.out, format_table(result.summary))
     return 0
 
 
