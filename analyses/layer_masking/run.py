@@ -1,5 +1,5 @@
-"""A layer-masking run over a dataset: grading, the per-sample sweeps, periodic state for
-``--resume``, shards and their merge, and the result (``summary.json`` + ``arrays.npz``).
+"""A layer-masking run over a dataset: grading, the per-sample sweeps (each kept as it finishes,
+for ``--resume``), shards and their merge, and the result (``summary.json`` + ``arrays.npz``).
 
 Every sample's sweep depends only on (model, sample, config, sample index), so a resumed run,
 or shards merged, give exactly the arrays and summary of one uninterrupted run.
@@ -7,7 +7,6 @@ or shards merged, give exactly the arrays and summary of one uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -20,7 +19,8 @@ from tqdm import tqdm
 from analyses.common import data_record, model_record
 from analyses.layer_masking.findings import findings, series_names, significance
 from analyses.layer_masking.sweep import METRICS, has_region, needs_region, sweep_sample
-from analyses.results import RunResult, load_arrays, provenance, save_arrays, to_json, write_atomic
+from analyses.results import RunResult, provenance
+from analyses.resume import SampleStore, run_key
 from analyses.vqa_accuracy import grade
 from probes.errors import UserError
 from probes.masking import Knockout, parse_flows
@@ -29,7 +29,7 @@ from probes.tokens import GROUPS
 
 ANALYSIS = "layer_masking"
 DEFAULT_FLOWS = ("image->question,last",)
-STATE_ARRAYS, STATE_JSON = ".partial.npz", ".partial.json"
+GRADED = "graded"  # the resume stage holding which samples the model answers correctly
 MIN_KIND_SAMPLES = 20
 PER_SAMPLE = ("sample_index", "sample_id", "kind", "answer_token", "clean_probability",
               "flow_edges", "control_edges", *METRICS)
@@ -47,7 +47,6 @@ class LayerMaskingConfig:
     n_bootstrap: int = 2000
     alpha: float = 0.05
     min_effect: float = 2.0  # smallest mean drop of p(answer), in %, that makes a fusion layer
-    checkpoint_every: int = 8  # samples between two writes of the resume state
 
     def validate(self, num_layers: int) -> None:
         if self.samples not in ("correct", "all"):
@@ -64,9 +63,7 @@ class LayerMaskingConfig:
             raise UserError(f"--batch-size must be at least 1, not {self.batch_size}.")
 
     def recorded(self) -> dict[str, Any]:
-        config = asdict(self)
-        config.pop("checkpoint_every")  # when state is written does not change the numbers
-        return config
+        return asdict(self)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -85,82 +82,24 @@ def shard_indices(length: int, shard: tuple[int, int]) -> list[int]:
     return list(range(shard[0], length, shard[1]))
 
 
-def _state_key(loaded: LoadedModel, dataset, config: LayerMaskingConfig,
-               shard: tuple[int, int]) -> str:
-    return json.dumps({"model": model_record(loaded), "data": data_record(dataset),
-                       "config": config.recorded(), "shard": list(shard)}, sort_keys=True)
-
-
-class _State:
-    """The resume state of a run in ``out``: graded samples and finished sweeps."""
-
-    def __init__(self, out: Path | None, key: str) -> None:
-        self.out, self.key = out, key
-        self.graded: dict[str, np.ndarray] | None = None
-        self.rows: dict[str, list] = {name: [] for name in PER_SAMPLE}
-
-    @classmethod
-    def resume(cls, out: Path, key: str) -> _State:
-        state = cls(out, key)
-        if not (out / STATE_JSON).is_file():
-            if (out / "summary.json").is_file():
-                raise UserError(f"{out} holds a finished run; nothing to resume (drop --resume "
-                                "to run again).")
-            return state
-        saved = json.loads((out / STATE_JSON).read_text())
-        if saved["key"] != key:
-            raise UserError(f"the unfinished run in {out} used another model, data or settings; "
-                            "resume with the same options or choose another --out.")
-        arrays = load_arrays(out / STATE_ARRAYS)
-        if "graded_index" in arrays:
-            state.graded = {"graded_index": arrays["graded_index"],
-                            "graded_correct": arrays["graded_correct"]}
-        for name in PER_SAMPLE:
-            if name in arrays:
-                state.rows[name] = list(arrays[name])
-        return state
-
-    @property
-    def done(self) -> int:
-        return len(self.rows["sample_index"])
-
-    def write(self) -> None:
-        if self.out is None:
-            return
-        complete = min(len(values) for values in self.rows.values())  # an interrupted append
-        for values in self.rows.values():
-            del values[complete:]
-        arrays = dict(self.graded or {})
-        if self.done:
-            arrays.update({name: np.stack(values) if np.ndim(values[0]) else np.array(values)
-                           for name, values in self.rows.items()})
-        save_arrays(self.out / STATE_ARRAYS, arrays)
-        write_atomic(self.out / STATE_JSON, to_json({"key": self.key, "done": self.done}).encode())
-
-    def clear(self) -> None:
-        if self.out is not None:
-            for name in (STATE_ARRAYS, STATE_JSON):
-                (self.out / name).unlink(missing_ok=True)
-
-
 def run_layer_masking(
     loaded: LoadedModel, dataset, config: LayerMaskingConfig = LayerMaskingConfig(),
     out: Path | None = None, resume: bool = False, shard: tuple[int, int] = (0, 1),
     progress: bool = False, on_sample: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Sweep every selected sample of ``dataset`` and summarise. With ``out``, the resume
-    state is kept there while running (the caller saves the result). ``on_sample(done)`` is
-    called after each sample (tests interrupt runs with it)."""
+    """Sweep every selected sample of ``dataset`` and summarise. With ``out``, each finished
+    sample is kept there (``analyses.resume``) until the run is summarised, so ``resume=True``
+    goes on after an interruption (the caller saves the result). ``on_sample(done)`` is called
+    after each sample (tests interrupt runs with it)."""
     num_layers = loaded.adapter.num_layers
     config.validate(num_layers)
-    key = _state_key(loaded, dataset, config, shard)
-    state = _State.resume(Path(out), key) if resume and out is not None else _State(
-        None if out is None else Path(out), key)
+    model = model_record(loaded)
+    key = {**run_key(ANALYSIS, loaded, dataset, config.recorded(), model), "shard": list(shard)}
+    store = SampleStore.open(out, key, resume)
     indices = shard_indices(len(dataset), shard)
-    if state.graded is None:
-        state.graded = _grade(loaded, dataset, indices, config, progress)
-        state.write()
-    graded = state.graded
+    graded = store.finished(GRADED)
+    graded = graded[0] if graded else store.add(_grade(loaded, dataset, indices, config,
+                                                      progress), GRADED)
     selected = graded["graded_index"][graded["graded_correct"]].tolist()
     if needs_region(config.flows):  # e.g. "how many circles?" with none: no object to block
         selected = [i for i in selected if has_region(dataset[i])]
@@ -168,42 +107,35 @@ def run_layer_masking(
         raise UserError(f"{loaded.model_id} answers none of the {len(indices)} samples of "
                         f"{dataset.name}/{dataset.split} correctly; use --all-samples to sweep "
                         "them anyway, or more samples.")
+    rows = store.finished()
     started = time.perf_counter()
-    todo = selected[state.done:]
-    try:
-        _sweep_all(loaded, dataset, config, state, todo, len(selected), progress, on_sample)
-    except KeyboardInterrupt:
-        state.write()  # what is done stays done; --resume goes on from here
-        raise
+    todo = selected[len(rows):]
+    for index in tqdm(todo, disable=not progress, desc="layer masking", unit="sample",
+                      initial=len(rows), total=len(selected)):
+        rows.append(store.add(_sample_values(loaded, dataset, config, index)))
+        if on_sample is not None:
+            on_sample(len(rows))
     seconds = (time.perf_counter() - started) / max(1, len(todo))
-    arrays = {name: np.stack(values) if np.ndim(values[0]) else np.array(values)
-              for name, values in state.rows.items()}
-    arrays.update(graded)
-    result = summarize(arrays, config, model_record(loaded), data_record(dataset), num_layers,
+    arrays = {name: np.stack([row[name] for row in rows]) for name in PER_SAMPLE}
+    arrays.update({name: graded[name] for name in ("graded_index", "graded_correct")})
+    result = summarize(arrays, config, model, data_record(dataset), num_layers,
                        {"seconds_per_sample": seconds, "device": str(loaded.device)})
     if shard != (0, 1):
         result.summary["shard"] = f"{shard[0]}/{shard[1]}"
-    state.clear()
+    store.clear()
     return result
 
 
-def _sweep_all(loaded, dataset, config, state, todo, total, progress, on_sample) -> None:
-    for index in tqdm(todo, disable=not progress, desc="layer masking", unit="sample",
-                      initial=state.done, total=total):
-        sample = dataset[index]
-        sweep = sweep_sample(loaded, sample, config.flows, config.window, config.seed, index,
-                             config.batch_size)
-        values = {"sample_index": index, "sample_id": sample.id, "kind": sample.kind,
-                  "answer_token": sweep.answer_token,
-                  "clean_probability": sweep.clean_probability,
-                  "flow_edges": sweep.flow_edges, "control_edges": sweep.control_edges}
-        values.update({m: sweep.metrics[..., i] for i, m in enumerate(METRICS)})
-        for name, value in values.items():
-            state.rows[name].append(value)
-        if state.done % config.checkpoint_every == 0:
-            state.write()
-        if on_sample is not None:
-            on_sample(state.done)
+def _sample_values(loaded, dataset, config: LayerMaskingConfig, index: int) -> dict[str, Any]:
+    """One sample's sweep as the per-sample values of ``arrays.npz``."""
+    sample = dataset[index]
+    sweep = sweep_sample(loaded, sample, config.flows, config.window, config.seed, index,
+                         config.batch_size)
+    values = {"sample_index": index, "sample_id": sample.id, "kind": sample.kind,
+              "answer_token": sweep.answer_token, "clean_probability": sweep.clean_probability,
+              "flow_edges": sweep.flow_edges, "control_edges": sweep.control_edges}
+    values.update({metric: sweep.metrics[..., i] for i, metric in enumerate(METRICS)})
+    return values
 
 
 def _grade(loaded, dataset, indices, config, progress) -> dict[str, np.ndarray]:
