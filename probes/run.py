@@ -142,7 +142,10 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs) -> CleanPass:
     if inputs.input_ids.shape[0] != 1:
         raise ValueError("the executor runs conditions over one input row at a time")
     attention.enable(loaded.model)
-    output = loaded.model(**inputs.batch, use_cache=True, output_hidden_states=True)
+    # logits of the last position only (as generate does): a 7B vocabulary over every prompt
+    # position would cost 80 MB and a lm_head pass per token for nothing
+    output = loaded.model(**inputs.batch, use_cache=True, output_hidden_states=True,
+                          logits_to_keep=1)
     cache = output.past_key_values
     keys_values = [(layer.keys, layer.values) for layer in cache.layers]
     positions = loaded.adapter.position_ids(loaded.model, inputs.batch)
