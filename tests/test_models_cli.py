@@ -100,10 +100,13 @@ def test_pickled_weights_refused(image_file, capsys, tmp_path):
     assert cli(*args, "--allow-pickle") == 0
 
 
-def test_weights_unavailable_offline_names_checkpoint(image_file, tmp_path):
-    """A real subprocess: exit code 2, one sentence on stderr, no traceback, no network."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "PYTHONPATH": str(REPO)}
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_weights_unavailable_offline_names_checkpoint(image_file, tmp_path, offline):
+    """A real subprocess: exit code 2, one sentence on stderr, no traceback; also when the hub
+    is tried and cannot be reached (an endpoint that refuses connections: the hub client's own
+    warnings must not reach the user)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": offline, "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": str(REPO), "HF_ENDPOINT": "http://127.0.0.1:9"}
     result = subprocess.run(
         [sys.executable, "-m", "probes.models", "answer", "--model", "llava",
          "--image", str(image_file), "--question", "what is it?"],

@@ -9,6 +9,7 @@ available offline, pickled weights) becomes one :class:`~probes.errors.UserError
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,17 @@ def _fetch(source: ModelSource, load: Callable[..., T]) -> T:
     )
     if hub_constants.HF_HUB_OFFLINE:
         raise UserError(how)
+    # without a network the hub client logs each failed request before raising; the one
+    # sentence below says it better
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
     try:
         return load(source.location)
     except OSError as err:
         raise UserError(how) from err
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _model_type(source: ModelSource, trust_remote_code: bool) -> str:
