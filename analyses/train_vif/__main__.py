@@ -9,11 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args
+from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
 from analyses.train_vif.run import run_train_vif
 from analyses.train_vif.train import TrainConfig
-from figures.style import save
-from figures.vif import draw_all
 from probes.cli import run_cli
 from probes.errors import UserError
 from probes.vif import VIF, VIFConfig
@@ -88,13 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = None if args.load is None else VIF.load(args.load, loaded)
     easy, fine = load_data("easy-vqa", "train", None), load_data("fine-grained", "train", None)
     result, module = run_train_vif(loaded, easy, fine, test, config, module, progress=True)
-    result.save(args.out)
     if args.load is None:
         module.save(args.out / WEIGHTS)
-    for name, figure in draw_all(result.summary, result.arrays).items():
-        save(figure, args.out, name)
-    sys.stdout.write(format_table(result.summary) + "\n")
-    sys.stdout.write(f"results, figures and {WEIGHTS} in {args.out}\n")
+    write_run(result, args.out, format_table(result.summary))
     return 0
 
 
