@@ -149,10 +149,9 @@ def row_probabilities(module, query, key, rows_mask, scaling, rows) -> torch.Ten
     ``rows_mask`` is the additive mask of those rows ([batch or 1, 1, len(rows), keys])."""
     groups = getattr(module, "num_key_value_groups", 1)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    selected = query[:, :, rows].float()
-    scores = selected @ repeat_kv(key, groups).float().transpose(2, 3) * scaling
-    scores = scores + rows_mask.float()
-    return scores.softmax(-1)
+    selected = query.index_select(2, rows.to(query.device)).float()
+    scores = selected @ repeat_kv(key, groups).float().transpose(2, 3)
+    return scores.mul_(scaling).add_(rows_mask.float()).softmax(-1)
 
 
 def _edited_attention(module, query, key, value, attention_mask, *, base, **kwargs):

@@ -67,13 +67,24 @@ class AttentionRecorder:
             cache[(name, device)] = torch.from_numpy(getattr(self, name)).to(device)
         return cache[(name, device)]
 
+    def _key_span(self) -> tuple[int, int] | None:
+        """(first, end) when ``keys`` is one contiguous run of positions (an image's patches
+        usually are): a slice is a view, where an index would gather a copy."""
+        if "_span" not in self.__dict__:
+            keys = self.keys
+            contiguous = keys.size > 0 and int(keys[-1]) - int(keys[0]) + 1 == keys.size
+            self.__dict__["_span"] = (int(keys[0]), int(keys[-1]) + 1) if contiguous else None
+        return self.__dict__["_span"]
+
     def _store(self, layer: int, probabilities: torch.Tensor) -> None:
         if self.keys is not None:
-            probabilities = probabilities[..., self._on(probabilities.device, "keys")]
+            span = self._key_span()
+            probabilities = (probabilities[..., span[0] : span[1]] if span is not None
+                             else probabilities[..., self._on(probabilities.device, "keys")])
         if self.reduce == "mean_heads":
             probabilities = probabilities.mean(1, keepdim=True)
         elif self.reduce == "max_heads":
             probabilities = probabilities.amax(1, keepdim=True)
         if self.max_queries:
             probabilities = probabilities.amax(2, keepdim=True)
-        self.maps[layer] = probabilities.detach()
+        self.maps[layer] = probabilities.detach().contiguous()  # never a view of all keys

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from probes import attention
 from probes.masking import EdgeMaskPlan
@@ -61,6 +62,16 @@ class SharedPrefixCache:
         if not one_shot:
             for layer in range(len(keys_values)):
                 self._copy_prefix(layer, rows)
+
+    @classmethod
+    def adopting(cls, buffers: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix: int) -> SharedPrefixCache:
+        """A cache that continues in ``buffers`` (a clean pass's, with room reserved) from
+        ``prefix`` on, overwriting what follows in place: no copy of the prefix."""
+        cache = cls.__new__(cls)
+        cache.prefix, cache.one_shot, cache.prefix_kv = prefix, False, None
+        cache.buffers = list(buffers)
+        cache.lengths = [prefix] * len(cache.buffers)
+        return cache
 
     def _copy_prefix(self, layer: int, rows: int) -> None:
         keys, values = self.buffers[0 if self.one_shot else layer]
@@ -126,6 +137,46 @@ class SuffixMasks:
         return full[:, :, start - self.prefix : stop - self.prefix, :stop]
 
 
+class ReservedLayer(DynamicLayer):
+    """A cache layer that writes its keys and values into buffers with ``reserve`` positions
+    of room after the first update (and grows like :class:`DynamicLayer` beyond that), so a
+    decode can continue in the same memory instead of copying the prompt's keys and values."""
+
+    def __init__(self, reserve: int) -> None:
+        super().__init__()
+        self.reserve = reserve
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.length, self.buffers = 0, None
+        end = self.length + key_states.shape[-2]
+        if self.buffers is None or end > self.buffers[0].shape[-2]:
+            grown = []
+            for old, new in zip(self.buffers or (None, None), (key_states, value_states)):
+                buffer = new.new_empty(*new.shape[:2], end + self.reserve, new.shape[-1])
+                if old is not None:
+                    buffer[:, :, : self.length] = old[:, :, : self.length]
+                grown.append(buffer)
+            self.buffers = tuple(grown)
+        keys, values = self.buffers
+        keys[:, :, self.length : end] = key_states
+        values[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        return self.keys, self.values
+
+
+def reserved_cache(loaded: LoadedModel, reserve: int) -> DynamicCache | None:
+    """A :class:`DynamicCache` of :class:`ReservedLayer`, or None where the model's cache has
+    other kinds of layers (sliding windows, ...): those keep their own cache."""
+    cache = DynamicCache(config=loaded.model.config)
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    cache.layers = [ReservedLayer(reserve) for _ in cache.layers]
+    return cache
+
+
 @dataclass
 class CleanPass:
     """What the clean forward of one input leaves for the conditions to share."""
@@ -134,22 +185,40 @@ class CleanPass:
     hidden_states: tuple[torch.Tensor, ...]  # [1, seq, hidden] entering each layer, then normed
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, kv_heads, seq, dim]
     position_ids: torch.Tensor  # [1, seq] or [3, 1, seq]
+    # per layer, (keys, values) buffers with room after seq (clean_pass(reserve=...)), which one
+    # decode may take over (masked_generate(donate=True)); after that the pass is spent
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    donated: bool = False
+
+    def check_usable(self) -> None:
+        if self.donated:
+            raise ValueError("this clean pass gave its key/value buffers to a decode "
+                             "(donate=True) and cannot be shared again; run clean_pass anew")
 
 
 @torch.inference_mode()
-def clean_pass(loaded: LoadedModel, inputs: VLInputs) -> CleanPass:
-    """One plain forward of a single-row input, keeping hidden states and the KV cache."""
+def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> CleanPass:
+    """One plain forward of a single-row input, keeping hidden states and the KV cache.
+
+    ``reserve > 0`` writes the keys and values into buffers with that many positions of room,
+    so that one decode of up to ``reserve + 1`` tokens can continue in them without copying
+    the prompt's (``masked_generate(..., donate=True)``)."""
     if inputs.input_ids.shape[0] != 1:
         raise ValueError("the executor runs conditions over one input row at a time")
     attention.enable(loaded.model)
+    cache = reserved_cache(loaded, reserve) if reserve > 0 else None
     # logits of the last position only (as generate does): a 7B vocabulary over every prompt
     # position would cost 80 MB and a lm_head pass per token for nothing
     output = loaded.model(**inputs.batch, use_cache=True, output_hidden_states=True,
-                          logits_to_keep=1)
+                          logits_to_keep=1, **({} if cache is None else {"past_key_values": cache}))
     cache = output.past_key_values
     keys_values = [(layer.keys, layer.values) for layer in cache.layers]
+    buffers = None
+    if all(isinstance(layer, ReservedLayer) for layer in cache.layers):
+        buffers = [layer.buffers for layer in cache.layers]
     positions = loaded.adapter.position_ids(loaded.model, inputs.batch)
-    return CleanPass(output.logits[0, -1].float(), output.hidden_states, keys_values, positions)
+    return CleanPass(output.logits[0, -1].float(), output.hidden_states, keys_values, positions,
+                     buffers)
 
 
 def rotary(loaded: LoadedModel, clean: CleanPass, positions: torch.Tensor):
@@ -240,6 +309,7 @@ def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
     num_layers = loaded.adapter.num_layers
     groups = groups or token_groups(loaded.adapter, inputs)
     clean = clean or clean_pass(loaded, inputs)
+    clean.check_usable()
     rows = [knockout.edges(groups, num_layers) for knockout in knockouts]
     starts = [min(knockout.layers, default=num_layers) for knockout in knockouts]
     prefix = first_blocked_position(groups, knockouts, num_layers)
@@ -349,15 +419,21 @@ class Generation:
 
 @torch.inference_mode()
 def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tokens: int = 8,
-                    clean: CleanPass | None = None, groups: TokenGroups | None = None) -> Generation:
+                    clean: CleanPass | None = None, groups: TokenGroups | None = None,
+                    donate: bool = False) -> Generation:
     """Greedy decoding of one input under ``knockout`` (generated tokens are queries too when a
     flow names ``generated`` or ``text``), reusing the clean pass's keys and values for every
-    position before the first blocked query. ``knockout=None`` decodes clean."""
+    position before the first blocked query. ``knockout=None`` decodes clean.
+
+    ``donate=True``: a clean pass made with room to spare (``clean_pass(..., reserve=...)``)
+    hands its buffers over, and the decode writes in them instead of copying the prefix; the
+    clean pass cannot serve another decode afterwards (one-shot use, as ``aif_generate``)."""
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
     num_layers = loaded.adapter.num_layers
     groups = groups or token_groups(loaded.adapter, inputs)
-    clean = clean or clean_pass(loaded, inputs)
+    clean = clean or clean_pass(loaded, inputs, reserve=max_new_tokens if donate else 0)
+    clean.check_usable()
     knockouts = [] if knockout is None else [knockout]
     prefix = first_blocked_position(groups, knockouts, num_layers)
     length = clean.hidden_states[0].shape[1]
@@ -365,7 +441,12 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
     like = clean.hidden_states[0]
     masks = SuffixMasks([knockout.edges(groups, num_layers) if knockout else []], prefix, total,
                         like.dtype, like.device)
-    cache = SharedPrefixCache(clean.keys_values, prefix, 1, total)
+    room = clean.buffers is not None and clean.buffers[0][0].shape[-2] >= total
+    if donate and room:
+        cache = SharedPrefixCache.adopting(clean.buffers, prefix)
+        clean.donated = True
+    else:
+        cache = SharedPrefixCache(clean.keys_values, prefix, 1, total)
     # text after the prompt continues one position at a time (in every mRoPE axis too);
     # the rotary tables of every position are computed once
     last = clean.position_ids[..., -1:]

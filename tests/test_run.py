@@ -93,6 +93,47 @@ def test_masked_generate_equals_no_cache_greedy_loop(setup, flows):
     torch.testing.assert_close(result.logits, logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("flows", [None, "image->question,last,generated"])
+def test_donated_clean_pass_decodes_as_the_reference_and_is_then_spent(setup, flows):
+    from probes.run import clean_pass, masked_generate
+
+    loaded, inputs = setup
+    n = loaded.adapter.num_layers
+    knockout = Knockout(parse_flows(flows), tuple(range(n))) if flows else None
+    steps = 4
+    loaded.model.generation_config.eos_token_id = -1
+    clean = clean_pass(loaded, inputs, reserve=steps)
+    plain = clean_pass(loaded, inputs)
+    # the reserved buffers hold the same keys and values, and the same logits come out
+    assert clean.buffers is not None and clean.buffers[0][0].shape[-2] == inputs.input_ids.shape[1] + steps
+    assert torch.equal(clean.logits, plain.logits)
+    for (k, v), (k0, v0) in zip(clean.keys_values, plain.keys_values):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    donated = masked_generate(loaded, inputs, knockout, steps, clean=clean, donate=True)
+    assert clean.donated
+    tokens, logits = _reference_generate(loaded, inputs, knockout, steps)
+    assert donated.tokens == tokens
+    torch.testing.assert_close(donated.logits, logits, atol=1e-5, rtol=0)
+    copied = masked_generate(loaded, inputs, knockout, steps, clean=plain)
+    assert torch.equal(donated.logits, copied.logits)  # no copy, same numbers
+    with pytest.raises(ValueError, match="cannot be shared again"):
+        masked_generate(loaded, inputs, knockout, steps, clean=clean)
+    with pytest.raises(ValueError, match="cannot be shared again"):
+        run_knockouts(loaded, inputs, [Knockout.window("image->last", 0, 1, n)], clean=clean)
+
+
+def test_reserved_layer_grows_past_its_room_like_a_dynamic_layer():
+    from probes.run import ReservedLayer
+
+    layer = ReservedLayer(reserve=2)
+    chunks = [torch.randn(1, 2, length, 4) for length in (5, 1, 2, 3)]  # 5 + 1 + 2 fill, then grow
+    for chunk in chunks:
+        keys, values = layer.update(chunk, -chunk)
+    expected = torch.cat(chunks, 2)
+    assert torch.equal(keys, expected) and torch.equal(values, -expected)
+    assert layer.get_seq_length() == 11 and layer.buffers[0].shape[-2] == 13
+
+
 def _masked_forward(loaded, inputs, knockout, **kwargs):
     """The reference: one full forward under the knockout's EdgeMaskPlan (the plan path)."""
     from probes import attention

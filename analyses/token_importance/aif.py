@@ -174,8 +174,9 @@ def build(loaded: LoadedModel, image: Image.Image, question: str) -> tuple[VLInp
 
 @torch.inference_mode()
 def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
-            config: AIFConfig = AIFConfig()) -> tuple[TokenImportance, CleanPass]:
-    """The clean pass of one input with the token dynamics recorded on the way."""
+            config: AIFConfig = AIFConfig(), reserve: int = 0) -> tuple[TokenImportance, CleanPass]:
+    """The clean pass of one input with the token dynamics recorded on the way (``reserve``:
+    see :func:`probes.run.clean_pass`)."""
     config.validate()
     positions, cells = image_patches(groups)
     rows = groups.get(config.text_rows)
@@ -184,7 +185,7 @@ def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
                                  max_queries=True)
     attention.enable(loaded.model)
     with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
-        clean = clean_pass(loaded, inputs)
+        clean = clean_pass(loaded, inputs, reserve=reserve)
     dynamics = np.stack([recorder.maps[layer][0, 0, 0].double().cpu().numpy()
                          for layer in range(layers)], axis=1)  # [tokens, layers]
     entropy, mu = curve_entropy(dynamics), mean_attention(dynamics)
@@ -193,10 +194,13 @@ def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
 
 
 def prepare(loaded: LoadedModel, image: Image.Image, question: str,
-            config: AIFConfig = AIFConfig()) -> Prepared:
-    """Inputs, token groups, the clean pass and the token importance of one question."""
+            config: AIFConfig = AIFConfig(), one_shot: bool = False) -> Prepared:
+    """Inputs, token groups, the clean pass and the token importance of one question.
+    ``one_shot``: the clean pass keeps room for one decode to continue in its buffers
+    (``decode(..., donate=True)``), which then spends it."""
     inputs, groups = build(loaded, image, question)
-    importance, clean = profile(loaded, inputs, groups, config)
+    reserve = config.max_new_tokens if one_shot else 0
+    importance, clean = profile(loaded, inputs, groups, config, reserve)
     return Prepared(inputs, groups, clean, importance, config)
 
 
@@ -209,13 +213,15 @@ def knockout(loaded: LoadedModel, groups: TokenGroups, masked: np.ndarray,
                        tuple(range(loaded.adapter.num_layers)), generated=mask_generated)
 
 
-def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Generation:
-    """Greedy answer of a prepared input with ``masked`` image positions cut off from text."""
+def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray,
+           donate: bool = False) -> Generation:
+    """Greedy answer of a prepared input with ``masked`` image positions cut off from text
+    (``donate``: the last decode of a ``one_shot`` preparation, see :func:`prepare`)."""
     config = prepared.config
     return masked_generate(loaded, prepared.inputs,
                            knockout(loaded, prepared.groups, masked, config.mask_generated),
                            max_new_tokens=config.max_new_tokens, clean=prepared.clean,
-                           groups=prepared.groups)
+                           groups=prepared.groups, donate=donate)
 
 
 def answer_text(loaded: LoadedModel, tokens: list[int]) -> str:
@@ -232,9 +238,10 @@ def answer_text(loaded: LoadedModel, tokens: list[int]) -> str:
 def aif_generate(loaded: LoadedModel, image: Image.Image, question: str,
                  config: AIFConfig = AIFConfig()) -> AIFResult:
     """Answer ``question`` about ``image`` with AIF: profile, choose the ratio, mask, decode."""
-    prepared = prepare(loaded, image, question, config)
+    # one decode follows the profile: it continues in the clean pass's buffers (no copy)
+    prepared = prepare(loaded, image, question, config, one_shot=True)
     ratio = prepared.importance.scan.ratio if config.ratio is None else config.ratio
     masked = prepared.importance.masked(ratio)
-    generation = decode(loaded, prepared, masked)
+    generation = decode(loaded, prepared, masked, donate=True)
     return AIFResult(answer_text(loaded, generation.tokens), generation, ratio, masked,
                      prepared.importance, config)
