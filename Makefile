@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest -q --nbmake tests notebooks
 
 demo: install
-	$(PY) -m probes.models answer --image "$(DEMO_IMAGE)" --question "what is the color of the shape?"
+	$(PY) -m probes.models answer --image "$(DEMO_IMAGE)" --question "what is the red shape?"
 
 bench: install
 	$(PY) tests/bench_engine.py

@@ -20,7 +20,7 @@ objects with ``.queries``, ``.keys``, ``.layers``, ``.queries_from``, which
 >>> result.logits.shape[0], result.clean_logits.dim()
 (6, 1)
 >>> run_knockouts(loaded, inputs, sweep, hidden_states=True).hidden_states.shape
-torch.Size([6, 7, 64])
+torch.Size([6, 7, 128])
 """
 
 from __future__ import annotations

@@ -102,9 +102,11 @@ def test_control_edges_are_valid_random_and_deterministic(trained, easy):
 
 
 def test_a_planted_single_fusion_layer_is_found_and_only_it(trained, easy):
-    """The image may reach text only at layer 4 (blocked at every other layer, as part of the
-    model): the sweep must report layer 4, and no other, as a fusion layer."""
-    planted_layer, layers = 4, trained.adapter.num_layers
+    """The image may reach text only at layer 3 (blocked at every other layer, as part of the
+    model): the sweep must report layer 3, and no other, as a fusion layer. (Planted at layer
+    4 the trained model's answers move by only 1.5% on these 24 samples, below the rule's 2%
+    minimal effect; at layers 0-1 random image->image edges cost more than the image does.)"""
+    planted_layer, layers = 3, trained.adapter.num_layers
     groups = token_groups(trained.adapter, trained.adapter.build_inputs([easy[0].image], ["?"]))
     after_image = int(groups.image.max()) + 1
     plant = EdgeMaskPlan([[Edges(np.zeros(0, np.int64), groups.image,

@@ -12,8 +12,8 @@ from stated rules (:mod:`analyses.layer_masking.findings`).
 >>> from analyses.data import load_dataset
 >>> from probes.models.loading import load_model
 >>> result = run_layer_masking(load_model("tiny-llava"), load_dataset("easy-vqa", limit=4))
->>> result.summary["n_samples"], result.arrays["prob_change_pct"].shape
-(4, (4, 2, 6))
+>>> result.summary["n_samples"], result.arrays["prob_change_pct"].shape  # answered right: 2 of 4
+(2, (2, 2, 6))
 """
 
 from analyses.layer_masking.findings import findings, review, series_names

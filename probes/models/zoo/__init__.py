@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
-BUILD_VERSION = 2  # bump when a builder changes, so cached builds are made anew
+BUILD_VERSION = 3  # bump when a builder (or the embedded config a builder copies) changes
 
 
 @dataclass(frozen=True)
