@@ -36,15 +36,18 @@ QUESTION = ("is there a red circle or a blue triangle in the image and what shap
             "of this image does the image contain a yellow rectangle or not what color is it")
 
 
-def llava_15_shape(directory: Path) -> None:
-    """LLaVA-1.5 token shape: 336 px, 14 px patches (576 image tokens), 32 decoder layers."""
+def llava_15_shape(directory: Path, width: int = 128) -> None:
+    """LLaVA-1.5 token shape: 336 px, 14 px patches (576 image tokens), 32 decoder layers;
+    the language model ``width`` wide (LLaVA-1.5-7B: 4,096) with 128-wide heads from 1,024 on."""
     processor = build_processor(BASIC_WORDS, image_size=336, patch_size=14)
     tokenizer = processor.tokenizer
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2, image_size=336, patch_size=14),
-        text_config=LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=32,
-                                num_attention_heads=4, num_key_value_heads=4,
+        text_config=LlamaConfig(hidden_size=width, intermediate_size=width * 2 if width < 1024
+                                else width * 11008 // 4096, num_hidden_layers=32,
+                                num_attention_heads=max(4, width // 128),
+                                num_key_value_heads=max(4, width // 128),
                                 vocab_size=len(tokenizer), max_position_embeddings=4096,
                                 bos_token_id=tokenizer.bos_token_id,
                                 eos_token_id=tokenizer.eos_token_id,

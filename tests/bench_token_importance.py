@@ -1,5 +1,7 @@
 """AIF's end-to-end overhead vs a plain greedy ``generate``, side by side, at LLaVA-1.5 shape
-(32 layers, 576 image tokens, small width, random weights) and on the embedded tiny model.
+(32 layers, 576 image tokens, random weights) with a small (128) and a wider (1,024) language
+model, and on the embedded tiny model. At width 128 every layer call is mostly Python overhead,
+so the fixed costs weigh most; at 1,024 the arithmetic starts to dominate, as on a 7B model.
 
     PYTHONPATH=. python tests/bench_token_importance.py [--out bench-results.json]
 
@@ -26,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import QUESTION, llava_15_shape, side_by_side  # noqa: E402
 
 
-def bench(loaded, image: Image.Image, question: str, steps: int, name: str) -> dict:
+def bench(loaded, image: Image.Image, question: str, steps: int, name: str,
+          repeats: int = 5) -> dict:
     loaded.model.generation_config.eos_token_id = -1  # always decode `steps` tokens
     config = AIFConfig(max_new_tokens=steps)
 
@@ -39,7 +42,7 @@ def bench(loaded, image: Image.Image, question: str, steps: int, name: str) -> d
     def aif():
         return aif_generate(loaded, image, question, config)
 
-    plain_s, aif_s = side_by_side(plain, aif, repeats=5)
+    plain_s, aif_s = side_by_side(plain, aif, repeats=repeats)
     prompt = loaded.adapter.build_inputs([image], [question]).input_ids.shape[1]
     return {"name": f"AIF end to end vs plain generate ({name})", "baseline": plain_s,
             "ours": aif_s, "unit": "s", "ratio": plain_s / aif_s,
@@ -53,11 +56,14 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
-    with tempfile.TemporaryDirectory() as directory:
-        llava_15_shape(Path(directory))
-        loaded = load_model(directory)
-        rows.append(bench(loaded, Image.new("RGB", (336, 336), (200, 30, 30)), QUESTION, 8,
-                          "LLaVA-1.5 shape"))
+    image = Image.new("RGB", (336, 336), (200, 30, 30))
+    for width, repeats in ((128, 7), (1024, 5)):
+        with tempfile.TemporaryDirectory() as directory:
+            llava_15_shape(Path(directory), width)
+            loaded = load_model(directory)
+            rows.append(bench(loaded, image, QUESTION, 8, f"LLaVA-1.5 shape, width {width}",
+                              repeats))
+            del loaded
     from analyses.data import load_dataset
 
     sample = load_dataset("easy-vqa", limit=1)[0]
