@@ -432,7 +432,8 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
         raise ValueError("max_new_tokens must be at least 1")
     num_layers = loaded.adapter.num_layers
     groups = groups or token_groups(loaded.adapter, inputs)
-    clean = clean or clean_pass(loaded, inputs, reserve=max_new_tokens if donate else 0)
+    if clean is None:  # a clean pass of our own is shared with nobody: decode in its buffers
+        clean, donate = clean_pass(loaded, inputs, reserve=max_new_tokens), True
     clean.check_usable()
     knockouts = [] if knockout is None else [knockout]
     prefix = first_blocked_position(groups, knockouts, num_layers)
