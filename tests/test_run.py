@@ -126,7 +126,7 @@ def test_donated_clean_pass_decodes_as_the_reference_and_is_then_spent(setup, fl
 
 
 def test_reserved_layer_grows_past_its_room_like_a_dynamic_layer():
-    from probes.run import ReservedLayer
+    from probes.cache import ReservedLayer
 
     layer = ReservedLayer(reserve=2)
     chunks = [torch.randn(1, 2, length, 4) for length in (5, 1, 2, 3)]  # 5 + 1 + 2 fill, then grow
