@@ -73,7 +73,9 @@ class SharedPrefixCache:
 class ReservedLayer(DynamicLayer):
     """A cache layer that writes its keys and values into buffers with ``reserve`` positions
     of room after the first update (and grows like :class:`DynamicLayer` beyond that), so a
-    decode can continue in the same memory instead of copying the prompt's keys and values."""
+    decode can continue in the same memory instead of copying the prompt's keys and values.
+    Made for one forward (``clean_pass``): the generation-time edits of a cache (crop, beam
+    reordering) replace ``keys`` / ``values`` without the buffers and are not supported."""
 
     def __init__(self, reserve: int) -> None:
         super().__init__()
