@@ -216,6 +216,14 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def save_weights(model, processor, out: Path, dtype: str = "float32") -> None:
+    """Save the trained model in ``dtype`` (float16 halves the committed file; loading
+    upcasts it to float32 on CPU exactly) with its processor, as a hub checkpoint."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"save dtype must be float32 or float16, not {dtype!r}")
+    save(model.to(getattr(torch, dtype)), processor, out)
+
+
 def train(config: TrainConfig, out: Path, resume: bool, log=sys.stderr.write) -> dict:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -284,8 +292,7 @@ def train(config: TrainConfig, out: Path, resume: bool, log=sys.stderr.write) ->
                        state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
     model.eval().requires_grad_(False)
-    # float16 halves the committed file; loading upcasts to float32 on CPU, exactly
-    save(model.to(getattr(torch, config.save_dtype)), processor, out)
+    save_weights(model, processor, out, config.save_dtype)
     report = {
         "config": asdict(config),
         "train_minutes": round((elapsed_before + time.time() - loop_start) / 60, 1),

@@ -1,4 +1,4 @@
-"""The trainer's sampling: source shares, shape phases, and yes/no balance, by hand."""
+"""The trainer's sampling (source shares, shape phases, yes/no balance, by hand) and its save."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from analyses.train_tiny import (
     TrainConfig,
     asks_about_present,
     sampling_weights,
+    save_weights,
     yes_no_group,
 )
 
@@ -74,3 +75,19 @@ def test_yes_no_group_reads_attribute_and_negation():
     assert yes_no_group(sample("is there not a red shape ?")) == 1
     assert yes_no_group(sample("is a circle present ?")) == 2
     assert yes_no_group(sample("is no circle present ?")) == 3
+
+
+def test_float16_save_loads_back_as_the_rounded_float32_model(tmp_path):
+    from probes.models.loading import load_model
+
+    loaded = load_model("tiny-random-llava")
+    original = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
+    save_weights(loaded.model, loaded.processor, tmp_path, "float16")
+    again = load_model(str(tmp_path))  # dtype auto: float32 on CPU
+    saved = dict(again.model.named_parameters())
+    assert set(saved) == set(original)
+    for name, weight in original.items():
+        assert saved[name].dtype == torch.float32
+        assert torch.equal(saved[name], weight.half().float()), name
+    assert (tmp_path / "model.safetensors").stat().st_size < 0.55 * sum(
+        w.numel() * 4 for w in original.values())
