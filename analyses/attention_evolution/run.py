@@ -81,6 +81,34 @@ def thumbnail(image: Image.Image) -> np.ndarray:
                                                   Image.BILINEAR), dtype=np.uint8)
 
 
+class ExampleSamples:
+    """The samples the figures show, gathered as samples finish: a finished sample's values
+    carry ``example_image`` (:func:`thumbnail`) and ``example_grid`` (:func:`example_geometry`)
+    when it is one of them."""
+
+    def __init__(self) -> None:
+        self.index: list[int] = []
+        self.images: list[np.ndarray] = []
+        self.grids: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, index: int, values: dict[str, np.ndarray]) -> None:
+        if "example_image" in values:
+            self.index.append(index)
+            self.images.append(values["example_image"])
+            self.grids.append(values["example_grid"])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if not self.index:
+            return {"example_index": np.zeros(0, np.int64),
+                    "example_images": np.zeros((0, EXAMPLE_PIXELS, EXAMPLE_PIXELS, 3), np.uint8),
+                    "example_grid": np.zeros((0, 6))}
+        return {"example_index": np.stack(self.index), "example_images": np.stack(self.images),
+                "example_grid": np.stack(self.grids)}
+
+
 def run_attention_evolution(loaded: LoadedModel, dataset,
                             config: EvolutionConfig = EvolutionConfig(),
                             progress: bool = False, out: Path | None = None,
@@ -96,7 +124,7 @@ def run_attention_evolution(loaded: LoadedModel, dataset,
                              resume)
     rows: dict[str, list] = {name: [] for name in
                              ("maps", "image_share", "head_maps", "relevant", "scores")}
-    cells, examples = None, {"example_index": [], "example_images": [], "example_grid": []}
+    cells, examples = None, ExampleSamples()
 
     def take(index: int, values: dict[str, np.ndarray]) -> None:
         nonlocal cells
@@ -108,10 +136,7 @@ def run_attention_evolution(loaded: LoadedModel, dataset,
                             "so its images must all give the same grid (resize them to one size).")
         for name in rows:
             rows[name].append(values.get(name))
-        if "example_image" in values:
-            examples["example_index"].append(index)
-            examples["example_images"].append(values["example_image"])
-            examples["example_grid"].append(values["example_grid"])
+        examples.take(index, values)
 
     for index, values in enumerate(store.finished()):
         take(index, values)
@@ -126,7 +151,7 @@ def run_attention_evolution(loaded: LoadedModel, dataset,
                   "scores": maps.scores(), "cells": maps.cells}
         if config.heads:
             values["head_maps"] = maps.head_maps
-        if len(examples["example_index"]) < config.examples and maps.relevant.any():
+        if len(examples) < config.examples and maps.relevant.any():
             values["example_image"] = thumbnail(sample.image)
             values["example_grid"] = example_geometry(groups)
         take(index, store.add(values))
@@ -148,12 +173,7 @@ def run_attention_evolution(loaded: LoadedModel, dataset,
         arrays[name] = scores[..., i]
     if config.heads:
         arrays["head_maps"] = np.stack(rows["head_maps"]).astype(np.float32)
-    if examples["example_index"]:
-        arrays.update({k: np.stack(v) for k, v in examples.items()})
-    else:
-        arrays.update({"example_index": np.zeros(0, np.int64),
-                       "example_images": np.zeros((0, EXAMPLE_PIXELS, EXAMPLE_PIXELS, 3), np.uint8),
-                       "example_grid": np.zeros((0, 6))})
+    arrays.update(examples.arrays())
     sink = sink_scores(np.stack(rows["maps"]), arrays["relevant"], config.top_share)
     sinks = sink_patches(sink, config.sink_threshold)
     arrays["sink_score"] = sink

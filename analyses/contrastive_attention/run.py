@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from analyses.attention_evolution.maps import SERIES, record_sample
-from analyses.attention_evolution.run import example_geometry, thumbnail
+from analyses.attention_evolution.run import ExampleSamples, example_geometry, thumbnail
 from analyses.attention_evolution.scores import auroc, pointing
 from analyses.common import data_record, model_record
 from analyses.contrastive_attention.contrast import (
@@ -167,16 +167,13 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
     rows: dict[str, list] = {name: [] for name in (
         "maps", "relevant", "localisation", "suppressed", "random", "correct", "answers",
         "cells")}
-    examples: dict[str, list] = {"example_index": [], "example_images": [], "example_grid": []}
+    examples = ExampleSamples()
 
     def take(index: int, values: dict[str, np.ndarray]) -> None:
         for name in rows:
             if name in values:
                 rows[name].append(values[name])
-        if "example_image" in values:
-            examples["example_index"].append(index)
-            examples["example_images"].append(values["example_image"])
-            examples["example_grid"].append(values["example_grid"])
+        examples.take(index, values)
 
     for index, values in enumerate(store.finished()):
         take(index, values)
@@ -208,7 +205,7 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
                 answers.append(answer_text(loaded, generation))
             values["answers"] = answers
             values["correct"] = [a.lower() == sample.answer.strip().lower() for a in answers]
-        if len(examples["example_index"]) < config.examples and relevant.any():
+        if len(examples) < config.examples and relevant.any():
             values["example_image"] = thumbnail(sample.image)
             values["example_grid"] = example_geometry(groups)
         take(index, store.add(values))
@@ -226,7 +223,7 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
         "suppressed": np.stack(rows["suppressed"]),
         "random_suppressed": np.stack(rows["random"]),
         "cells": rows["cells"][-1],
-        **{k: np.stack(v) if v else np.zeros((0,)) for k, v in examples.items()},
+        **examples.arrays(),
     }
     if config.refine:
         arrays["correct"] = np.array(rows["correct"], dtype=bool)
