@@ -133,13 +133,15 @@ class TokenImportance:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What one input's clean profiling pass leaves for any number of masked decodes."""
+    """What one input's clean profiling pass leaves for any number of masked decodes (for one
+    only when ``one_shot``: that decode continues in the clean pass's buffers and spends it)."""
 
     inputs: VLInputs
     groups: TokenGroups
     clean: CleanPass
     importance: TokenImportance
     config: AIFConfig
+    one_shot: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,12 +198,12 @@ def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
 def prepare(loaded: LoadedModel, image: Image.Image, question: str,
             config: AIFConfig = AIFConfig(), one_shot: bool = False) -> Prepared:
     """Inputs, token groups, the clean pass and the token importance of one question.
-    ``one_shot``: the clean pass keeps room for one decode to continue in its buffers
-    (``decode(..., donate=True)``), which then spends it."""
+    ``one_shot``: the clean pass keeps room for the one decode that follows to continue in
+    its buffers, which that decode then spends."""
     inputs, groups = build(loaded, image, question)
     reserve = config.max_new_tokens if one_shot else 0
     importance, clean = profile(loaded, inputs, groups, config, reserve)
-    return Prepared(inputs, groups, clean, importance, config)
+    return Prepared(inputs, groups, clean, importance, config, one_shot)
 
 
 def knockout(loaded: LoadedModel, groups: TokenGroups, masked: np.ndarray,
@@ -213,15 +215,13 @@ def knockout(loaded: LoadedModel, groups: TokenGroups, masked: np.ndarray,
                        tuple(range(loaded.adapter.num_layers)), generated=mask_generated)
 
 
-def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray,
-           donate: bool = False) -> Generation:
-    """Greedy answer of a prepared input with ``masked`` image positions cut off from text
-    (``donate``: the last decode of a ``one_shot`` preparation, see :func:`prepare`)."""
+def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Generation:
+    """Greedy answer of a prepared input with ``masked`` image positions cut off from text."""
     config = prepared.config
     return masked_generate(loaded, prepared.inputs,
                            knockout(loaded, prepared.groups, masked, config.mask_generated),
                            max_new_tokens=config.max_new_tokens, clean=prepared.clean,
-                           groups=prepared.groups, donate=donate)
+                           groups=prepared.groups, donate=prepared.one_shot)
 
 
 def answer_text(loaded: LoadedModel, tokens: list[int]) -> str:
@@ -242,6 +242,6 @@ def aif_generate(loaded: LoadedModel, image: Image.Image, question: str,
     prepared = prepare(loaded, image, question, config, one_shot=True)
     ratio = prepared.importance.scan.ratio if config.ratio is None else config.ratio
     masked = prepared.importance.masked(ratio)
-    generation = decode(loaded, prepared, masked, donate=True)
+    generation = decode(loaded, prepared, masked)
     return AIFResult(answer_text(loaded, generation.tokens), generation, ratio, masked,
                      prepared.importance, config)
