@@ -1,0 +1,62 @@
+"""The analyses' final files, run through today's code, equal those saved from the code before
+the shared runner (``tests/golden``, made by ``tests/golden/runs.py``): the refactor changed
+where the per-sample loop lives, not a number. Timings, library versions and the runner's own
+new keys are left out of the comparison; everything else must match (floats to 1e-9 relative:
+the same arithmetic on the same machine, kept loose enough for a BLAS that sums in another
+order)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyses.results import RunResult
+
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+from runs import RUNS, run  # noqa: E402
+
+IGNORED = {"timing", "versions"}  # what differs from run to run by nature
+ADDED = {"failed"}  # keys the shared runner adds to every summary
+
+
+def assert_same(expected, actual, where: str) -> None:
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), where
+        missing = set(expected) - set(actual) - IGNORED
+        extra = set(actual) - set(expected) - IGNORED - ADDED
+        assert not missing and not extra, f"{where}: missing {missing}, extra {extra}"
+        for key in set(expected) - IGNORED:
+            if key.endswith("seconds"):  # wall time, e.g. training.seconds
+                continue
+            assert_same(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            assert_same(e, a, f"{where}[{i}]")
+    elif isinstance(expected, float) and isinstance(actual, (int, float)):
+        assert (math.isnan(expected) and math.isnan(actual)) or math.isclose(
+            expected, actual, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {expected} != {actual}"
+    else:
+        assert expected == actual, f"{where}: {expected!r} != {actual!r}"
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_final_files_equal_the_saved_ones(name, tmp_path):
+    assert run(name, tmp_path / name) == 0
+    expected, actual = RunResult.load(GOLDEN / name), RunResult.load(tmp_path / name)
+    assert_same(expected.summary, actual.summary, "summary")
+    assert sorted(expected.arrays) == sorted(actual.arrays)
+    for key, value in expected.arrays.items():
+        if key.endswith("seconds"):  # per-sample timings
+            continue
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(actual.arrays[key], value, rtol=1e-9, atol=1e-12,
+                                       err_msg=key)
+        else:
+            np.testing.assert_array_equal(actual.arrays[key], value, err_msg=key)
+    assert actual.summary["failed"] == []
