@@ -20,7 +20,8 @@ DEFAULT_DATA = "easy-vqa"
 def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
                            default_batch_size: int = 32) -> None:
     """``--model --device --dtype`` plus ``--data --split --limit --out --batch-size --seed
-    --resume``."""
+    --resume`` and the runner's ``--shard --strict --overwrite --backend --workers
+    --gpus-per-worker``."""
     add_model_arguments(parser)
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help=f"dataset: {', '.join(available_datasets())} (default: {DEFAULT_DATA})")
@@ -33,6 +34,9 @@ def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out instead of starting over")
+    from analyses.runner.cli import add_runner_arguments  # the runner imports this module
+
+    add_runner_arguments(parser)
 
 
 def load_data(name: str, split: str, limit: int | None) -> Dataset:
@@ -49,15 +53,51 @@ def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
 
 
+SMALL_WEIGHTS = 256 * 2**20  # weights up to this size are hashed whole (the embedded models)
+
+
 def model_record(loaded: LoadedModel) -> dict[str, Any]:
-    """Which model produced a result: id, where it came from, and a revision (the hub commit,
-    or a hash of the weights file of a local or built-in checkpoint)."""
+    """Which model produced a result: id, where it came from, and a revision (see
+    :func:`weights_revision`)."""
     revision = getattr(loaded.model.config, "_commit_hash", None)
-    weights = Path(loaded.source.location) / "model.safetensors"
-    if revision is None and weights.is_file():
-        revision = "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    if revision is None:
+        revision = weights_revision(Path(loaded.source.location))
     return {"id": loaded.model_id, "kind": loaded.source.kind, "revision": revision,
             "dtype": str(loaded.dtype).removeprefix("torch."), "layers": loaded.adapter.num_layers}
+
+
+def weights_revision(directory: Path) -> str | None:
+    """A checkpoint directory's revision without reading its weights into memory: a hash of the
+    weights' bytes when they are small (the embedded models), else of the sharded index and
+    every weights file's name, size and safetensors header (tensor names, shapes, dtypes and
+    offsets), which a re-saved or re-sharded checkpoint changes. None without weights files.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (Path(d) / "model.safetensors").write_bytes(b"\x02" + bytes(7) + b"{}")
+    ...     weights_revision(Path(d))
+    'sha256:411a485216e432ec'
+    """
+    files = sorted(p for p in directory.glob("*.safetensors") if p.is_file())
+    files = files or sorted(p for p in directory.glob("*.bin") if p.is_file())
+    if not files:
+        return None
+    if sum(p.stat().st_size for p in files) <= SMALL_WEIGHTS and len(files) == 1:
+        digest = hashlib.sha256()
+        with files[0].open("rb") as stream:
+            for block in iter(lambda: stream.read(2**20), b""):
+                digest.update(block)
+        return "sha256:" + digest.hexdigest()[:16]
+    digest = hashlib.sha256()
+    for index in sorted(directory.glob("*.index.json")):
+        digest.update(index.name.encode() + index.read_bytes())
+    for path in files:
+        digest.update(f"{path.name}:{path.stat().st_size}:".encode())
+        with path.open("rb") as stream:
+            head = stream.read(8)
+            if path.suffix == ".safetensors" and len(head) == 8:
+                digest.update(stream.read(min(int.from_bytes(head, "little"), 2**26)))
+    return "files:" + digest.hexdigest()[:16]
 
 
 def data_record(dataset: Dataset) -> dict[str, Any]:

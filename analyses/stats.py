@@ -101,3 +101,37 @@ def mcnemar_exact(first, second) -> float:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2.0 ** n
     return float(min(1.0, 2 * tail))
+
+
+def method_rows(correct, methods, kinds=None) -> list[dict]:
+    """The one contract of a method comparison (DESIGN.md): per method ``{method, accuracy,
+    ci_low, ci_high, n, correct, p_value_vs_clean}`` from per-sample correctness
+    ``correct[sample, method]`` with the clean run in column 0: Wilson 95% CIs, two-sided exact
+    McNemar p against clean on the same samples; the clean row's p is None (it is the
+    reference, not a comparison); with no samples the accuracy and CI are NaN. With ``kinds``
+    (one per sample), rows per kind (sorted) then for ``all``, each with a ``kind`` key.
+
+    >>> rows = method_rows(np.array([[1, 1], [0, 1], [1, 1]], dtype=bool), ["clean", "aif"])
+    >>> [(r["method"], round(r["accuracy"], 3), r["correct"], r["p_value_vs_clean"]) for r in rows]
+    [('clean', 0.667, 2, None), ('aif', 1.0, 3, 1.0)]
+    >>> method_rows(np.zeros((0, 2), dtype=bool), ["clean", "aif"])[1]["accuracy"]
+    nan
+    """
+    correct = np.asarray(correct, dtype=bool).reshape(-1, len(methods))
+    groups = [("all", np.ones(correct.shape[0], dtype=bool))]
+    if kinds is not None:
+        kinds = np.asarray(kinds).astype(str)
+        groups = [(kind, kinds == kind) for kind in sorted(set(kinds.tolist()))] + groups
+    rows = []
+    for kind, chosen in groups:
+        subset = correct[chosen]
+        n = int(subset.shape[0])
+        for m, method in enumerate(methods):
+            hits = int(subset[:, m].sum())
+            low, high = wilson_interval(hits, n) if n else (float("nan"), float("nan"))
+            row = {"method": method, "accuracy": hits / n if n else float("nan"),
+                   "ci_low": low, "ci_high": high, "n": n, "correct": hits,
+                   "p_value_vs_clean": None if m == 0 else mcnemar_exact(subset[:, 0],
+                                                                         subset[:, m])}
+            rows.append(row if kinds is None else {"kind": kind, **row})
+    return rows

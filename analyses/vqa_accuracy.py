@@ -13,14 +13,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
 from analyses.data import load_dataset
+from analyses.grading import grade
 from analyses.stats import wilson_interval
 from probes.cli import add_model_arguments, run_cli
 from probes.errors import UserError
-from probes.models.answer import answer_questions
-from probes.models.loading import LoadedModel, load_model
+from probes.models.loading import load_model
 
 
 @dataclass(frozen=True)
@@ -36,20 +34,6 @@ class KindAccuracy:
     @property
     def ci(self) -> tuple[float, float]:
         return wilson_interval(self.correct, self.n)
-
-
-def grade(loaded: LoadedModel, samples: Sequence, batch_size: int = 128,
-          progress: bool = False) -> list[bool]:
-    """Per sample, whether the greedy answer equals the reference answer."""
-    correct = []
-    batches = range(0, len(samples), batch_size)
-    for start in tqdm(batches, disable=not progress, desc="answering", unit="batch"):
-        chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-        answers = answer_questions(
-            loaded, [s.image for s in chunk], [s.question for s in chunk], max_new_tokens=4
-        )
-        correct += [a.text.strip().lower() == s.answer.strip().lower() for a, s in zip(answers, chunk)]
-    return correct
 
 
 def accuracy_by_kind(samples: Sequence, correct: Sequence[bool]) -> list[KindAccuracy]:

@@ -19,6 +19,10 @@ plan says, per layer and per call, what to edit:
 
 Queries are the last ``q_len`` positions of the ``kv_len`` keys (a prefill, a decoding step
 with a KV cache, or a suffix run on a shared prefix cache): plans are given absolute positions.
+
+Everything a plan hands back is used on the device of the layer's queries: a model spread over
+several devices (``load_model(device_map=...)``) gets each layer's edit on that layer's device,
+and ``query_positions`` tells a plan which device that is.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from functools import partial
 from typing import Protocol
 
 import torch
+from einops import rearrange, repeat
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
@@ -41,12 +46,11 @@ IMPLEMENTATIONS = {"sdpa": "fusionlens_sdpa", "eager": "fusionlens_eager"}
 
 
 def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """[batch, kv_heads, seq, dim] -> [batch, kv_heads * groups, seq, dim] (grouped-query heads)."""
+    """[batch, kv_heads, seq, dim] -> [batch, kv_heads * groups, seq, dim] (grouped-query heads:
+    query head h reads KV head h // groups)."""
     if groups == 1:
         return states
-    batch, kv_heads, length, dim = states.shape
-    expanded = states[:, :, None].expand(batch, kv_heads, groups, length, dim)
-    return expanded.reshape(batch, kv_heads * groups, length, dim)
+    return repeat(states, "b kv s d -> b (kv g) s d", g=groups)
 
 
 def eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
@@ -93,18 +97,21 @@ class CombinedPlan:
         if not edits:
             return None
         combined = LayerEdit()
+        device = query_positions.device  # plans of others may hand back tensors elsewhere
         recorders = [e for e in edits if e.record is not None]
         for edit in edits:
             if edit.blocked is not None:
-                combined.blocked = edit.blocked if combined.blocked is None else combined.blocked | edit.blocked
+                blocked = edit.blocked.to(device)
+                combined.blocked = blocked if combined.blocked is None else combined.blocked | blocked
             if edit.bias is not None:
-                combined.bias = edit.bias if combined.bias is None else combined.bias + edit.bias
+                bias = edit.bias.to(device)
+                combined.bias = bias if combined.bias is None else combined.bias + bias
             if edit.mix is not None:
                 if combined.mix is not None:
                     raise ValueError("two plans mix attention probabilities in the same layer")
                 combined.mix, combined.mix_alpha = edit.mix, edit.mix_alpha
         if recorders:
-            rows = torch.cat([e.record_rows for e in recorders]).unique()
+            rows = torch.cat([e.record_rows.to(device) for e in recorders]).unique()
             combined.record_rows = rows
             combined.record = partial(_fan_out, recorders, rows)
         return combined
@@ -112,7 +119,7 @@ class CombinedPlan:
 
 def _fan_out(recorders: list[LayerEdit], rows: torch.Tensor, layer: int, probabilities: torch.Tensor) -> None:
     for edit in recorders:
-        index = torch.searchsorted(rows, edit.record_rows)
+        index = torch.searchsorted(rows, edit.record_rows.to(rows.device))
         edit.record(layer, probabilities[:, :, index])
 
 
@@ -146,12 +153,16 @@ def mask_rows(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, rows
 
 def row_probabilities(module, query, key, rows_mask, scaling, rows) -> torch.Tensor:
     """Exact attention probabilities [batch, heads, len(rows), keys] of the query ``rows``;
-    ``rows_mask`` is the additive mask of those rows ([batch or 1, 1, len(rows), keys])."""
+    ``rows_mask`` is the additive mask of those rows ([batch or 1, 1, len(rows), keys]).
+
+    The query heads that share a KV head are stacked as extra query rows of that KV head, so
+    the keys are never repeated per query head (a grouped-query model reads them once)."""
     groups = getattr(module, "num_key_value_groups", 1)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     selected = query.index_select(2, rows.to(query.device)).float()
-    scores = selected @ repeat_kv(key, groups).float().transpose(2, 3)
-    return scores.mul_(scaling).add_(rows_mask.float()).softmax(-1)
+    stacked = rearrange(selected, "b (kv g) r d -> b kv (g r) d", g=groups)
+    scores = rearrange(stacked @ key.float().transpose(2, 3), "b kv (g r) k -> b (kv g) r k", g=groups)
+    return scores.mul_(scaling).add_(rows_mask.to(scores.device).float()).softmax(-1)
 
 
 def _edited_attention(module, query, key, value, attention_mask, *, base, **kwargs):
@@ -200,7 +211,9 @@ def _mix(module, output, value, mask, mix, alpha):
     total = target.sum(-1, keepdim=True)
     target = target / total.clamp_min(torch.finfo(torch.float32).tiny)
     groups = getattr(module, "num_key_value_groups", 1)
-    mixed = (target[:, None] @ repeat_kv(value, groups).float()).transpose(1, 2)  # [B, Q, H, D]
+    # M is the same for every head: one product per KV head, then shared by its query heads
+    per_kv_head = target[:, None] @ value.float()  # [B, KV, Q, D]
+    mixed = repeat(per_kv_head, "b kv q d -> b q (kv g) d", g=groups)
     carries = (total[..., 0] > 0)[:, :, None, None]
     blended = (1 - alpha) * output.float() + alpha * mixed
     return torch.where(carries, blended, output.float()).to(output.dtype)

@@ -21,18 +21,25 @@ class SharedPrefixCache:
     Per layer, keys and values [rows, kv_heads, capacity, dim]: the clean prefix's, then what
     the suffix and each decoding step write in place (no ``torch.cat`` of the whole cache per
     layer or step). With ``one_shot`` every layer runs once (a sweep never reads a layer's keys
-    again after it ran), so all layers share one buffer pair and the prefix is copied in on each
-    layer's update. Decoder layers only call ``update``; this is all they need.
+    again after it ran), so the layers on one device share one buffer pair and the prefix is
+    copied in on each layer's update. Decoder layers only call ``update``; this is all they need.
+
+    Every buffer lives on the device of its layer's clean keys (the layer's own device when the
+    model is spread over several), so a layer never reads or writes another device's memory.
     """
 
     def __init__(self, keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix: int,
                  rows: int, capacity: int, one_shot: bool = False) -> None:
         self.prefix, self.one_shot = prefix, one_shot
         self.prefix_kv = [(k[:, :, :prefix], v[:, :, :prefix]) for k, v in keys_values]
-        like = keys_values[0][0]
-        shape = (rows, like.shape[1], capacity, like.shape[3])
-        self.buffers = [(like.new_empty(shape), like.new_empty(shape))
-                        for _ in range(1 if one_shot else len(keys_values))]
+        shared: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.buffers = []
+        for keys, _ in keys_values:
+            shape = (rows, keys.shape[1], capacity, keys.shape[3])
+            kind = (keys.device, keys.dtype, shape) if one_shot else len(self.buffers)
+            if kind not in shared:
+                shared[kind] = (keys.new_empty(shape), keys.new_empty(shape))
+            self.buffers.append(shared[kind])
         self.lengths = [prefix] * len(keys_values)
         if not one_shot:
             for layer in range(len(keys_values)):
@@ -49,7 +56,7 @@ class SharedPrefixCache:
         return cache
 
     def _copy_prefix(self, layer: int, rows: int) -> None:
-        keys, values = self.buffers[0 if self.one_shot else layer]
+        keys, values = self.buffers[layer]
         prefix_keys, prefix_values = self.prefix_kv[layer]
         keys[:rows, :, : self.prefix] = prefix_keys  # broadcast over the rows
         values[:rows, :, : self.prefix] = prefix_values
@@ -61,7 +68,7 @@ class SharedPrefixCache:
             self._copy_prefix(layer_idx, rows)
         else:
             self.lengths[layer_idx] = end
-        keys, values = self.buffers[0 if self.one_shot else layer_idx]
+        keys, values = self.buffers[layer_idx]
         keys[:rows, :, start:end] = key
         values[:rows, :, start:end] = value
         return keys[:rows, :, :end], values[:rows, :, :end]

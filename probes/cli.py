@@ -13,7 +13,8 @@ EXIT_BAD_INPUT = 2
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model --device --dtype --trust-remote-code`` with the design's defaults."""
+    """Add ``--model --device --device-map --dtype --trust-remote-code --allow-pickle`` with the
+    design's defaults (``args.device_map`` is ``load_model``'s ``device_map``)."""
     from probes.models.registry import DEFAULT_MODEL
 
     parser.add_argument(
@@ -23,6 +24,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "`python -m probes.models list` shows the aliases",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device-map", default=None, choices=["auto", "balanced", "balanced_low_0", "sequential"],
+        help="spread one model over several GPUs with accelerate: auto spreads the layers over "
+        "all visible GPUs (needs pip install 'fusionlens[multi-gpu]'; default: one device)",
+    )
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 on CUDA, float32 on CPU",

@@ -1,6 +1,8 @@
 """Attention recording: probabilities from chosen query rows to chosen keys, per layer and head,
 computed from each layer's queries and keys (see :func:`probes.attention.row_probabilities`),
 so the model keeps sdpa and memory grows with rows x keys, never with the square of the input.
+Each layer's map moves to the CPU as soon as it is made: on a model spread over several devices
+nothing recorded piles up on one of them, and every map is on the same device.
 
 >>> recorder = AttentionRecorder(queries=[5, 6], layers=[0, 1], reduce="mean_heads")
 >>> recorder.reduce
@@ -25,8 +27,8 @@ class AttentionRecorder:
     """Records attention of query positions ``queries`` (absolute, shared by all batch rows) to
     ``keys`` (absolute positions, or None for all keys) at ``layers`` (None = all).
 
-    After a forward, ``maps[layer]`` is a float32 tensor [batch, heads (1 if reduced), queries,
-    keys]; ``max_queries=True`` further takes the max over the query rows (a [.., 1, keys] map).
+    After a forward, ``maps[layer]`` is a float32 CPU tensor [batch, heads (1 if reduced),
+    queries, keys]; ``max_queries=True`` further takes the max over the query rows (a [.., 1, keys] map).
     Only rows that are queries of a call are recorded (prefill or a decoding step).
     """
 
@@ -87,4 +89,5 @@ class AttentionRecorder:
             probabilities = probabilities.amax(1, keepdim=True)
         if self.max_queries:
             probabilities = probabilities.amax(2, keepdim=True)
-        self.maps[layer] = probabilities.detach().contiguous()  # never a view of all keys
+        # on the CPU as it is made, and never a view of all keys
+        self.maps[layer] = probabilities.detach().to("cpu").contiguous()

@@ -10,6 +10,11 @@ Knockouts are read through ``.layers`` and ``.edges(groups, num_layers)`` only (
 objects with ``.queries``, ``.keys``, ``.layers``, ``.queries_from``, which
 :class:`~probes.masking.EdgeMaskPlan` turns into blocked edges), so any knockout-like class works.
 
+A model spread over several devices (``load_model(device_map=...)``) runs layer by layer on
+each layer's own device: hidden states, masks, rotary tables and KV buffers are handed to a
+layer on its device (found from the layer, :func:`probes.devices.module_device`), and what is
+returned (logits, hidden states, recorded attention) is on the CPU.
+
 >>> from PIL import Image
 >>> from probes.models.loading import load_model
 >>> from probes.masking import Knockout
@@ -33,6 +38,7 @@ import torch
 
 from probes import attention
 from probes.cache import ReservedLayer, SharedPrefixCache, reserved_cache
+from probes.devices import OnDevices, module_device
 from probes.masking import EdgeMaskPlan
 from probes.models.adapters import VLInputs
 from probes.models.loading import LoadedModel
@@ -45,7 +51,8 @@ class SuffixMasks:
     edges each row blocks at that layer. A row's mask is built once per distinct set of edges
     (by :class:`EdgeMaskPlan`, which also refuses a query left without keys) for every query
     position the run will have, generated ones included, and sliced per call: a layer or a
-    decoding step never builds a mask again.
+    decoding step never builds a mask again. Masks are made on the device of the layer that
+    reads them (each device gets its own copy, once).
     """
 
     def __init__(self, rows: Sequence[Sequence], prefix: int, length: int,
@@ -54,31 +61,36 @@ class SuffixMasks:
         self.positions = torch.arange(prefix, length, device=device)
         self.low = torch.finfo(dtype).min
         allowed = torch.arange(length, device=device)[None, :] <= self.positions[:, None]
-        self.causal = torch.where(allowed, 0.0, self.low).to(dtype)[None, None]  # [1, 1, Q, K]
+        causal = torch.where(allowed, 0.0, self.low).to(dtype)[None, None]  # [1, 1, Q, K]
+        self._causal = OnDevices(causal)
         self._built: dict[tuple, torch.Tensor] = {}
 
-    def _row(self, row: int, layer: int) -> torch.Tensor | None:
+    def _row(self, row: int, layer: int, device: torch.device) -> torch.Tensor | None:
         edges = [edges for edges in self.rows[row] if layer in edges.layers]
         if not edges:
             return None
-        key = (row, tuple(map(id, edges)))  # layers with the same edges share one mask
+        key = (row, tuple(map(id, edges)), device)  # layers with the same edges share one mask
         if key not in self._built:
             blocked = EdgeMaskPlan([edges]).blocked(layer, self.positions, self.length)
-            self._built[key] = self.causal.masked_fill(blocked[:, None], self.low)
+            causal = self._causal.on(device)
+            self._built[key] = causal.masked_fill(blocked[:, None].to(device), self.low)
         return self._built[key]
 
-    def for_call(self, layer: int, rows: Sequence[int], start: int, stop: int) -> torch.Tensor | None:
-        """[len(rows) or 1, 1, stop - start, stop] for queries ``start..stop-1`` reading keys
-        ``0..stop-1``, or None where plain attention is exact (one query, nothing blocked)."""
-        masks = [self._row(row, layer) for row in rows]
+    def for_call(self, layer: int, rows: Sequence[int], start: int, stop: int,
+                 device: torch.device) -> torch.Tensor | None:
+        """[len(rows) or 1, 1, stop - start, stop] on ``device`` for queries ``start..stop-1``
+        reading keys ``0..stop-1``, or None where plain attention is exact (one query, nothing
+        blocked)."""
+        masks = [self._row(row, layer, device) for row in rows]
+        causal = self._causal.on(device)
         if all(mask is None for mask in masks):
             if stop - start == 1:
                 return None
-            full = self.causal
+            full = causal
         elif len(masks) == 1:
             full = masks[0]
         else:
-            full = torch.cat([self.causal if mask is None else mask for mask in masks])
+            full = torch.cat([causal if mask is None else mask for mask in masks])
         return full[:, :, start - self.prefix : stop - self.prefix, :stop]
 
 
@@ -86,7 +98,9 @@ class SuffixMasks:
 class CleanPass:
     """What the clean forward of one input leaves for the conditions to share."""
 
-    logits: torch.Tensor  # [vocab] at the last position
+    # logits, hidden states and position ids are on the device of the inputs' input_ids; keys
+    # and values (and buffers) on the device of their layer
+    logits: torch.Tensor  # [vocab] at the last position, float32
     hidden_states: tuple[torch.Tensor, ...]  # [1, seq, hidden] entering each layer, then normed
     keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, kv_heads, seq, dim]
     position_ids: torch.Tensor  # [1, seq] or [3, 1, seq]
@@ -107,7 +121,8 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> Clean
 
     ``reserve > 0`` writes the keys and values into buffers with that many positions of room,
     so that one decode of up to ``reserve + 1`` tokens can continue in them without copying
-    the prompt's (``masked_generate(..., donate=True)``)."""
+    the prompt's (``masked_generate(..., donate=True)``). See :class:`CleanPass` for which
+    device holds what."""
     if inputs.input_ids.shape[0] != 1:
         raise ValueError("the executor runs conditions over one input row at a time")
     attention.enable(loaded.model)
@@ -122,56 +137,72 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> Clean
     if all(isinstance(layer, ReservedLayer) for layer in cache.layers):
         buffers = [layer.buffers for layer in cache.layers]
     positions = loaded.adapter.position_ids(loaded.model, inputs.batch)
-    return CleanPass(output.logits[0, -1].float(), output.hidden_states, keys_values, positions,
-                     buffers)
+    device = inputs.input_ids.device  # where accelerate's hooks return a model's outputs, too
+    return CleanPass(output.logits[0, -1].float().to(device),
+                     tuple(states.to(device) for states in output.hidden_states), keys_values,
+                     positions.to(device), buffers)
 
 
-def rotary(loaded: LoadedModel, clean: CleanPass, positions: torch.Tensor):
-    """(cos, sin) for ``positions`` (batch 1: they broadcast over the rows of a batch)."""
-    return loaded.adapter.language_model(loaded.model).rotary_emb(clean.hidden_states[0], positions)
+class RotaryTables:
+    """(cos, sin) of the positions from ``first`` on, computed once on the rotary embedding's
+    device and copied once to each device a layer reads them on; :meth:`rows` slices a call's
+    query positions out of the copy on that layer's device."""
 
+    def __init__(self, loaded: LoadedModel, clean: CleanPass, positions: torch.Tensor,
+                 first: int) -> None:
+        embedding = loaded.adapter.language_model(loaded.model).rotary_emb
+        device = module_device(embedding)
+        # the hidden states only tell the embedding the dtype (and device) of the tables
+        like = clean.hidden_states[0][:, :1].to(device)
+        self.first = first
+        self.tables = OnDevices(tuple(embedding(like, positions.to(device))))
 
-def _position_rows(position_embeddings, first: int, start: int, stop: int):
-    """The rows of (cos, sin) of query positions ``start..stop-1``, computed from ``first`` on."""
-    return tuple(table[..., start - first : stop - first, :] for table in position_embeddings)
+    def rows(self, device: torch.device, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        """The (cos, sin) rows of query positions ``start..stop-1``, on ``device``."""
+        return tuple(table[..., start - self.first : stop - self.first, :]
+                     for table in self.tables.on(device))
 
 
 def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Sequence[int],
                rows: Sequence[int], start: int, stop: int, cache, masks: SuffixMasks,
-               position_embeddings, on_layer: Callable[[int, torch.Tensor], None] | None = None,
+               rotary: RotaryTables, on_layer: Callable[[int, torch.Tensor], None] | None = None,
                ) -> torch.Tensor:
     """Decoder layers and the final norm for queries at positions ``start..stop-1`` of the runs
     ``rows`` (indices into ``masks.rows``). Run ``rows[i]`` joins at layer ``starts[i]``
     (ascending) with ``entering[layer]`` [1, queries, hidden], the clean hidden states entering
     that layer: nothing differs from the clean run before a run's first blocked layer, so it
-    costs nothing there. ``on_layer(layer, hidden)`` sees each layer's output. Returns [rows,
-    hidden] at the last query position after the final norm."""
+    costs nothing there. ``on_layer(layer, hidden)`` sees each layer's output (on that layer's
+    device). Each layer runs on its own device, its inputs moved there. Returns [rows, hidden]
+    at the last query position after the final norm, on the final norm's device."""
     model, adapter = loaded.model, loaded.adapter
     hidden, active = None, 0
     for index, layer in enumerate(adapter.decoder_layers(model)):
         joining = 0
         while active + joining < len(starts) and starts[active + joining] == index:
             joining += 1
+        device = module_device(layer)
         if joining:
-            new = entering[index].expand(joining, -1, -1)
-            hidden = new if hidden is None else torch.cat([hidden, new])
+            new = entering[index].to(device).expand(joining, -1, -1)
+            hidden = new if hidden is None else torch.cat([hidden.to(device), new])
             active += joining
         if hidden is None:
             continue
-        mask = masks.for_call(index, rows[:active], start, stop)
+        hidden = hidden.to(device)
+        mask = masks.for_call(index, rows[:active], start, stop, device)
         hidden = layer(hidden, attention_mask=mask, past_key_values=cache, use_cache=True,
-                       position_embeddings=position_embeddings)
+                       position_embeddings=rotary.rows(device, start, stop))
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         if on_layer is not None:
             on_layer(index, hidden)
-    return adapter.final_norm(model)(hidden[:, -1])
+    norm = adapter.final_norm(model)
+    return norm(hidden[:, -1].to(module_device(norm)))
 
 
 @dataclass
 class KnockoutResult:
     """Next-token logits at ``last`` for each condition, in the order given, and clean.
 
-    The optional fields are None unless asked for: ``hidden_states`` [conditions, layers + 1,
+    Every tensor is on the CPU. The optional fields are None unless asked for: ``hidden_states`` [conditions, layers + 1,
     hidden] at ``last``, indexed as ``output_hidden_states`` (entry i enters layer i, the last is
     the output of the final norm); ``attentions`` {layer: [conditions, ...]} and
     ``clean_attentions`` {layer: [1, ...]}, each map as an :class:`AttentionRecorder` stores it.
@@ -228,20 +259,23 @@ def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
     masks = SuffixMasks(rows, prefix, length, clean.hidden_states[0].dtype, clean.hidden_states[0].device)
     cache = SharedPrefixCache(clean.keys_values, prefix, max(1, min(batch_size, len(order))),
                               length, one_shot=True)
-    position_embeddings = rotary(loaded, clean, clean.position_ids[..., prefix:length])
+    tables = RotaryTables(loaded, clean, clean.position_ids[..., prefix:length], prefix)
     collect = _Collector(loaded, clean, rows, starts, hidden_states, record)
-    finals = clean.hidden_states[0].new_empty(len(rows), clean.hidden_states[0].shape[-1])
+    head = loaded.adapter.lm_head(loaded.model)
+    # the final norm's outputs, gathered on the device of the head that reads them
+    finals = clean.hidden_states[0].new_empty(len(rows), clean.hidden_states[0].shape[-1],
+                                              device=module_device(head))
     entering = [states[:, prefix:] for states in clean.hidden_states]
     for chunk_start in range(0, len(order), batch_size):
         chunk = order[chunk_start : chunk_start + batch_size]
         with collect.chunk(chunk) as on_layer:
-            finals[chunk] = run_layers(
-                loaded, entering, [starts[i] for i in chunk], chunk, prefix, length, cache, masks,
-                position_embeddings, on_layer)
-        collect.final(chunk, finals[chunk])
+            normed = run_layers(loaded, entering, [starts[i] for i in chunk], chunk, prefix,
+                                length, cache, masks, tables, on_layer)
+        finals[chunk] = normed.to(finals.device)
+        collect.final(chunk, normed)
     logits = clean.logits.cpu().repeat(len(rows), 1)
     if order:
-        logits[order] = loaded.adapter.lm_head(loaded.model)(finals[order]).float().cpu()
+        logits[order] = head(finals[order]).float().cpu()
     return KnockoutResult(logits[: len(knockouts)], clean.logits.cpu(), prefix,
                           collect.hidden_states(len(knockouts)), collect.attentions(len(knockouts)),
                           collect.clean_attentions())
@@ -250,13 +284,15 @@ def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
 class _Collector:
     """Gathers, chunk by chunk, what run_knockouts returns besides logits: hidden states at
     ``last`` and recorded attention. A condition's layers before its first blocked layer are
-    the clean run's (rows join late), so they are filled from the clean pass or the clean row."""
+    the clean run's (rows join late), so they are filled from the clean pass or the clean row.
+    Everything is kept on the CPU, moved there as each layer makes it."""
 
     def __init__(self, loaded, clean, rows, starts, hidden_states, record) -> None:
         self.loaded, self.starts, self.record = loaded, starts, record
         self.hidden = None
         if hidden_states:  # the clean value everywhere, overwritten where a condition differs
-            self.hidden = torch.stack([h[0, -1] for h in clean.hidden_states]).repeat(len(rows), 1, 1)
+            clean_states = torch.stack([h[0, -1] for h in clean.hidden_states]).cpu()
+            self.hidden = clean_states.repeat(len(rows), 1, 1)
         self.maps: list[dict[int, torch.Tensor]] = [{} for _ in rows]
 
     @contextlib.contextmanager
@@ -265,7 +301,7 @@ class _Collector:
         if self.hidden is not None:
             def on_layer(layer: int, hidden: torch.Tensor) -> None:
                 if layer + 1 < self.hidden.shape[1] - 1:  # the last entry is after the final norm
-                    self.hidden[chunk[: hidden.shape[0]], layer + 1] = hidden[:, -1]
+                    self.hidden[chunk[: hidden.shape[0]], layer + 1] = hidden[:, -1].cpu()
         if self.record is None:
             yield on_layer
             return
@@ -282,10 +318,10 @@ class _Collector:
 
     def final(self, chunk: Sequence[int], normed: torch.Tensor) -> None:
         if self.hidden is not None:
-            self.hidden[chunk, -1] = normed
+            self.hidden[chunk, -1] = normed.cpu()
 
     def hidden_states(self, conditions: int) -> torch.Tensor | None:
-        return None if self.hidden is None else self.hidden[:conditions].float().cpu()
+        return None if self.hidden is None else self.hidden[:conditions].float()
 
     def clean_attentions(self) -> dict[int, torch.Tensor] | None:
         if self.record is None:
@@ -319,7 +355,7 @@ class Generation:
     """A greedy continuation: its tokens and the logits that chose each of them."""
 
     tokens: list[int]
-    logits: torch.Tensor  # [steps, vocab], float32
+    logits: torch.Tensor  # [steps, vocab], float32, on the CPU
 
 
 @torch.inference_mode()
@@ -357,21 +393,23 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
     # the rotary tables of every position are computed once
     last = clean.position_ids[..., -1:]
     generated = last + torch.arange(1, max_new_tokens, device=last.device)
-    tables = rotary(loaded, clean, torch.cat([clean.position_ids[..., prefix:], generated], -1))
+    tables = RotaryTables(loaded, clean, torch.cat([clean.position_ids[..., prefix:], generated], -1),
+                          prefix)
     head = loaded.adapter.lm_head(loaded.model)
     embed = loaded.adapter.language_model(loaded.model).get_input_embeddings()
+    head_device, embed_device = module_device(head), module_device(embed)
     hidden = run_layers(loaded, [clean.hidden_states[0][:, prefix:]], [0], [0],
-                        prefix, length, cache, masks, _position_rows(tables, prefix, prefix, length))
+                        prefix, length, cache, masks, tables)
     tokens, step_logits, stop = [], [], loaded.eos_token_ids()
     for step in range(max_new_tokens):
-        logits = head(hidden).float()[0]
+        logits = head(hidden.to(head_device)).float()[0]
         token = int(logits.argmax())
         tokens.append(token)
         step_logits.append(logits)
         if token in stop or step == max_new_tokens - 1:
             break
         position = length + step
-        token_embedding = embed(torch.tensor([[token]], device=like.device))
+        token_embedding = embed(torch.tensor([[token]], device=embed_device))
         hidden = run_layers(loaded, [token_embedding], [0], [0], position, position + 1,
-                            cache, masks, _position_rows(tables, prefix, position, position + 1))
+                            cache, masks, tables)
     return Generation(tokens, torch.stack(step_logits).cpu())

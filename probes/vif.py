@@ -28,6 +28,8 @@ After the public implementation (ictnlp/VIF), with the differences written down:
 
 The module reads the hidden states with forward hooks and computes the heatmap inside the same
 forward, when the first apply layer is reached: one pass, in ``forward`` and in ``generate``.
+On a model spread over several devices the captured hidden states move to the VIF module's
+device as they are made, and each apply layer gets the mixing map on its own device.
 
 >>> from PIL import Image
 >>> from probes.models.loading import load_model
@@ -55,6 +57,7 @@ from torch import nn
 
 from probes import attention
 from probes.attention import LayerEdit
+from probes.devices import OnDevices, module_device
 from probes.errors import UserError
 from probes.models.adapters import VLInputs
 from probes.models.adapters.grids import SEPARATOR
@@ -296,7 +299,7 @@ class VIFSession:
         self.layout = row_layout(loaded, inputs, module.config.rows)
         self.captured: dict[int, torch.Tensor] = {}
         self.heatmap = self.kl = self.sparsity = None
-        self._mix: torch.Tensor | None = None
+        self._mix: OnDevices | None = None  # the mixing map, once per apply layers' device
         self._stack = None
 
     # -------------------------------------------------------------- hooks and the plan
@@ -304,7 +307,7 @@ class VIFSession:
         def hook(_module, _args, output):
             hidden = output[0] if isinstance(output, tuple) else output
             if hidden.shape[1] == self.layout.length:  # the prefill (decoding steps are 1 long)
-                self.captured[layer] = hidden.detach()
+                self.captured[layer] = hidden.detach().to(module_device(self.module))
         return hook
 
     def __enter__(self) -> VIFSession:
@@ -327,8 +330,8 @@ class VIFSession:
         if layer not in self.module.apply_layers or query_positions.numel() != self.layout.length:
             return None  # prefill only
         if self._mix is None:
-            self._mix = self._build_mix(kv_length, query_positions.device)
-        return LayerEdit(mix=self._mix, mix_alpha=self.alpha)
+            self._mix = OnDevices(self._build_mix(kv_length))
+        return LayerEdit(mix=self._mix.on(query_positions.device), mix_alpha=self.alpha)
 
     # -------------------------------------------------------------- the module's work
     def _gather(self, positions: torch.Tensor) -> torch.Tensor:
@@ -336,18 +339,21 @@ class VIFSession:
         index = positions.to(states.device)[..., None].expand(-1, -1, states.shape[-1])
         return states.gather(1, index).float()
 
-    def _build_mix(self, kv_length: int, device: torch.device) -> torch.Tensor:
+    def _build_mix(self, kv_length: int) -> torch.Tensor:
+        """The mixing map [batch, queries, keys], on the VIF module's device."""
         lay, module = self.layout, self.module
         missing = [layer for layer in module.learn_layers if layer not in self.captured]
         if missing:
             raise RuntimeError(f"VIF saw no prefill output of layers {missing}")
         image, question = self._gather(lay.image), self._gather(lay.question)
-        where = image.device
+        where = module_device(module)
         coords, image_mask = lay.coords.to(where), lay.image_mask.to(where)
         args = (image, image_mask, coords, question, lay.question_mask.to(where))
         mu_p, logvar_p = module.prior(*args)
         if self.mode == "posterior":
-            embedded = self.loaded.model.get_input_embeddings()(self.answers).detach().float()
+            embedding = self.loaded.model.get_input_embeddings()
+            answers = self.answers.to(module_device(embedding))
+            embedded = embedding(answers).detach().float().to(where)
             mu_q, logvar_q = module.posterior(*args, answer=embedded)
             noise = torch.randn(mu_q.shape, generator=self.generator).to(where)
             z = mu_q + (0.5 * logvar_q).exp() * noise
@@ -371,7 +377,7 @@ class VIFSession:
             v.append(heatmap[row][image_mask[row]].repeat(steered.numel()))
         mix = torch.zeros(batch, lay.length, kv_length, device=where)
         index = tuple(torch.cat(part).to(where) for part in (b, r, c))
-        return mix.index_put(index, torch.cat(v)).to(device)
+        return mix.index_put(index, torch.cat(v))
 
 
 def sparsity(heatmap: torch.Tensor, widths: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from analyses.data import load_dataset
-from analyses.layer_masking import LayerMaskingConfig, merge, review, run_layer_masking
+from analyses.layer_masking import LayerMaskingConfig, review, run_layer_masking
 from analyses.layer_masking.__main__ import main as cli_main
 from analyses.layer_masking.findings import significance
 from analyses.layer_masking.sweep import (
@@ -21,6 +21,7 @@ from analyses.layer_masking.sweep import (
     control_edges,
     sweep_sample,
 )
+from analyses.merge import merge
 from analyses.results import RunResult
 from probes import attention
 from probes.cli import run_cli
@@ -165,7 +166,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(trained, ea
 
     with pytest.raises(KeyboardInterrupt):
         run_layer_masking(trained, easy, config, out=tmp_path, on_sample=interrupt)
-    assert len(list((tmp_path / ".partial").glob("samples-*.npz"))) == 5  # each kept as it ended
+    assert len(list((tmp_path / ".partial" / "samples").glob("*.npz"))) == 5  # each kept as it ended
     seen = []
     resumed = run_layer_masking(trained, easy, config, out=tmp_path, resume=True,
                                 on_sample=seen.append)
@@ -179,8 +180,9 @@ def test_shards_merge_into_the_unsharded_result(trained, easy, tmp_path):
     whole = run_layer_masking(trained, easy, config)
     directories = []
     for index in range(3):
-        part = run_layer_masking(trained, easy, config, shard=(index, 3))
-        directories.append(part.save(tmp_path / f"shard{index}"))
+        out = tmp_path / f"shard{index}"
+        part = run_layer_masking(trained, easy, config, shard=(index, 3), out=out)
+        directories.append(part.save(out))
     _assert_same(whole, merge(directories))
     with pytest.raises(Exception, match="every shard"):
         merge(directories[:2])

@@ -20,7 +20,6 @@ from analyses.layer_masking.findings import findings, review, series_names
 from analyses.layer_masking.run import (
     DEFAULT_FLOWS,
     LayerMaskingConfig,
-    merge,
     run_layer_masking,
 )
 from analyses.layer_masking.sweep import METRICS, SampleSweep, sweep_sample
@@ -31,7 +30,6 @@ __all__ = [
     "LayerMaskingConfig",
     "SampleSweep",
     "findings",
-    "merge",
     "review",
     "run_layer_masking",
     "series_names",

@@ -1,27 +1,26 @@
-"""A layer-masking run over a dataset: grading, the per-sample sweeps (each kept as it finishes,
-for ``--resume``), shards and their merge, and the result (``summary.json`` + ``arrays.npz``).
+"""Layer masking as an analysis of the shared runner (:mod:`analyses.runner`): a grading pass,
+the per-sample sweeps of the samples answered correctly, and the result (``summary.json`` +
+``arrays.npz``).
 
 Every sample's sweep depends only on (model, sample, config, sample index), so a resumed run,
-or shards merged, give exactly the arrays and summary of one uninterrupted run.
+shards merged, or a Ray run give exactly the arrays and summary of one uninterrupted run.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from analyses.common import data_record, model_record
+from analyses.grading import grade
 from analyses.layer_masking.findings import findings, series_names, significance
 from analyses.layer_masking.sweep import METRICS, has_region, needs_region, sweep_sample
 from analyses.results import RunResult, provenance
-from analyses.resume import SampleStore, run_key
-from analyses.vqa_accuracy import grade
+from analyses.runner import Analysis, LocalBackend, Pass, Plan, RunInfo, RunOptions, run
+from analyses.runner.spec import Records
 from probes.errors import UserError
 from probes.masking import Knockout, parse_flows
 from probes.models.loading import LoadedModel
@@ -29,7 +28,9 @@ from probes.tokens import GROUPS
 
 ANALYSIS = "layer_masking"
 DEFAULT_FLOWS = ("image->question,last",)
-GRADED = "graded"  # the resume stage holding which samples the model answers correctly
+GRADED = "graded"  # the first pass: which samples the model answers correctly
+SAMPLES = "samples"  # the second: the sweeps
+GRADE_BATCH = 1  # one sample per unit: shards and Ray workers split the data finely, exactly
 MIN_KIND_SAMPLES = 20
 PER_SAMPLE = ("sample_index", "sample_id", "kind", "answer_token", "clean_probability",
               "flow_edges", "control_edges", *METRICS)
@@ -66,20 +67,62 @@ class LayerMaskingConfig:
         return asdict(self)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard takes i/n, e.g. 0/4, not {text!r}.") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard {text}: need 0 <= i < n.")
-    return index, count
+class LayerMasking(Analysis):
+    """Grade every sample (answer generation in batches of 64), then sweep the selected ones."""
 
+    name = ANALYSIS
+    passes = (Pass(GRADED, batch=GRADE_BATCH, description="answering"),
+              Pass(SAMPLES, description="layer masking"))
 
-def shard_indices(length: int, shard: tuple[int, int]) -> list[int]:
-    """Samples of shard (i, n): every n-th from i, so shards see alike mixes of the data."""
-    return list(range(shard[0], length, shard[1]))
+    def __init__(self, config: LayerMaskingConfig = LayerMaskingConfig()) -> None:
+        self.config = config
+
+    @classmethod
+    def from_recorded(cls, recorded: dict[str, Any]) -> LayerMasking:
+        return cls(LayerMaskingConfig(**{k: tuple(v) if k == "flows" else v
+                                         for k, v in recorded.items()}))
+
+    def recorded(self) -> dict[str, Any]:
+        return self.config.recorded()
+
+    def validate(self, num_layers: int) -> None:
+        self.config.validate(num_layers)
+
+    def plan(self, step: str, candidates: list[int], earlier: Mapping[str, Records]) -> Plan:
+        if step == GRADED:
+            return Plan(candidates)
+        graded = earlier[GRADED]
+        selected = [i for i in candidates if graded[i]["correct"]]
+        if needs_region(self.config.flows):  # "how many circles?" with none: nothing to block
+            selected = [i for i in selected if graded[i]["has_region"]]
+        if not selected:
+            raise UserError(f"the model answers none of the {len(graded)} samples correctly; "
+                            "use --all-samples to sweep them anyway, or more samples.")
+        return Plan(selected)
+
+    def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
+        if step == GRADED:
+            correct = ([True] * len(samples) if self.config.samples == "all"
+                       else grade(loaded, samples, batch_size=GRADE_BATCH))
+            return [{"correct": c, "has_region": has_region(s)}
+                    for c, s in zip(correct, samples)]
+        return [_sample_values(loaded, sample, self.config, index)
+                for sample, index in zip(samples, indices)]
+
+    def aggregate(self, records: Mapping[str, Records], info: RunInfo) -> RunResult:
+        rows = list(records[SAMPLES].values())
+        arrays = {name: np.stack([row[name] for row in rows]) for name in PER_SAMPLE}
+        graded = records[GRADED]
+        arrays["graded_index"] = np.array(list(graded), dtype=np.int64)
+        arrays["graded_correct"] = np.array([bool(r["correct"]) for r in graded.values()],
+                                            dtype=bool)
+        return summarize(arrays, self.config, info.model, info.data, info.num_layers,
+                         info.timing)
+
+    def table(self, summary) -> str:
+        from analyses.layer_masking.table import format_table
+
+        return format_table(summary)
 
 
 def run_layer_masking(
@@ -87,48 +130,16 @@ def run_layer_masking(
     out: Path | None = None, resume: bool = False, shard: tuple[int, int] = (0, 1),
     progress: bool = False, on_sample: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Sweep every selected sample of ``dataset`` and summarise. With ``out``, each finished
-    sample is kept there (``analyses.resume``) until the run is summarised, so ``resume=True``
-    goes on after an interruption (the caller saves the result). ``on_sample(done)`` is called
-    after each sample (tests interrupt runs with it)."""
-    num_layers = loaded.adapter.num_layers
-    config.validate(num_layers)
-    model = model_record(loaded)
-    key = {**run_key(ANALYSIS, loaded, dataset, config.recorded(), model), "shard": list(shard)}
-    store = SampleStore.open(out, key, resume)
-    indices = shard_indices(len(dataset), shard)
-    graded = store.finished(GRADED)
-    graded = graded[0] if graded else store.add(_grade(loaded, dataset, indices, config,
-                                                      progress), GRADED)
-    selected = graded["graded_index"][graded["graded_correct"]].tolist()
-    if needs_region(config.flows):  # e.g. "how many circles?" with none: no object to block
-        selected = [i for i in selected if has_region(dataset[i])]
-    if not selected:
-        raise UserError(f"{loaded.model_id} answers none of the {len(indices)} samples of "
-                        f"{dataset.name}/{dataset.split} correctly; use --all-samples to sweep "
-                        "them anyway, or more samples.")
-    rows = store.finished()
-    started = time.perf_counter()
-    todo = selected[len(rows):]
-    for index in tqdm(todo, disable=not progress, desc="layer masking", unit="sample",
-                      initial=len(rows), total=len(selected)):
-        rows.append(store.add(_sample_values(loaded, dataset, config, index)))
-        if on_sample is not None:
-            on_sample(len(rows))
-    seconds = (time.perf_counter() - started) / max(1, len(todo))
-    arrays = {name: np.stack([row[name] for row in rows]) for name in PER_SAMPLE}
-    arrays.update({name: graded[name] for name in ("graded_index", "graded_correct")})
-    result = summarize(arrays, config, model, data_record(dataset), num_layers,
-                       {"seconds_per_sample": seconds, "device": str(loaded.device)})
-    if shard != (0, 1):
-        result.summary["shard"] = f"{shard[0]}/{shard[1]}"
-    store.clear()
-    return result
+    """Sweep every selected sample of ``dataset`` and summarise, in this process (see
+    :mod:`analyses.runner` for what ``out``, ``resume``, ``shard`` and ``on_sample`` do; the
+    caller saves the result)."""
+    return run(LayerMasking(config), LocalBackend(loaded), dataset,
+               RunOptions(out=out, resume=resume, shard=shard, progress=progress,
+                          on_sample=on_sample))
 
 
-def _sample_values(loaded, dataset, config: LayerMaskingConfig, index: int) -> dict[str, Any]:
+def _sample_values(loaded, sample, config: LayerMaskingConfig, index: int) -> dict[str, Any]:
     """One sample's sweep as the per-sample values of ``arrays.npz``."""
-    sample = dataset[index]
     sweep = sweep_sample(loaded, sample, config.flows, config.window, config.seed, index,
                          config.batch_size)
     values = {"sample_index": index, "sample_id": sample.id, "kind": sample.kind,
@@ -136,15 +147,6 @@ def _sample_values(loaded, dataset, config: LayerMaskingConfig, index: int) -> d
               "flow_edges": sweep.flow_edges, "control_edges": sweep.control_edges}
     values.update({metric: sweep.metrics[..., i] for i, metric in enumerate(METRICS)})
     return values
-
-
-def _grade(loaded, dataset, indices, config, progress) -> dict[str, np.ndarray]:
-    index = np.array(indices, dtype=np.int64)
-    if config.samples == "all":
-        return {"graded_index": index, "graded_correct": np.ones(index.size, dtype=bool)}
-    samples = [dataset[i] for i in indices]
-    correct = grade(loaded, samples, batch_size=64, progress=progress)
-    return {"graded_index": index, "graded_correct": np.array(correct, dtype=bool)}
 
 
 def summarize(arrays: dict[str, np.ndarray], config: LayerMaskingConfig, model: dict,
@@ -186,37 +188,3 @@ def _fusion_by_kind(arrays, config: LayerMaskingConfig, num_layers: int) -> dict
                                           if r["flow"] == config.flows[0] and r["significant"]],
                         "effect": [r["effect"] for r in tests if r["flow"] == config.flows[0]]}
     return result
-
-
-def merge(directories: Sequence[Path]) -> RunResult:
-    """Merge shard runs of one configuration into the result of the whole run."""
-    parts = [RunResult.load(directory) for directory in directories]
-    first = parts[0].summary
-    for part, directory in zip(parts, directories):
-        for key in ("analysis", "model", "data", "config"):
-            if part.summary[key] != first[key]:
-                raise UserError(f"{directory} differs from {directories[0]} in its {key}; only "
-                                "shards of one run can be merged.")
-    shards = sorted(part.summary.get("shard", "0/1") for part in parts)
-    count = int(shards[0].split("/")[1])
-    if shards != [f"{i}/{count}" for i in range(count)]:
-        raise UserError(f"merge needs every shard 0/{count}..{count - 1}/{count} once; got "
-                        f"{', '.join(shards)}.")
-    arrays = _concatenate([part.arrays for part in parts])
-    config = LayerMaskingConfig(**{k: tuple(v) if k == "flows" else v
-                                   for k, v in first["config"].items()})
-    samples = [part.summary["n_samples"] for part in parts]
-    seconds = sum(p.summary["timing"]["seconds_per_sample"] * n for p, n in zip(parts, samples))
-    timing = {"seconds_per_sample": seconds / max(1, sum(samples)),
-              "device": first["timing"]["device"]}
-    return summarize(arrays, config, first["model"], first["data"], first["num_layers"], timing)
-
-
-def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    merged = {}
-    for order_key, names in (("sample_index", PER_SAMPLE),
-                             ("graded_index", ("graded_index", "graded_correct"))):
-        order = np.argsort(np.concatenate([p[order_key] for p in parts]), kind="stable")
-        for name in names:
-            merged[name] = np.concatenate([p[name] for p in parts])[order]
-    return merged

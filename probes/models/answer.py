@@ -56,16 +56,29 @@ def answer_questions(
         [logits.float().softmax(-1) for logits in output.logits], dim=1
     )  # [batch, steps, vocab]
     chosen = step_probs.gather(-1, new_tokens[:, : step_probs.shape[1], None])[..., 0]
-    stop_ids = _stop_ids(loaded)
     answers = []
     for row_tokens, row_probs in zip(new_tokens.tolist(), chosen.tolist()):
-        length = next((i for i, t in enumerate(row_tokens) if t in stop_ids), len(row_tokens))
-        tokens = tuple(row_tokens[:length])
-        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        answers.append(Answer(text, tokens, tuple(row_probs[:length])))
+        tokens = answer_tokens(loaded, row_tokens)
+        text = answer_text(loaded, tokens)
+        answers.append(Answer(text, tokens, tuple(row_probs[:len(tokens)])))
     return answers
 
 
-def _stop_ids(loaded: LoadedModel) -> set[int]:
-    pad = loaded.processor.tokenizer.pad_token_id  # batched rows that finished are padded
+def stop_ids(loaded: LoadedModel) -> set[int]:
+    """Tokens that end an answer: end of sequence, and padding (batched rows that finished)."""
+    pad = loaded.processor.tokenizer.pad_token_id
     return loaded.eos_token_ids() | ({pad} if pad is not None else set())
+
+
+def answer_tokens(loaded: LoadedModel, tokens) -> tuple[int, ...]:
+    """The generated tokens up to the first stop token (:func:`stop_ids`)."""
+    stops = stop_ids(loaded)
+    tokens = [int(t) for t in tokens]
+    return tuple(tokens[:next((i for i, t in enumerate(tokens) if t in stops), len(tokens))])
+
+
+def answer_text(loaded: LoadedModel, tokens) -> str:
+    """The answer as every analysis reads it: the generated tokens up to the first stop token,
+    decoded without special tokens, stripped. The one decoding of generated answers."""
+    kept = answer_tokens(loaded, tokens)
+    return loaded.processor.tokenizer.decode(list(kept), skip_special_tokens=True).strip()

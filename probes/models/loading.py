@@ -1,7 +1,8 @@
 """Loading a model and its processor through the standard ``from_pretrained`` path.
 
 Safetensors only and no remote code unless asked; ``device="auto"`` picks CUDA when present,
-``dtype="auto"`` picks bfloat16 on CUDA and float32 on CPU. Everything that can go wrong with
+``dtype="auto"`` picks bfloat16 on CUDA and float32 on CPU; ``device_map="auto"`` (or an
+explicit map) spreads one model over several GPUs with accelerate (the ``multi-gpu`` extra). Everything that can go wrong with
 the user's input (unknown alias, missing directory, unsupported architecture, weights not
 available offline, pickled weights) becomes one :class:`~probes.errors.UserError` sentence.
 """
@@ -24,6 +25,7 @@ from probes.models.adapters import Adapter, adapter_class, supported_model_types
 from probes.models.registry import DEFAULT_MODEL, ModelSource, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's named maps
 T = TypeVar("T")
 
 
@@ -38,6 +40,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the device of the model's first parameter (with a device map, the
+        first GPU of the map; each layer's own device is :func:`probes.devices.module_device`)."""
         return next(self.model.parameters()).device
 
     @property
@@ -71,6 +75,29 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}.")
     return DTYPES[dtype]
+
+
+def check_device_map(device_map: str | dict | None, device: str) -> None:
+    """Refuse, in one sentence, a device map this machine or this install cannot serve."""
+    if device_map is None:
+        return
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown device map {device_map!r}; use {', '.join(DEVICE_MAPS)} or an "
+                        "explicit {module: device} dict.")
+    if not isinstance(device_map, (str, dict)):
+        raise UserError(f"a device map is a name ({', '.join(DEVICE_MAPS)}) or a dict of module "
+                        f"names to devices, not {type(device_map).__name__}.")
+    if device == "cpu":
+        raise UserError("--device-map spreads a model over GPUs and cannot be combined with "
+                        "--device cpu; drop one of them.")
+    if not torch.cuda.is_available():
+        raise UserError("--device-map spreads a model over GPUs but no CUDA device is available; "
+                        "drop --device-map to run on the CPU.")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as err:
+        raise UserError("--device-map needs the accelerate package: pip install "
+                        "'fusionlens[multi-gpu]'.") from err
 
 
 def _fetch(source: ModelSource, load: Callable[..., T]) -> T:
@@ -127,13 +154,20 @@ def load_model(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load a model, its processor and its adapter, ready for inference.
+
+    ``device_map`` ("auto", "balanced", "balanced_low_0", "sequential" or an explicit
+    ``{module name: device}`` dict, as ``from_pretrained`` takes it) spreads the model over the
+    visible GPUs with accelerate, whole decoder layers on each; ``None`` keeps it on ``device``.
+    The probes follow each layer's device (see :mod:`probes.devices`).
 
     >>> loaded = load_model("tiny-random-llava")
     >>> loaded.adapter.family, loaded.adapter.num_layers, loaded.dtype
     ('llava', 6, torch.float32)
     """
+    check_device_map(device_map, device)
     source = resolve(model)
     model_type = _model_type(source, trust_remote_code)
     if model_type not in supported_model_types():
@@ -142,7 +176,7 @@ def load_model(
             f"{', '.join(supported_model_types())}."
         )
     adapter_type = adapter_class(model_type)
-    torch_device = pick_device(device)
+    torch_device = pick_device("cuda" if device_map is not None else device)
     torch_dtype = pick_dtype(dtype, torch_device)
     model_class = getattr(transformers, adapter_type.model_class_name)
     options: dict[str, Any] = {
@@ -151,7 +185,9 @@ def load_model(
         "use_safetensors": not allow_pickle,
         "trust_remote_code": trust_remote_code,
     }
-    if torch_device.type == "cuda":
+    if device_map is not None:
+        options["device_map"] = device_map
+    elif torch_device.type == "cuda":
         options["device_map"] = {"": torch_device.index or 0}  # load straight onto the GPU
     try:
         network_model = _fetch(source, lambda loc, **kw: model_class.from_pretrained(loc, **options, **kw))
