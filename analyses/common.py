@@ -78,6 +78,8 @@ def weights_revision(directory: Path) -> str | None:
     ...     weights_revision(Path(d))
     'sha256:411a485216e432ec'
     """
+    if not directory.is_dir():
+        return None
     files = sorted(p for p in directory.glob("*.safetensors") if p.is_file())
     files = files or sorted(p for p in directory.glob("*.bin") if p.is_file())
     if not files:

@@ -10,6 +10,7 @@ from analyses.common import load_data, load_model_from_args, write_run
 from analyses.results import RunResult
 from analyses.runner.execute import LocalBackend, RunOptions, parse_shard, run
 from analyses.runner.spec import Analysis
+from analyses.runner.store import KEY_FILE, PARTIAL, check_finished, check_out
 from probes.errors import UserError
 
 
@@ -49,12 +50,21 @@ def options_from_args(args: argparse.Namespace, out: Path | None = None) -> RunO
                       shard=parse_shard(args.shard), strict=args.strict, progress=True)
 
 
+def check_out_from_args(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--out`` before any work (a CLI that trains first calls this first)."""
+    options = options_from_args(args)
+    check_out(options.out)
+    if not (args.resume and (options.out / PARTIAL / KEY_FILE).is_file()):
+        check_finished(options.out, args.resume, args.overwrite)
+
+
 def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) -> RunResult:
     """Run ``analysis`` as its CLI's options say, save the result with its figures into
     ``--out`` and print its table."""
     options = options_from_args(args)
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it; give one.")
+    check_out_from_args(args)  # before any loading: a bad --out costs nothing
     if dataset is None:
         dataset = load_data(args.data, args.split, args.limit)
     backend = make_backend(args)

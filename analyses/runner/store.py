@@ -60,6 +60,18 @@ def check_out(out: Path) -> None:
                         "another --out.") from None
 
 
+def check_finished(out: Path, resume: bool, overwrite: bool) -> None:
+    """A finished run in ``out`` is replaced only with ``overwrite`` (and never resumed)."""
+    if not (Path(out) / SUMMARY).is_file():
+        return
+    if resume:
+        raise UserError(f"{out} holds a finished run; nothing to resume (use --overwrite "
+                        "to run it again).")
+    if not overwrite:
+        raise UserError(f"{out} already holds a finished run; use --overwrite to replace "
+                        "it, --resume to continue an unfinished one, or another --out.")
+
+
 class RecordStore:
     """The records of one run (``directory``: its ``.partial`` folder, or None for memory)."""
 
@@ -80,7 +92,6 @@ class RecordStore:
         out = Path(out)
         check_out(out)
         store = cls(out / PARTIAL, key)
-        finished = (out / SUMMARY).is_file()
         key_path = store.directory / KEY_FILE
         if resume and key_path.is_file():
             saved = json.loads(key_path.read_text())
@@ -90,12 +101,7 @@ class RecordStore:
                 raise UserError(f"the unfinished run in {out} used another {differs}; resume "
                                 "with the same model, data and options, or choose another --out.")
             return store
-        if resume and finished:
-            raise UserError(f"{out} holds a finished run; nothing to resume (use --overwrite "
-                            "to run it again).")
-        if finished and not overwrite:
-            raise UserError(f"{out} already holds a finished run; use --overwrite to replace "
-                            "it, --resume to continue an unfinished one, or another --out.")
+        check_finished(out, resume, overwrite)
         store.clear()
         write_atomic(key_path, to_json(store.key).encode())
         return store
