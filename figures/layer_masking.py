@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import seaborn
 from matplotlib.figure import Figure
 
 from figures.style import DIVERGING, PALETTE, house_style, new_figure
@@ -110,17 +111,16 @@ def sample_heatmap(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     with house_style():
         # symmetric around 0 so white = no change; changes beyond +-100% are clipped
         limit = min(100.0, max(1.0, float(np.nanpercentile(np.abs(values), 99))))
-        image = axes.imshow(values, aspect="auto", cmap=DIVERGING, interpolation="nearest",
-                            vmin=-limit, vmax=limit)
-        boundaries = np.flatnonzero(kinds[1:] != kinds[:-1]) + 0.5
-        for boundary in boundaries:
-            axes.axhline(boundary, color="black", linewidth=0.5)
-        starts = np.concatenate([[0], np.ceil(boundaries).astype(int)])
-        ends = np.concatenate([np.ceil(boundaries).astype(int), [len(kinds)]])
-        axes.set_yticks((starts + ends - 1) / 2, kinds[starts])
+        seaborn.heatmap(values, ax=axes, cmap=DIVERGING, center=0.0, vmin=-limit, vmax=limit,
+                        xticklabels=True, yticklabels=False, rasterized=True,
+                        cbar_kws={"label": METRIC_LABELS["prob_change_pct"], "shrink": 0.8})
+        boundaries = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1
+        axes.hlines(boundaries, *axes.get_xlim(), color="black", linewidth=0.5)
+        starts = np.concatenate([[0], boundaries])
+        ends = np.concatenate([boundaries, [len(kinds)]])
+        axes.set_yticks((starts + ends) / 2, kinds[starts], rotation=0)
         axes.set_xlabel(_layer_label(summary))
         axes.set_title(f"block {summary['flows'][flow_index]}, per sample")
-        figure.colorbar(image, ax=axes, label=METRIC_LABELS["prob_change_pct"], shrink=0.8)
     return figure
 
 
