@@ -7,8 +7,6 @@ STAMP := $(VENV)/.installed-fusionlens
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-DEMO_IMAGE = $$($(PY) -c 'import easy_vqa; print(easy_vqa.get_test_image_paths()[0])')
-
 .PHONY: install test demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -22,8 +20,9 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --nbmake tests notebooks
 
+# the main job on the embedded defaults: where does the image reach the answer in tiny-llava?
 demo: install
-	$(PY) -m probes.models answer --image "$(DEMO_IMAGE)" --question "what is the red shape?"
+	$(PY) -m analyses.layer_masking --limit 100 --out runs/demo --overwrite
 
 bench: install
 	$(PY) tests/bench_engine.py

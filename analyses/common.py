@@ -50,7 +50,8 @@ def load_data(name: str, split: str, limit: int | None) -> Dataset:
 
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
     return load_model(args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                      device_map=getattr(args, "device_map", None))
 
 
 SMALL_WEIGHTS = 256 * 2**20  # weights up to this size are hashed whole (the embedded models)

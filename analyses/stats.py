@@ -135,3 +135,21 @@ def method_rows(correct, methods, kinds=None) -> list[dict]:
                                                                          subset[:, m])}
             rows.append(row if kinds is None else {"kind": kind, **row})
     return rows
+
+
+def method_table(rows) -> list[str]:
+    """The lines of a :func:`method_rows` table as the CLIs print it (the clean row's p is "-").
+
+    >>> print("\\n".join(method_table([{"method": "clean", "accuracy": 0.5, "ci_low": 0.2,
+    ...     "ci_high": 0.8, "n": 10, "p_value_vs_clean": None}])))
+    method    accuracy           95% CI  p vs clean
+    clean        50.0%   [20.0%, 80.0%]           -
+    """
+    width = max([len("method"), *(len(row["method"]) for row in rows)]) + 2
+    lines = [f"{'method':<{width}}{'accuracy':>10} {'95% CI':>16}  {'p vs clean':>10}"]
+    for row in rows:
+        p = row["p_value_vs_clean"]
+        ci = f"[{row['ci_low']:5.1%}, {row['ci_high']:5.1%}]"
+        lines.append(f"{row['method']:<{width}}{row['accuracy']:10.1%} {ci:>16}  "
+                     + (f"{'-':>10}" if p is None else f"{p:10.3f}"))
+    return lines

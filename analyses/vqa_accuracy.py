@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from analyses.common import load_model_from_args
 from analyses.data import load_dataset
 from analyses.grading import grade
 from analyses.stats import wilson_interval
 from probes.cli import add_model_arguments, run_cli
 from probes.errors import UserError
-from probes.models.loading import load_model
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = load_dataset(args.data, args.split, limit=args.limit)
     except ValueError as err:
         raise UserError(str(err)) from err
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype,
-                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    loaded = load_model_from_args(args)
     correct = grade(loaded, dataset, args.batch_size, progress=True)
     sys.stdout.write(f"{loaded.model_id} on {args.data}/{args.split}\n")
     sys.stdout.write(format_table(accuracy_by_kind(dataset, correct)) + "\n")

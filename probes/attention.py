@@ -211,9 +211,9 @@ def _mix(module, output, value, mask, mix, alpha):
     total = target.sum(-1, keepdim=True)
     target = target / total.clamp_min(torch.finfo(torch.float32).tiny)
     groups = getattr(module, "num_key_value_groups", 1)
-    # M is the same for every head: one product per KV head, then shared by its query heads
-    per_kv_head = target[:, None] @ value.float()  # [B, KV, Q, D]
-    mixed = repeat(per_kv_head, "b kv q d -> b q (kv g) d", g=groups)
+    # one product per query head (not per KV head, then repeated): the gradient that reaches
+    # M while training VIF keeps the per-head summation order
+    mixed = rearrange(target[:, None] @ repeat_kv(value, groups).float(), "b h q d -> b q h d")
     carries = (total[..., 0] > 0)[:, :, None, None]
     blended = (1 - alpha) * output.float() + alpha * mixed
     return torch.where(carries, blended, output.float()).to(output.dtype)

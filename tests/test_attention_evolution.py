@@ -3,7 +3,8 @@ maps equal maps computed from eager ``output_attentions``; localisation scores e
 computation; a planted sink is found and only it; the refinement's decode equals a no-cache
 greedy loop recomputing the full masked or biased forward at each step; ratio 0 is the clean
 run exactly; the stated rules; determinism; resume (in either contrastive pass) gives the
-uninterrupted result; the CLIs and every bad input's one sentence."""
+uninterrupted result; shards merged give the unsharded result; the CLIs and every bad input's
+one sentence."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from helpers import assert_same_run, interrupt_at
 
 from analyses.attention_evolution import (
+    AttentionEvolution,
     EvolutionConfig,
     auroc,
     normalised_entropy,
@@ -38,10 +40,12 @@ from analyses.contrastive_attention import (
 )
 from analyses.contrastive_attention.__main__ import main as contrastive_main
 from analyses.data import load_dataset
+from analyses.merge import merge
 from analyses.results import RunResult
-from analyses.resume import PARTIAL
+from analyses.runner import PARTIAL, RunInfo
 from probes import attention
 from probes.cli import run_cli
+from probes.errors import UserError
 from probes.masking import EdgeMaskPlan
 from probes.models.loading import load_model
 from probes.run import masked_generate
@@ -226,7 +230,7 @@ def test_attention_evolution_resumes_to_the_uninterrupted_result(trained, fine, 
     whole = run_attention_evolution(trained, fine, config)
     with pytest.raises(KeyboardInterrupt):
         run_attention_evolution(trained, fine, config, out=tmp_path, on_sample=interrupt_at(3))
-    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 3
+    assert len(list((tmp_path / PARTIAL / "samples").glob("*.npz"))) == 3
     seen = []
     resumed = run_attention_evolution(trained, fine, config, out=tmp_path, resume=True,
                                       on_sample=seen.append)
@@ -252,19 +256,62 @@ def test_contrastive_attention_resumes_in_either_pass_to_the_uninterrupted_resul
     monkeypatch.setattr(contrastive_run, "record_sample", counted)
     with pytest.raises(KeyboardInterrupt):  # in the first pass, after 3 samples
         run_contrastive_attention(trained, fine, config, out=tmp_path)
-    assert len(list((tmp_path / PARTIAL).glob("early-*.npz"))) == 3
+    assert len(list((tmp_path / PARTIAL / "early").glob("*.npz"))) == 3
     calls.clear()
     stop[0] = None
     with pytest.raises(KeyboardInterrupt):  # in the second pass, after 2 samples
         run_contrastive_attention(trained, fine, config, out=tmp_path, resume=True,
                                   on_sample=interrupt_at(2))
     assert len(calls) == 5 + 2  # the first pass went on from its 4th sample
-    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 2
+    assert len(list((tmp_path / PARTIAL / "samples").glob("*.npz"))) == 2
     calls.clear()
     resumed = run_contrastive_attention(trained, fine, config, out=tmp_path, resume=True)
     assert len(calls) == 6  # neither pass started over
     assert_same_run(whole, resumed)
     assert not (tmp_path / PARTIAL).exists()
+
+
+def test_attention_evolution_shards_merge_into_the_unsharded_result(trained, fine, tmp_path):
+    config = EvolutionConfig(n_bootstrap=100, examples=5)  # examples from both shards
+    whole = run_attention_evolution(trained, fine, config)
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part = run_attention_evolution(trained, fine, config, shard=(index, 2), out=out)
+        assert part.arrays["sample_index"].tolist() == list(range(index, len(fine), 2))
+        directories.append(part.save(out))
+    merged = merge(directories)
+    assert merged.arrays["example_index"].tolist() == [0, 1, 2, 3, 4]
+    assert_same_run(whole, merged)
+
+
+def test_contrastive_attention_shards_merge_into_the_unsharded_result(trained, fine, tmp_path):
+    config = ContrastiveConfig(mode="hard", ratio=0.3, n_bootstrap=100)  # early layer: 2 passes
+    whole = run_contrastive_attention(trained, fine, config)
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part = run_contrastive_attention(trained, fine, config, shard=(index, 2), out=out)
+        # every shard reads every sample's maps for the early-layer rule, so all agree on it
+        assert len(list((out / "records" / "early").glob("*.npz"))) == len(fine)
+        assert len(list((out / "records" / "samples").glob("*.npz"))) == len(fine) // 2
+        assert part.summary["layers"] == whole.summary["layers"]
+        directories.append(part.save(out))
+    assert_same_run(whole, merge(directories))
+    with pytest.raises(UserError, match="every shard"):
+        merge(directories[:1])
+
+
+def test_attention_evolution_refuses_samples_with_another_patch_grid():
+    cells = np.zeros((4, 3), dtype=np.int64)
+    other = np.stack([np.zeros(6, np.int64), np.arange(6) // 3, np.arange(6) % 3], 1)
+    records = {"samples": {0: {"cells": cells}, 3: {"cells": other}}}
+    info = RunInfo(model={"layers": 6}, data={"name": "mixed"}, device="cpu",
+                   seconds_per_sample=0.0)
+    with pytest.raises(UserError, match="sample 3 of mixed has another patch grid than sample "
+                                        "0") as error:
+        AttentionEvolution().aggregate(records, info)
+    assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
 
 
 # ----------------------------------------------------------------- CLIs
@@ -323,6 +370,23 @@ def test_bad_input_gets_one_sentence_and_exit_2(main, argv, message, tmp_path, c
                    else [*argv, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and message in error
+
+
+@pytest.mark.parametrize("main, argv", [
+    (evolution_main, ["--bootstrap", "100"]),
+    (contrastive_main, ["--data", "fine-grained", "--no-refine", "--bootstrap", "100"]),
+])
+def test_a_second_run_into_a_finished_out_needs_overwrite(main, argv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(main, [*argv, "--limit", "2", "--out", str(out)]) == 0
+    first = (out / "arrays.npz").read_bytes()
+    capsys.readouterr()
+    assert run_cli(main, [*argv, "--limit", "2", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar
+    assert error.startswith("error: ") and error.count(". ") == 0
+    assert "already holds a finished run; use --overwrite" in error
+    assert (out / "arrays.npz").read_bytes() == first  # left as it was
+    assert run_cli(main, [*argv, "--limit", "2", "--out", str(out), "--overwrite"]) == 0
 
 
 def test_a_layer_masking_run_of_another_depth_is_refused(tmp_path, capsys):

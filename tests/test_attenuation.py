@@ -1,8 +1,8 @@
 """analyses.attenuation against references: attention shares and the image's value contribution
 vs a hand computation from eager ``output_attentions`` and the hooked value projection and
 o_proj input; the logit lens vs the model's own logits; the small/large rule; the CLI, figures
-redrawn without a model, determinism, resume (and its state) and every bad input's one
-sentence."""
+redrawn without a model, determinism, resume (and its state), shards merged, the overwrite
+guard and every bad input's one sentence."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from analyses.attenuation.measure import METRICS, answer_token
 from analyses.attenuation.run import difference_ci, subset_masks
 from analyses.data import load_dataset
 from analyses.layer_masking.sweep import has_region, sample_groups
+from analyses.merge import merge
 from analyses.results import RunResult
-from analyses.resume import PARTIAL, SampleStore
+from analyses.runner import PARTIAL, RecordStore
 from probes.cli import run_cli
 from probes.errors import UserError
 from probes.models.loading import load_model
@@ -143,7 +144,8 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(fine, tmp_p
     whole = run_attenuation(loaded, fine, config)
     with pytest.raises(KeyboardInterrupt):
         run_attenuation(loaded, fine, config, out=tmp_path, on_sample=interrupt_at(3))
-    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 3  # kept as they finished
+    kept = sorted(p.name for p in (tmp_path / PARTIAL / "samples").glob("*.npz"))
+    assert kept == ["0000000.npz", "0000001.npz", "0000002.npz"]  # kept as they finished
     with pytest.raises(UserError, match="another config"):
         run_attenuation(loaded, fine, AttenuationConfig(n_bootstrap=200, small_cells=2.0),
                         out=tmp_path, resume=True)
@@ -158,26 +160,56 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(fine, tmp_p
         run_attenuation(loaded, fine, config, out=tmp_path, resume=True)
 
 
+def test_shards_merge_into_the_unsharded_result(fine, tmp_path):
+    loaded = load_model("tiny-llava")
+    config = AttenuationConfig(n_bootstrap=200)
+    whole = run_attenuation(loaded, fine, config)
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part = run_attenuation(loaded, fine, config, shard=(index, 2), out=out)
+        assert part.summary["n_samples"] == 3 and part.summary["shard"] == f"{index}/2"
+        directories.append(part.save(out))
+    merged = merge(directories)
+    assert_same_run(whole, merged)
+    assert merged.arrays["kind"].tolist() == [fine[i].kind for i in range(len(fine))]
+    np.testing.assert_array_equal(merged.arrays["curves"][1::2],
+                                  RunResult.load(directories[1]).arrays["curves"])
+    with pytest.raises(UserError, match="every shard"):
+        merge(directories[1:])
+
+
 def test_resume_state_keeps_ragged_samples_and_refuses_another_key(tmp_path):
     key = {"analysis": "demo", "model": {"id": "m"}, "data": {"size": 3}, "config": {"seed": 0}}
-    store = SampleStore.open(tmp_path, key, resume=False)
-    for n in (2, 5):  # ragged: each sample its own file
-        store.add({"curve": np.arange(n, dtype=np.float32), "kind": "x" * n, "ok": n > 3})
-    store.add({"maps": np.ones(3)}, stage="first")
+    store = RecordStore.open(tmp_path, key)
+    for index, n in ((4, 5), (1, 2)):  # ragged: each sample its own file, by index
+        store.put("samples", index, {"curve": np.arange(n, dtype=np.float32), "kind": "x" * n,
+                                     "ok": n > 3})
+    store.put("first", 0, {"maps": np.ones(3)})
+    store.fail("samples", 2, "s2", "ValueError: broken")
     with pytest.raises(TypeError, match="pickle"):
-        store.add({"bad": np.array([None, 1], dtype=object)})
-    back = SampleStore.open(tmp_path, dict(key, config={"seed": 0}), resume=True).finished()
-    assert [row["curve"].tolist() for row in back] == [[0.0, 1.0], [0.0, 1.0, 2.0, 3.0, 4.0]]
-    assert back[1]["curve"].dtype == np.float32 and str(back[1]["kind"]) == "xxxxx"
-    assert back[1]["ok"].dtype == bool and bool(back[1]["ok"])
+        store.put("samples", 3, {"bad": np.array([None, 1], dtype=object)})
+    assert sorted(p.name for p in (tmp_path / PARTIAL / "samples").iterdir()) == [
+        "0000001.npz", "0000002.failed.json", "0000004.npz"]
+    again = RecordStore.open(tmp_path, dict(key, config={"seed": 0}), resume=True)
+    back = again.records("samples")
+    assert list(back) == [1, 4]  # ascending by sample index, the failed one left out
+    assert [row["curve"].tolist() for row in back.values()] == [[0.0, 1.0],
+                                                                [0.0, 1.0, 2.0, 3.0, 4.0]]
+    assert back[4]["curve"].dtype == np.float32 and str(back[4]["kind"]) == "xxxxx"
+    assert back[4]["ok"].dtype == bool and bool(back[4]["ok"]) and not bool(back[1]["ok"])
+    assert again.failures() == [{"index": 2, "id": "s2", "pass": "samples",
+                                 "reason": "ValueError: broken"}]
+    assert again.has("samples", 2) and not again.has("samples", 3)
     for other in (dict(key, config={"seed": 1}), dict(key, model={"id": "n"})):
         with pytest.raises(UserError, match="used another (config|model)"):
-            SampleStore.open(tmp_path, other, resume=True)
-    fresh = SampleStore.open(tmp_path, key, resume=False)  # without --resume: start over
-    assert fresh.finished() == [] and fresh.finished("first") == []
+            RecordStore.open(tmp_path, other, resume=True)
+    fresh = RecordStore.open(tmp_path, key)  # without --resume: start over
+    assert fresh.records("samples") == {} and fresh.records("first") == {}
+    assert fresh.failures() == []
     fresh.clear()
     assert not (tmp_path / PARTIAL).exists()
-    assert SampleStore.open(tmp_path, key, resume=True).finished() == []  # nothing to resume
+    assert RecordStore.open(tmp_path, key, resume=True).records("samples") == {}  # nothing kept
 
 
 def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_path, capsys):
@@ -206,6 +238,21 @@ def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_p
     assert (redrawn / "run" / "attenuation_curves.pdf").is_file()
 
 
+def test_cli_refuses_to_replace_a_finished_run_without_overwrite(tmp_path, capsys):
+    argv = ["--data", "fine-grained", "--limit", "2", "--bootstrap", "50", "--out",
+            str(tmp_path)]
+    assert run_cli(cli_main, argv) == 0
+    first = (tmp_path / "summary.json").read_bytes()
+    capsys.readouterr()
+    assert run_cli(cli_main, argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: ") and "already holds a finished run" in error[-1]
+    assert "--overwrite" in error[-1]
+    assert (tmp_path / "summary.json").read_bytes() == first  # left as it was
+    assert run_cli(cli_main, [*argv, "--overwrite"]) == 0
+    assert RunResult.load(tmp_path).summary["n_samples"] == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--limit", "0"], "--limit must be at least 1"),
     (["--small-cells", "0"], "--small-cells must be positive"),
@@ -222,7 +269,7 @@ def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("name", ["analyses.attenuation", "analyses.attenuation.run",
-                                  "analyses.resume", "figures.attenuation"])
+                                  "figures.attenuation"])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -15,6 +15,7 @@ MODULES = [
     "figures.style", "figures.layer_masking", "analyses.attention_evolution",
     "analyses.attention_evolution.scores", "analyses.contrastive_attention",
     "analyses.contrastive_attention.contrast", "figures.attention_evolution",
+    "analyses.runner.store", "analyses.common", "analyses.grading", "probes.devices",
 ]
 
 

@@ -1,9 +1,10 @@
 """The analyses' final files, run through today's code, equal those saved from the code before
 the shared runner (``tests/golden``, made by ``tests/golden/runs.py``): the refactor changed
 where the per-sample loop lives, not a number. Timings, library versions and the runner's own
-new keys are left out of the comparison; everything else must match (floats to 1e-9 relative:
-the same arithmetic on the same machine, kept loose enough for a BLAS that sums in another
-order)."""
+new keys are left out of the comparison; everything else must match: integers, booleans and
+strings exactly, floats to 1e-5 relative (the same arithmetic, but float32 CPU kernels may sum
+in another order depending on how a process's buffers happen to be aligned: the VIF training
+run gives losses 1e-7 apart in a fresh process and after six other analyses)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from runs import RUNS, run  # noqa: E402
 
 IGNORED = {"timing", "versions"}  # what differs from run to run by nature
 ADDED = {"failed"}  # keys the shared runner adds to every summary
+RTOL, ATOL = 1e-5, 1e-7
 
 
 def assert_same(expected, actual, where: str) -> None:
@@ -40,7 +42,7 @@ def assert_same(expected, actual, where: str) -> None:
             assert_same(e, a, f"{where}[{i}]")
     elif isinstance(expected, float) and isinstance(actual, (int, float)):
         assert (math.isnan(expected) and math.isnan(actual)) or math.isclose(
-            expected, actual, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {expected} != {actual}"
+            expected, actual, rel_tol=RTOL, abs_tol=ATOL), f"{where}: {expected} != {actual}"
     else:
         assert expected == actual, f"{where}: {expected!r} != {actual!r}"
 
@@ -71,7 +73,7 @@ def test_final_files_equal_the_saved_ones(name, tmp_path):
         if key.endswith("seconds"):  # per-sample timings
             continue
         if value.dtype.kind == "f":
-            np.testing.assert_allclose(actual.arrays[key], value, rtol=1e-9, atol=1e-12,
+            np.testing.assert_allclose(actual.arrays[key], value, rtol=RTOL, atol=ATOL,
                                        err_msg=key)
         else:
             np.testing.assert_array_equal(actual.arrays[key], value, err_msg=key)

@@ -2,8 +2,8 @@
 ``output_attentions`` computed in numpy, the ratio scan against a brute-force loop, aif_generate
 against a no-cache greedy loop that recomputes the full masked forward at every step, ratio 0
 against clean decoding, exact zeros on the masked edges with image->image attention unchanged,
-on LLaVA, LLaVA-NeXT and Qwen2.5-VL; determinism; resume gives the uninterrupted result; the
-CLI and every bad input's one sentence."""
+on LLaVA, LLaVA-NeXT and Qwen2.5-VL; determinism; resume and shards merged give the
+uninterrupted result; the CLI, its overwrite guard and every bad input's one sentence."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from helpers import assert_same_run, interrupt_at
 from PIL import Image
 
 from analyses.data import load_dataset
+from analyses.merge import merge
 from analyses.results import RunResult
-from analyses.resume import PARTIAL
+from analyses.runner import PARTIAL
 from analyses.token_importance import (
     AIFConfig,
     aif_generate,
@@ -57,6 +58,20 @@ def model(request):
 @pytest.fixture(scope="module")
 def trained():
     return load_model("tiny-llava")
+
+
+RUN_CONFIG = TokenImportanceConfig(timed_samples=0, n_bootstrap=100)
+
+
+@pytest.fixture(scope="module")
+def five():
+    return load_dataset("fine-grained", "test", limit=5)
+
+
+@pytest.fixture(scope="module")
+def whole(trained, five):
+    """The uninterrupted, unsharded run of the first five fine-grained samples."""
+    return run_token_importance(trained, five, RUN_CONFIG)
 
 
 def _eager_attentions(loaded, inputs, extra_tokens=()):
@@ -234,7 +249,10 @@ def test_a_run_is_deterministic_and_its_recall_matches_the_masks(trained):
         np.testing.assert_array_equal(values, second.arrays[name], err_msg=name)
     assert first.summary["methods"] == second.summary["methods"]
     methods = first.summary["method_names"]
-    assert methods[0] == "clean" and first.summary["methods"][0]["p_value_vs_clean"] == 1.0
+    assert methods[0] == "clean" and first.summary["methods"][0]["p_value_vs_clean"] is None
+    correct = first.arrays["correct"]
+    for row, column in zip(first.summary["methods"], correct.T):  # one row per method
+        assert (row["n"], row["correct"]) == (4, int(column.sum()))
     counts = first.arrays["masked_count"]
     aif, random_ = methods.index("aif"), methods.index("random")
     np.testing.assert_array_equal(counts[:, aif], counts[:, random_])
@@ -246,19 +264,35 @@ def test_a_run_is_deterministic_and_its_recall_matches_the_masks(trained):
         np.testing.assert_allclose(first.arrays["recall_entropy"][s], expected)
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_result(trained, tmp_path):
-    dataset = load_dataset("fine-grained", "test", limit=5)
-    config = TokenImportanceConfig(timed_samples=0, n_bootstrap=100)
-    whole = run_token_importance(trained, dataset, config)
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(trained, five, whole,
+                                                                    tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        run_token_importance(trained, dataset, config, out=tmp_path, on_sample=interrupt_at(2))
-    assert len(list((tmp_path / PARTIAL).glob("samples-*.npz"))) == 2
+        run_token_importance(trained, five, RUN_CONFIG, out=tmp_path, on_sample=interrupt_at(2))
+    kept = sorted(p.name for p in (tmp_path / PARTIAL / "samples").glob("*.npz"))
+    assert kept == ["0000000.npz", "0000001.npz"]  # each sample kept as it finished
     seen = []
-    resumed = run_token_importance(trained, dataset, config, out=tmp_path, resume=True,
+    resumed = run_token_importance(trained, five, RUN_CONFIG, out=tmp_path, resume=True,
                                    on_sample=seen.append)
     assert seen == [3, 4, 5]  # it went on from the kept samples, not from the start
     assert_same_run(whole, resumed)
+    assert resumed.arrays["sample_index"].tolist() == [0, 1, 2, 3, 4]
     assert not (tmp_path / PARTIAL).exists()
+
+
+def test_shards_merge_into_the_unsharded_result(trained, five, whole, tmp_path):
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part = run_token_importance(trained, five, RUN_CONFIG, shard=(index, 2), out=out)
+        assert part.summary["shard"] == f"{index}/2"
+        directories.append(part.save(out))
+    assert [RunResult.load(d).arrays["sample_index"].tolist() for d in directories] == [
+        [0, 2, 4], [1, 3]]  # every other sample: the units of the unsharded run, dealt out
+    merged = merge(directories)
+    assert_same_run(whole, merged)
+    assert merged.summary["methods"] == whole.summary["methods"]
+    with pytest.raises(Exception, match="every shard"):
+        merge(directories[:1])
 
 
 def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_path, capsys):
@@ -288,6 +322,19 @@ def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_p
     redrawn = tmp_path / "redrawn"
     assert run_cli(paper_main, [str(out), "--out", str(redrawn)]) == 0
     assert (redrawn / "run" / "aif_s_curve.pdf").is_file()
+
+
+def test_cli_refuses_to_replace_a_finished_run_without_overwrite(tmp_path, capsys):
+    argv = ["--limit", "1", "--timed-samples", "0", "--bootstrap", "50", "--out", str(tmp_path)]
+    assert run_cli(cli_main, argv) == 0
+    first = (tmp_path / "summary.json").read_bytes()
+    capsys.readouterr()
+    assert run_cli(cli_main, argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: ") and "already holds a finished run" in error[-1]
+    assert "--overwrite" in error[-1]
+    assert (tmp_path / "summary.json").read_bytes() == first  # left as it was
+    assert run_cli(cli_main, [*argv, "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize("argv, message", [

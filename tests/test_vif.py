@@ -2,22 +2,32 @@
 (question, last) rows x image columns at the apply layers in the prefill only, alpha 0 is the
 clean model bit for bit, the VIF forward equals an eager reference that overwrites probability
 rows by hand, KL and sparsity equal direct computations, save -> load -> identical outputs,
-determinism, training lowers the loss; on LLaVA and Qwen2.5-VL; the CLI and its bad inputs."""
+determinism, training lowers the loss; on LLaVA and Qwen2.5-VL; the evaluation through the
+shared runner (resume, shards merged, its recorded config and weights file); the CLI and its
+bad inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import importlib
+import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_run, interrupt_at
 from PIL import Image
 
 from analyses.data import load_dataset
+from analyses.merge import merge
 from analyses.results import RunResult
-from analyses.train_vif import TrainConfig, train_vif
+from analyses.runner import PARTIAL, LocalBackend, RunOptions, run
+from analyses.runner.execute import RECORDS
+from analyses.runner.registry import rebuild
+from analyses.train_vif import TrainConfig, VIFEvaluation, run_train_vif, train_vif
 from analyses.train_vif.__main__ import main as cli_main
+from analyses.train_vif.run import WEIGHTS, train_module, training_record
 from probes import attention
 from probes.cli import run_cli
 from probes.errors import UserError
@@ -251,6 +261,125 @@ def test_cli_trains_saves_evaluates_and_reloads(tmp_path, capsys):
     assert run_cli(paper_main, [str(out), "--out", str(tmp_path / "redrawn")]) == 0
 
 
+@pytest.fixture(scope="module")
+def trained():
+    """tiny-llava, a module trained for two steps, its training data and a small test set."""
+    loaded = load_model("tiny-llava")
+    easy = load_dataset("easy-vqa", "train", limit=8)
+    fine = load_dataset("fine-grained", "train", limit=8)
+    config = TrainConfig(steps=2, batch_size=4)
+    module, _ = train_module(loaded, easy, fine, config)
+    return loaded, easy, fine, load_dataset("fine-grained", "test", limit=6), config, module
+
+
+def test_evaluation_in_batches_equals_one_batch_per_unit_and_resumes(trained, tmp_path):
+    loaded, easy, fine, test, config, module = trained
+    weights = tmp_path / WEIGHTS
+    whole, _ = run_train_vif(loaded, easy, fine, test, config, module, batch_size=2,
+                             weights=weights)
+    assert [r["method"] for r in whole.summary["methods"]] == ["clean", "vif"]
+    assert whole.summary["methods"][0]["p_value_vs_clean"] is None
+    assert whole.summary["n_samples"] == 6 and whole.arrays["vif_correct"].shape == (6,)
+    assert not whole.summary["training"]["trained_here"]
+    assert whole.arrays["history_loss"].shape == (0,)
+    kinds = sorted(set(whole.arrays["kind"].tolist()))
+    assert [r["kind"] for r in whole.summary["methods_by_kind"]] == [k for k in kinds
+                                                                     for _ in range(2)]
+    assert whole.summary["methods"][1]["correct"] == int(whole.arrays["vif_correct"].sum())
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_train_vif(loaded, easy, fine, test, config, module, batch_size=2, out=out,
+                      weights=weights, on_sample=interrupt_at(4))
+    assert len(list((out / PARTIAL / "samples").glob("*.npz"))) == 4  # two units kept
+    seen = []
+    resumed, _ = run_train_vif(loaded, easy, fine, test, config, module, batch_size=2,
+                               out=out, resume=True, weights=weights, on_sample=seen.append)
+    assert seen == [6]  # only the last unit was measured again
+    assert_same_run(whole, resumed)
+    assert not (out / PARTIAL).exists()
+
+
+def test_shards_merge_into_the_unsharded_result(trained, tmp_path):
+    loaded, easy, fine, test, config, module = trained
+    weights = tmp_path / WEIGHTS
+    whole, _ = run_train_vif(loaded, easy, fine, test, config, module, batch_size=2,
+                             weights=weights)
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part, _ = run_train_vif(loaded, easy, fine, test, config, module, batch_size=2,
+                                out=out, shard=(index, 2), weights=weights)
+        assert part.summary["n_samples"] == 4 - 2 * index  # units 0, 2 and unit 1
+        assert (out / RECORDS / "samples").is_dir()
+        directories.append(part.save(out))
+    assert_same_run(whole, merge(directories))
+
+
+def test_the_recorded_config_rebuilds_the_evaluation_and_names_the_weights(trained, tmp_path):
+    import pickle
+
+    loaded, easy, fine, test, config, module = trained
+    path = module.save(tmp_path / WEIGHTS)
+    analysis = VIFEvaluation.for_weights(path, config, training_record(False, 0.0, easy, fine),
+                                         loaded, batch_size=3)
+    recorded = analysis.recorded()
+    assert recorded["weights"] == str(path.resolve()) and len(recorded["weights_sha256"]) == 64
+    assert analysis.passes[0].batch == 3
+    plain = json.loads(json.dumps(recorded))  # as key.json and merge hold it
+    back = rebuild("train_vif", plain)
+    assert json.loads(json.dumps(back.recorded())) == plain and back.config == analysis.config
+    analysis.warm_up(loaded, test)  # loads the module once, in this process
+    assert analysis._module is not None
+    assert pickle.loads(pickle.dumps(analysis))._module is None  # workers load their own
+    direct = run(analysis, LocalBackend(loaded), test)
+    rebuilt = run(back, LocalBackend(loaded), test)
+    assert_same_run(direct, rebuilt)
+    # a summary's config (the training config alone) rebuilds what draws the table
+    table = rebuild("train_vif", json.loads(json.dumps(direct.summary["config"]))).table(
+        direct.summary)
+    assert "vif" in table and "clean" in table
+    # a changed file is another run: a worker refuses it before measuring
+    VIF.for_model(loaded, config.vif, seed=9).save(path)
+    with pytest.raises(UserError, match="changed since this run recorded it"):
+        run(rebuild("train_vif", recorded), LocalBackend(loaded), test,
+            RunOptions(out=tmp_path / "changed"))
+
+
+def test_cli_refuses_a_finished_run_before_training_and_resumes_without_training(
+        tmp_path, capsys, monkeypatch):
+    import analyses.train_vif.__main__ as cli
+
+    out = tmp_path / "run"
+    argv = ["--steps", "1", "--batch-size", "2", "--limit", "3", "--out", str(out)]
+    interrupted = cli.options_from_args
+
+    def options(args):  # the first run stops once its one unit (of 64) is kept
+        return dataclasses.replace(interrupted(args), on_sample=interrupt_at(3))
+
+    monkeypatch.setattr(cli, "options_from_args", options)
+    assert run_cli(cli_main, argv) == 130
+    monkeypatch.setattr(cli, "options_from_args", interrupted)
+    weights = (out / WEIGHTS).read_bytes()
+    key = json.loads((out / PARTIAL / "key.json").read_text())["config"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured or trained again")
+
+    monkeypatch.setattr(cli, "train_module", refuse)
+    monkeypatch.setattr(VIFEvaluation, "measure", refuse)
+    assert run_cli(cli_main, [*argv, "--resume"]) == 0
+    result = RunResult.load(out)
+    assert result.summary["training"]["trained_here"] and result.summary["n_samples"] == 3
+    np.testing.assert_array_equal(result.arrays["history_loss"], key["training"]["history"]["loss"])
+    assert (out / WEIGHTS).read_bytes() == weights and not (out / PARTIAL).exists()
+    capsys.readouterr()
+    for again in (argv, [*argv, "--resume"]):  # refused before training overwrites the weights
+        assert run_cli(cli_main, again) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith("error: ") and "finished run" in error[0]
+    assert (out / WEIGHTS).read_bytes() == weights
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--apply-layers", "9"], "out of range"),
     (["--learn-layers", "4", "--apply-layers", "3"], "must all come before"),
@@ -259,7 +388,8 @@ def test_cli_trains_saves_evaluates_and_reloads(tmp_path, capsys):
     (["--steps", "-1"], "--steps must be at least 0"),
     (["--fine-fraction", "2"], "--fine-fraction must lie in 0..1"),
     (["--load", "nowhere.safetensors"], "no VIF module"),
-    (["--resume"], "keeps no resume state"),
+    (["--shard", "1/2"], "train it once"),
+    (["--resume", "--overwrite"], "give one"),
     (["--limit", "0"], "--limit must be at least 1"),
 ])
 def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys):

@@ -21,6 +21,7 @@ question are *sinks* (persistent noise); their share of the map is tracked per l
 from analyses.attention_evolution.maps import SERIES, SampleMaps, record_sample, relevant_patches
 from analyses.attention_evolution.run import (
     METRICS,
+    AttentionEvolution,
     EvolutionConfig,
     run_attention_evolution,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "METRICS",
     "SCORES",
     "SERIES",
+    "AttentionEvolution",
     "EvolutionConfig",
     "SampleMaps",
     "auroc",

@@ -52,15 +52,9 @@ class SampleMaps:
 def relevant_patches(groups: TokenGroups, sample) -> np.ndarray:
     """bool [patches] over ``groups.image_patches``: the patches overlapping the sample's mask
     (easy-VQA: the shape's pixels) or, without a mask, its target boxes."""
-    region = None
-    if sample.mask is not None:
-        region = np.asarray(sample.mask, dtype=bool)
-    elif sample.target_boxes:
-        region = np.zeros((sample.image.height, sample.image.width), dtype=bool)
-        for box in sample.target_boxes:
-            region[box.y0:box.y1, box.x0:box.x1] = True
-    if region is None or not region.any():
+    if not sample.has_region():
         return np.zeros(groups.image_patches.size, dtype=bool)
+    region = sample.region()
     try:
         obj = groups.with_region(mask=region).object
     except UserError:  # the region falls where the processor cropped the image away

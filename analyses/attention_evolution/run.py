@@ -1,22 +1,19 @@
-"""An attention-evolution run over a dataset: every sample's maps at every layer, the scores
-per layer with bootstrap CIs, the sink patches, and the result (``summary.json`` +
-``arrays.npz``). Each sample's numbers depend only on (model, sample), so runs are
-deterministic, and a resumed run (finished samples kept in ``out/.partial``, see
-:mod:`analyses.resume`) gives the files of an uninterrupted one.
+"""Attention evolution as an analysis of the shared runner (:mod:`analyses.runner`): every
+sample's maps at every layer, the scores per layer with bootstrap CIs, the sink patches, and
+the result (``summary.json`` + ``arrays.npz``). Each sample's record depends only on (model,
+sample), so a resumed run, shards merged, or a Ray run give the files of one uninterrupted run.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from analyses.attention_evolution.maps import SERIES, record_sample
 from analyses.attention_evolution.scores import (
@@ -26,15 +23,16 @@ from analyses.attention_evolution.scores import (
     sink_patches,
     sink_scores,
 )
-from analyses.common import data_record, model_record
 from analyses.results import RunResult, provenance
-from analyses.resume import SampleStore, run_key
+from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
+from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci
 from probes.errors import UserError
 from probes.masking import check_layers
 from probes.models.loading import LoadedModel
 
 ANALYSIS = "attention_evolution"
+SAMPLES = "samples"
 EXAMPLE_PIXELS = 128  # example images are stored at this size for the map figures
 METRICS = (*SCORES, "sink_share")
 
@@ -81,111 +79,130 @@ def thumbnail(image: Image.Image) -> np.ndarray:
                                                   Image.BILINEAR), dtype=np.uint8)
 
 
+@dataclass(frozen=True)
 class ExampleSamples:
-    """The samples the figures show, gathered as samples finish: a finished sample's values
-    carry ``example_image`` (:func:`thumbnail`) and ``example_grid`` (:func:`example_geometry`)
-    when it is one of them."""
+    """The samples the figures show: the first ``count`` samples (by index) with a relevant
+    region. Chosen when the run is aggregated, from records that carry ``relevant`` and
+    ``example_grid`` (:func:`example_geometry`), with the images read from the dataset, so
+    the choice does not depend on the order samples were measured in."""
 
-    def __init__(self) -> None:
-        self.index: list[int] = []
-        self.images: list[np.ndarray] = []
-        self.grids: list[np.ndarray] = []
+    index: tuple[int, ...] = ()
+    images: tuple[np.ndarray, ...] = ()
+    grids: tuple[np.ndarray, ...] = ()
+
+    @classmethod
+    def choose(cls, records: Records, dataset, count: int) -> ExampleSamples:
+        chosen = [index for index in sorted(records) if records[index]["relevant"].any()][:count]
+        return cls(tuple(chosen), tuple(thumbnail(dataset[index].image) for index in chosen),
+                   tuple(np.asarray(records[index]["example_grid"]) for index in chosen))
 
     def __len__(self) -> int:
         return len(self.index)
-
-    def take(self, index: int, values: dict[str, np.ndarray]) -> None:
-        if "example_image" in values:
-            self.index.append(index)
-            self.images.append(values["example_image"])
-            self.grids.append(values["example_grid"])
 
     def arrays(self) -> dict[str, np.ndarray]:
         if not self.index:
             return {"example_index": np.zeros(0, np.int64),
                     "example_images": np.zeros((0, EXAMPLE_PIXELS, EXAMPLE_PIXELS, 3), np.uint8),
                     "example_grid": np.zeros((0, 6))}
-        return {"example_index": np.stack(self.index), "example_images": np.stack(self.images),
-                "example_grid": np.stack(self.grids)}
+        return {"example_index": np.array(self.index, dtype=np.int64),
+                "example_images": np.stack(self.images), "example_grid": np.stack(self.grids)}
+
+
+class AttentionEvolution(Analysis):
+    """Record every sample's maps (one pass), then score them and find the sinks."""
+
+    name = ANALYSIS
+    passes = (Pass(SAMPLES, description="attention evolution"),)
+
+    def __init__(self, config: EvolutionConfig = EvolutionConfig()) -> None:
+        self.config = config
+
+    @classmethod
+    def from_recorded(cls, recorded: dict[str, Any]) -> AttentionEvolution:
+        layers = recorded.get("figure_layers")
+        return cls(EvolutionConfig(**{**recorded, "figure_layers": None if layers is None
+                                      else tuple(layers)}))
+
+    def recorded(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def validate(self, num_layers: int) -> None:
+        self.config.validate(num_layers)
+
+    def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
+        return [self._sample_values(loaded, sample) for sample in samples]
+
+    def _sample_values(self, loaded, sample) -> dict[str, Any]:
+        maps, _, groups, _ = record_sample(loaded, sample, self.config.heads, keep_clean=False)
+        values = {"sample_id": sample.id, "kind": sample.kind, "maps": maps.maps,
+                  "image_share": maps.image_share, "relevant": maps.relevant,
+                  "scores": maps.scores(), "cells": maps.cells,
+                  "example_grid": example_geometry(groups)}
+        if self.config.heads:
+            values["head_maps"] = maps.head_maps
+        return values
+
+    def aggregate(self, records: Mapping[str, Records], info: RunInfo) -> RunResult:
+        rows = records[SAMPLES]
+        config = self.config
+        cells = _one_grid(rows, info.data["name"])
+        maps = np.stack([row["maps"] for row in rows.values()])
+        arrays = {
+            "sample_index": np.array(list(rows), dtype=np.int64),
+            "sample_id": np.array([str(row["sample_id"]) for row in rows.values()]),
+            "kind": np.array([str(row["kind"]) for row in rows.values()]),
+            "maps": maps.astype(np.float32),
+            "relevant": np.stack([row["relevant"] for row in rows.values()]),
+            "cells": cells,
+        }
+        scores = np.stack([row["scores"] for row in rows.values()])  # [samples, series, layers, SCORES]
+        for i, name in enumerate(SCORES):
+            arrays[name] = scores[..., i]
+        if config.heads:
+            arrays["head_maps"] = np.stack([row["head_maps"] for row in rows.values()]
+                                           ).astype(np.float32)
+        arrays.update(ExampleSamples.choose(rows, info.dataset, config.examples).arrays())
+        sink = sink_scores(maps, arrays["relevant"], config.top_share)
+        sinks = sink_patches(sink, config.sink_threshold)
+        arrays["sink_score"] = sink
+        arrays["sink_patches"] = sinks.astype(np.int64)
+        arrays["sink_share"] = maps[..., sinks].sum(-1) if sinks.size else \
+            np.full(arrays["image_share"].shape, np.nan)
+        summary = provenance(ANALYSIS, info.model, info.data, len(rows), self.recorded(),
+                             config.seed)
+        summary.update(summarize(arrays, config, info.num_layers))
+        summary["timing"] = info.timing
+        return RunResult(summary, arrays)
+
+    def table(self, summary) -> str:
+        from analyses.attention_evolution.table import format_table
+
+        return format_table(summary)
+
+
+def _one_grid(rows: Records, data_name: str) -> np.ndarray:
+    """The patch cells every sample shares (attention evolution compares patches across
+    samples)."""
+    first, cells = next(iter(rows.items()))[0], next(iter(rows.values()))["cells"]
+    for index, row in rows.items():
+        if row["cells"].shape != cells.shape or not np.array_equal(row["cells"], cells):
+            raise UserError(f"sample {index} of {data_name} has another patch grid than sample "
+                            f"{first}; attention evolution compares patches across samples, so "
+                            "its images must all give the same grid (resize them to one size).")
+    return cells
 
 
 def run_attention_evolution(loaded: LoadedModel, dataset,
                             config: EvolutionConfig = EvolutionConfig(),
                             progress: bool = False, out: Path | None = None,
-                            resume: bool = False,
+                            resume: bool = False, shard: tuple[int, int] = (0, 1),
                             on_sample: Callable[[int], None] | None = None) -> RunResult:
-    """Record and score every sample of ``dataset`` (see the package docstring). With
-    ``out``, each finished sample is kept there for ``resume`` (see :mod:`analyses.resume`;
-    the caller saves the result); ``on_sample(done)`` is called after each sample."""
-    num_layers = loaded.adapter.num_layers
-    config.validate(num_layers)
-    model = model_record(loaded)
-    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset, asdict(config), model),
-                             resume)
-    rows: dict[str, list] = {name: [] for name in
-                             ("maps", "image_share", "head_maps", "relevant", "scores")}
-    cells, examples = None, ExampleSamples()
-
-    def take(index: int, values: dict[str, np.ndarray]) -> None:
-        nonlocal cells
-        if cells is None:
-            cells = values["cells"]
-        elif values["cells"].shape != cells.shape or not np.array_equal(values["cells"], cells):
-            raise UserError(f"sample {index} of {dataset.name} has another patch grid than the "
-                            "first sample; attention evolution compares patches across samples, "
-                            "so its images must all give the same grid (resize them to one size).")
-        for name in rows:
-            rows[name].append(values.get(name))
-        examples.take(index, values)
-
-    for index, values in enumerate(store.finished()):
-        take(index, values)
-    start = len(rows["maps"])
-    started = time.perf_counter()
-    for index in tqdm(range(start, len(dataset)), disable=not progress,
-                      desc="attention evolution", unit="sample", initial=start,
-                      total=len(dataset)):
-        sample = dataset[index]
-        maps, _, groups, _ = record_sample(loaded, sample, config.heads, keep_clean=False)
-        values = {"maps": maps.maps, "image_share": maps.image_share, "relevant": maps.relevant,
-                  "scores": maps.scores(), "cells": maps.cells}
-        if config.heads:
-            values["head_maps"] = maps.head_maps
-        if len(examples) < config.examples and maps.relevant.any():
-            values["example_image"] = thumbnail(sample.image)
-            values["example_grid"] = example_geometry(groups)
-        take(index, store.add(values))
-        if on_sample is not None:
-            on_sample(index + 1)
-    if not rows["maps"]:
-        raise UserError(f"{dataset.name}/{dataset.split} holds no samples.")
-    seconds = (time.perf_counter() - started) / max(1, len(dataset) - start)
-    arrays = {
-        "sample_index": np.arange(len(dataset), dtype=np.int64),
-        "sample_id": np.array([dataset[i].id for i in range(len(dataset))]),
-        "kind": np.array([dataset[i].kind for i in range(len(dataset))]),
-        "maps": np.stack(rows["maps"]).astype(np.float32),
-        "relevant": np.stack(rows["relevant"]),
-        "cells": cells,
-    }
-    scores = np.stack(rows["scores"])  # [samples, series, layers, SCORES]
-    for i, name in enumerate(SCORES):
-        arrays[name] = scores[..., i]
-    if config.heads:
-        arrays["head_maps"] = np.stack(rows["head_maps"]).astype(np.float32)
-    arrays.update(examples.arrays())
-    sink = sink_scores(np.stack(rows["maps"]), arrays["relevant"], config.top_share)
-    sinks = sink_patches(sink, config.sink_threshold)
-    arrays["sink_score"] = sink
-    arrays["sink_patches"] = sinks.astype(np.int64)
-    arrays["sink_share"] = np.stack(rows["maps"])[..., sinks].sum(-1) if sinks.size else \
-        np.full(arrays["image_share"].shape, np.nan)
-    summary = provenance(ANALYSIS, model, data_record(dataset), len(dataset), asdict(config),
-                         config.seed)
-    summary.update(summarize(arrays, config, num_layers))
-    summary["timing"] = {"seconds_per_sample": seconds, "device": str(loaded.device)}
-    store.clear()
-    return RunResult(summary, arrays)
+    """Record and score every sample of ``dataset`` (see the package docstring), in this
+    process (see :mod:`analyses.runner` for what ``out``, ``resume``, ``shard`` and
+    ``on_sample`` do; the caller saves the result)."""
+    return run(AttentionEvolution(config), LocalBackend(loaded), dataset,
+               RunOptions(out=out, resume=resume, shard=shard, progress=progress,
+                          on_sample=on_sample))
 
 
 def per_layer_rows(arrays: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> list[dict]:

@@ -79,10 +79,11 @@ def value_ratio(probabilities: torch.Tensor, values: torch.Tensor, image: np.nda
     """[rows]: ||W_O (image part)|| / ||W_O (whole)|| for probabilities [heads, rows, keys]
     and values [kv_heads, keys, dim] (see the module docstring)."""
     heads = probabilities.shape[0]
+    values = values.to(probabilities.device)  # recorded maps come back on the CPU
     values = attention.repeat_kv(values[None].float(), heads // values.shape[0])[0]
     whole = probabilities @ values  # [heads, rows, dim]
     in_image = probabilities[:, :, image] @ values[:, image]
-    weight = projection.weight.float()
+    weight = projection.weight.float().to(probabilities.device)
 
     def projected(per_head: torch.Tensor) -> torch.Tensor:
         return per_head.permute(1, 0, 2).reshape(per_head.shape[1], -1) @ weight.T

@@ -11,26 +11,24 @@ the peak, the last layer's mean, and ``retained`` = last / peak (1 = nothing los
 peak). Small vs large is compared per layer by the difference of means (small - large) with a
 bootstrap CI of the difference (samples resampled within each group).
 
-**Resume.** Each sample's curves depend only on (model, sample), so a resumed run (finished
-samples kept in ``out/.partial``, see :mod:`analyses.resume`) gives the files of an
-uninterrupted one.
+**Runner.** This is an analysis of the shared runner (:mod:`analyses.runner`): each sample's
+curves depend only on (model, sample), so a resumed run, shards merged or a Ray run give the
+files of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from analyses.attenuation.measure import METRICS, measure_sample
-from analyses.common import data_record, model_record
 from analyses.results import RunResult, provenance
-from analyses.resume import SampleStore, run_key
+from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
+from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci, wilson_interval
 from probes.errors import UserError
 from probes.models.loading import LoadedModel
@@ -61,43 +59,66 @@ def grid_cells(loaded: LoadedModel, sample) -> int:
     return grid.rows * grid.cols
 
 
+class Attenuation(Analysis):
+    """One clean forward per sample (its curves), then the means, subsets and findings."""
+
+    name = ANALYSIS
+    passes = (Pass("samples", description="attenuation"),)
+
+    def __init__(self, config: AttenuationConfig = AttenuationConfig()) -> None:
+        self.config = config
+
+    @classmethod
+    def from_recorded(cls, recorded: dict[str, Any]) -> Attenuation:
+        return cls(AttenuationConfig(**recorded))
+
+    def recorded(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def validate(self, num_layers: int) -> None:
+        self.config.validate()
+
+    def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
+        records = []
+        for sample in samples:
+            measured = measure_sample(loaded, sample)
+            records.append({
+                "curves": measured.values, "answer_token": measured.answer_token,
+                "correct": measured.correct,
+                "target_cells": measured.target_area * grid_cells(loaded, sample),
+                "region_fraction": measured.region_fraction, "kind": sample.kind})
+        return records
+
+    def aggregate(self, records: Mapping[str, Records], info: RunInfo) -> RunResult:
+        rows = list(records["samples"].values())
+        arrays = {
+            "curves": np.stack([row["curves"] for row in rows]),
+            "answer_token": np.array([row["answer_token"] for row in rows], dtype=np.int64),
+            "correct": np.array([row["correct"] for row in rows], dtype=bool),
+            "target_cells": np.array([row["target_cells"] for row in rows], dtype=np.float64),
+            "region_fraction": np.array([row["region_fraction"] for row in rows],
+                                        dtype=np.float64),
+            "kind": np.array([str(row["kind"]) for row in rows]),
+        }
+        return summarize(arrays, self.config, info.model, info.data, info.num_layers,
+                         info.timing)
+
+    def table(self, summary) -> str:
+        from analyses.attenuation.table import format_table
+
+        return format_table(summary)
+
+
 def run_attenuation(loaded: LoadedModel, dataset, config: AttenuationConfig = AttenuationConfig(),
                     progress: bool = False, out: Path | None = None, resume: bool = False,
+                    shard: tuple[int, int] = (0, 1),
                     on_sample: Callable[[int], None] | None = None) -> RunResult:
-    """Measure every sample of ``dataset`` and summarise (see the module docstring). With
-    ``out``, each finished sample is kept there for ``resume`` (see :mod:`analyses.resume`;
-    the caller saves the result); ``on_sample(done)`` is called after each sample."""
-    config.validate()
-    model = model_record(loaded)
-    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset, asdict(config), model),
-                             resume)
-    rows = store.finished()
-    start = len(rows)
-    started = time.perf_counter()
-    for index in tqdm(range(start, len(dataset)), disable=not progress, desc="attenuation",
-                      unit="sample", initial=start, total=len(dataset)):
-        sample = dataset[index]
-        measured = measure_sample(loaded, sample)
-        rows.append(store.add({
-            "curves": measured.values, "answer_token": measured.answer_token,
-            "correct": measured.correct,
-            "target_cells": measured.target_area * grid_cells(loaded, sample),
-            "region_fraction": measured.region_fraction}))
-        if on_sample is not None:
-            on_sample(index + 1)
-    seconds = (time.perf_counter() - started) / max(1, len(dataset) - start)
-    arrays = {
-        "curves": np.stack([row["curves"] for row in rows]),
-        "answer_token": np.array([row["answer_token"] for row in rows], dtype=np.int64),
-        "correct": np.array([row["correct"] for row in rows], dtype=bool),
-        "target_cells": np.array([row["target_cells"] for row in rows], dtype=np.float64),
-        "region_fraction": np.array([row["region_fraction"] for row in rows], dtype=np.float64),
-        "kind": np.array([dataset[i].kind for i in range(len(dataset))]),
-    }
-    result = summarize(arrays, config, model, data_record(dataset), loaded.adapter.num_layers,
-                       {"seconds_per_sample": seconds, "device": str(loaded.device)})
-    store.clear()
-    return result
+    """Measure every sample of ``dataset`` and summarise, in this process (see
+    :mod:`analyses.runner` for what ``out``, ``resume``, ``shard`` and ``on_sample`` do; the
+    caller saves the result)."""
+    return run(Attenuation(config), LocalBackend(loaded), dataset,
+               RunOptions(out=out, resume=resume, shard=shard, progress=progress,
+                          on_sample=on_sample))
 
 
 def subset_masks(target_cells: np.ndarray, small_cells: float) -> dict[str, np.ndarray]:

@@ -26,10 +26,10 @@ from analyses.contrastive_attention.contrast import (
 )
 from analyses.contrastive_attention.refine import (
     Suppression,
-    answer_text,
     refined_generate,
 )
 from analyses.contrastive_attention.run import (
+    ContrastiveAttention,
     ContrastiveConfig,
     read_layer_masking,
     resolve_layers,
@@ -37,9 +37,9 @@ from analyses.contrastive_attention.run import (
 )
 
 __all__ = [
+    "ContrastiveAttention",
     "ContrastiveConfig",
     "Suppression",
-    "answer_text",
     "choose_early_layer",
     "contrastive_map",
     "early_candidates",

@@ -8,42 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analyses.attention_evolution.__main__ import parse_layers
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
-from analyses.contrastive_attention import ContrastiveConfig, run_contrastive_attention
+from analyses.common import add_analysis_arguments
+from analyses.contrastive_attention.run import ContrastiveAttention, ContrastiveConfig
+from analyses.runner.cli import run_from_args
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/contrastive_attention"
-
-
-def format_table(summary: dict) -> str:
-    layers, data, config = summary["layers"], summary["data"], summary["config"]
-    lines = [f"{summary['model']['id']} on {data['name']}/{data['split']}: "
-             f"{summary['n_samples']} samples; attention of {config['series']}",
-             f"late layer {layers['late']}, early layer {layers['early']} ({layers['early_rule']})",
-             f"{'map':<12} {'AUROC':>6} {'95% CI':>15}  {'pointing':>8} {'95% CI':>15}"]
-    rows = {(r["map"], r["metric"]): r for r in summary["localisation"]}
-    for name in summary["maps"]:
-        cells = []
-        for metric in ("auroc", "pointing"):
-            row = rows.get((name, metric))
-            cells.append(f"{row['mean']:6.3f} [{row['ci_low']:5.3f}, {row['ci_high']:5.3f}]"
-                         if row else f"{'-':>6} {'':>15}")
-        lines.append(f"{name:<12} {cells[0]}  {cells[1]:>24}")
-    for row in summary["comparisons"]:
-        lines.append(f"contrastive - {row['versus']} ({row['metric']}): {row['difference']:+.3f} "
-                     f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], one-sided p "
-                     f"{row['p_one_sided']:.3f}")
-    if "methods" in summary:
-        lines.append(f"refinement at layers {layers['refine']} ({layers['refine_rule']}): "
-                     f"{summary['rules']['suppression']}; {summary['rules']['suppressed']}")
-        lines.append(f"{'method':<15} {'accuracy':>8} {'95% CI':>16}  {'p vs clean':>10}")
-        for row in summary["methods"]:
-            p = "" if row["p_value_vs_clean"] is None else f"{row['p_value_vs_clean']:.3f}"
-            lines.append(f"{row['method']:<15} {row['accuracy']:8.1%} "
-                         f"[{row['ci_low']:5.1%}, {row['ci_high']:5.1%}]  {p:>10}")
-        lines.append(f"refined vs random control: McNemar p {summary['refined_vs_random_p']:.3f}; "
-                     f"answers changed: {summary['answers_changed']}")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,11 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bias=args.bias, ratio=ratio, threshold=args.threshold, refine=not args.no_refine,
         max_new_tokens=args.max_new_tokens, examples=args.examples,
         n_bootstrap=args.bootstrap, seed=args.seed)
-    dataset = load_data(args.data, args.split, args.limit)
-    loaded = load_model_from_args(args)
-    result = run_contrastive_attention(loaded, dataset, config, args.layer_masking, progress=True,
-                                       out=args.out, resume=args.resume)
-    write_run(result, args.out, format_table(result.summary))
+    run_from_args(ContrastiveAttention(config, args.layer_masking), args)
     return 0
 
 

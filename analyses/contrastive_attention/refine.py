@@ -76,16 +76,3 @@ def refined_generate(loaded: LoadedModel, inputs, suppression: Suppression | Non
         return masked_generate(loaded, inputs, suppression.knockout(groups), max_new_tokens,
                                clean=clean, groups=groups)
 
-
-def answer_text(loaded: LoadedModel, generation: Generation) -> str:
-    """The generation's text as the answer path reads it (up to the first stop token)."""
-    stop = loaded.eos_token_ids()
-    pad = loaded.processor.tokenizer.pad_token_id
-    if pad is not None:
-        stop = stop | {pad}
-    tokens = []
-    for token in generation.tokens:
-        if token in stop:
-            break
-        tokens.append(token)
-    return loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()

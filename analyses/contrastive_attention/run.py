@@ -1,30 +1,29 @@
-"""A contrastive-attention run: each sample's early, late and contrastive maps scored against
-the relevant region, and the refinement (suppress the least-shifted image tokens, decode again)
-against the clean answer and a random-suppression control of the same size.
+"""Contrastive attention as an analysis of the shared runner (:mod:`analyses.runner`): each
+sample's early, late and contrastive maps scored against the relevant region, and the
+refinement (suppress the least-shifted image tokens, decode again) against the clean answer
+and a random-suppression control of the same size.
 
-Two passes over the data when the early layer is chosen automatically (the rule reads every
-sample's maps first), one otherwise. Per sample the random control draws its patches from
-``default_rng([seed, sample index])``, so a run is deterministic; a resumed run (both passes'
-finished samples kept in ``out/.partial``, see :mod:`analyses.resume`) gives the files of an
-uninterrupted one.
+Two passes over the data when the early layer is chosen automatically: the rule reads every
+sample's maps first (the ``early`` pass, measured whole by every shard so that shards agree on
+the layer), then the main pass measures with the chosen layers, which each worker gets in the
+plan's context. Per sample the random control draws its patches from
+``default_rng([seed, sample index])``, so a record depends only on (model, sample, layers), and
+a resumed run, shards merged, or a Ray run give the files of one uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from analyses.attention_evolution.maps import SERIES, record_sample
-from analyses.attention_evolution.run import ExampleSamples, example_geometry, thumbnail
+from analyses.attention_evolution.run import ExampleSamples, example_geometry
 from analyses.attention_evolution.scores import auroc, pointing
-from analyses.common import data_record, model_record
 from analyses.contrastive_attention.contrast import (
     choose_early_layer,
     contrastive_map,
@@ -32,19 +31,23 @@ from analyses.contrastive_attention.contrast import (
     last_quarter,
     least_shift,
 )
-from analyses.contrastive_attention.refine import MODES, Suppression, answer_text, refined_generate
+from analyses.contrastive_attention.refine import MODES, Suppression, refined_generate
+from analyses.grading import is_correct
 from analyses.results import RunResult, provenance
-from analyses.resume import SampleStore, run_key
-from analyses.stats import bootstrap_mean_ci, mcnemar_exact, sign_flip_p_values, wilson_interval
+from analyses.runner import Analysis, LocalBackend, Pass, Plan, RunInfo, RunOptions, run
+from analyses.runner.spec import Records
+from analyses.stats import bootstrap_mean_ci, mcnemar_exact, method_rows, sign_flip_p_values
 from probes.errors import UserError
 from probes.masking import check_layers
+from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
 
 ANALYSIS = "contrastive_attention"
 MAPS = ("late", "early", "contrastive")
 LOCALISATION = ("auroc", "pointing")
 METHODS = ("clean", "refined", "random_control")
-EARLY_PASS = "early"  # the resume-state stage of the first pass (maps for the early-layer rule)
+EARLY_PASS = "early"  # the first pass: every sample's maps, for the early-layer rule
+SAMPLES = "samples"  # the main pass: maps, localisation, refinement
 
 
 @dataclass(frozen=True)
@@ -131,62 +134,85 @@ def resolve_layers(config: ContrastiveConfig, num_layers: int,
             "refine_rule": refine_rule, "early_distances": {}}
 
 
-def run_contrastive_attention(loaded: LoadedModel, dataset,
-                              config: ContrastiveConfig = ContrastiveConfig(),
-                              layer_masking: str | Path | None = None,
-                              progress: bool = False, out: Path | None = None,
-                              resume: bool = False,
-                              on_sample: Callable[[int], None] | None = None) -> RunResult:
-    """Localisation of the contrastive map and, with ``config.refine``, the refinement's
-    accuracy against clean and the random control (see the module docstring). With ``out``,
-    the samples of both passes are kept there for ``resume`` (see :mod:`analyses.resume`; the
-    caller saves the result); ``on_sample(done)`` is called after each sample of the main
-    pass."""
-    num_layers = loaded.adapter.num_layers
-    config.validate(num_layers)
-    masking = None if layer_masking is None else read_layer_masking(layer_masking, num_layers)
-    layers = resolve_layers(config, num_layers, masking)
-    if len(dataset) == 0:
-        raise UserError(f"{dataset.name}/{dataset.split} holds no samples.")
-    series = SERIES.index(config.series)
-    model = model_record(loaded)
-    recorded = {**asdict(config), "layer_masking": None if layer_masking is None
-                else str(layer_masking)}
-    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset,
-                                          {**recorded, "masking": masking}, model), resume)
-    started, computed = time.perf_counter(), 0
-    if layers["early"] is None:  # the rule reads every sample's maps: a first pass, kept too
-        first = [values["maps"] for values in store.finished(EARLY_PASS)]
-        for index in tqdm(range(len(first), len(dataset)), disable=not progress,
-                          desc="maps (early layer rule)", unit="sample", initial=len(first),
-                          total=len(dataset)):
-            maps = record_sample(loaded, dataset[index], keep_clean=False)[0].maps[series]
-            first.append(store.add({"maps": maps}, EARLY_PASS)["maps"])
-        layers["early"], layers["early_distances"] = choose_early_layer(np.stack(first),
-                                                                        layers["late"])
-    rows: dict[str, list] = {name: [] for name in (
-        "maps", "relevant", "localisation", "suppressed", "random", "correct", "answers",
-        "cells")}
-    examples = ExampleSamples()
+class ContrastiveAttention(Analysis):
+    """The ``early`` pass (when the early layer is left to the automatic rule), then the main
+    pass with the late, early and refinement layers in the plan's context."""
 
-    def take(index: int, values: dict[str, np.ndarray]) -> None:
-        for name in rows:
-            if name in values:
-                rows[name].append(values[name])
-        examples.take(index, values)
+    name = ANALYSIS
 
-    for index, values in enumerate(store.finished()):
-        take(index, values)
-    start = len(rows["maps"])
-    for index in tqdm(range(start, len(dataset)), disable=not progress,
-                      desc="contrastive attention", unit="sample", initial=start,
-                      total=len(dataset)):
-        sample = dataset[index]
+    def __init__(self, config: ContrastiveConfig = ContrastiveConfig(),
+                 layer_masking: str | Path | None = None,
+                 masking: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.layer_masking = None if layer_masking is None else str(layer_masking)
+        self.masking = masking  # the layer-masking run's layers (read by validate)
+        self.num_layers: int | None = None  # the model's (set by validate, for the plan)
+        main = Pass(SAMPLES, description="contrastive attention")
+        self.passes = (main,) if config.early_layer is not None else (
+            Pass(EARLY_PASS, scope="all", description="maps (early layer rule)"), main)
+
+    @classmethod
+    def from_recorded(cls, recorded: dict[str, Any]) -> ContrastiveAttention:
+        values = dict(recorded)
+        layer_masking, masking = values.pop("layer_masking", None), values.pop("masking", None)
+        if values.get("refine_layers") is not None:
+            values["refine_layers"] = tuple(values["refine_layers"])
+        return cls(ContrastiveConfig(**values), layer_masking, masking)
+
+    def config_record(self) -> dict[str, Any]:
+        """The config as ``summary.json`` shows it."""
+        return {**asdict(self.config), "layer_masking": self.layer_masking}
+
+    def recorded(self) -> dict[str, Any]:
+        # the layer-masking run's layers too: they decide the numbers, and a merge needs them
+        return {**self.config_record(), "masking": self.masking}
+
+    def validate(self, num_layers: int) -> None:
+        self.config.validate(num_layers)
+        if self.layer_masking is not None and self.masking is None:
+            self.masking = read_layer_masking(self.layer_masking, num_layers)
+        self.num_layers = num_layers
+
+    def layers(self, num_layers: int, early_maps: Records) -> dict[str, Any]:
+        """:func:`resolve_layers`, with the automatic early layer chosen from the ``early``
+        pass's maps where no other rule gave one."""
+        layers = resolve_layers(self.config, num_layers, self.masking)
+        if layers["early"] is None:
+            if not early_maps:
+                raise UserError("no sample's maps could be recorded for the early-layer rule; "
+                                "give --early-layer or check the failed samples.")
+            layers["early"], layers["early_distances"] = choose_early_layer(
+                np.stack([row["maps"] for row in early_maps.values()]), layers["late"])
+        return layers
+
+    def plan(self, step: str, candidates: list[int], earlier: Mapping[str, Records]) -> Plan:
+        if self.num_layers is None:
+            raise RuntimeError("validate(num_layers) comes before the plan")
+        if step == EARLY_PASS:  # needed only when neither the config nor layer masking gives it
+            needed = resolve_layers(self.config, self.num_layers, self.masking)["early"] is None
+            return Plan(list(candidates) if needed else [])
+        layers = self.layers(self.num_layers, earlier.get(EARLY_PASS, {}))
+        return Plan(list(candidates), {"late": int(layers["late"]), "early": int(layers["early"]),
+                                       "refine": [int(layer) for layer in layers["refine"]]})
+
+    def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
+        series = SERIES.index(self.config.series)
+        if step == EARLY_PASS:
+            return [{"maps": record_sample(loaded, sample, keep_clean=False)[0].maps[series]}
+                    for sample in samples]
+        return [self._sample_values(loaded, sample, index, series, context)
+                for sample, index in zip(samples, indices)]
+
+    def _sample_values(self, loaded, sample, index: int, series: int,
+                       layers: Mapping[str, Any]) -> dict[str, Any]:
+        config = self.config
         sample_maps, clean, groups, inputs = record_sample(loaded, sample)
         maps = sample_maps.maps[series]  # [layers, patches]
         contrast = contrastive_map(maps[layers["late"]], maps[layers["early"]])
         relevant = sample_maps.relevant
-        values = {"maps": maps, "relevant": relevant, "cells": sample_maps.cells,
+        values = {"sample_id": sample.id, "kind": sample.kind, "maps": maps,
+                  "relevant": relevant, "cells": sample_maps.cells,
+                  "example_grid": example_geometry(groups),
                   "localisation": [[score(m, relevant) for score in (auroc, pointing)]
                                    for m in (maps[layers["late"]], maps[layers["early"]],
                                              contrast)]}
@@ -199,41 +225,59 @@ def run_contrastive_attention(loaded: LoadedModel, dataset,
             answers = []
             for patches in (None, chosen, drawn):
                 suppression = None if patches is None else Suppression(
-                    groups.image_patches[patches], tuple(layers["refine"]), config.mode, config.bias)
+                    groups.image_patches[patches], tuple(layers["refine"]), config.mode,
+                    config.bias)
                 generation = refined_generate(loaded, inputs, suppression, clean, groups,
                                               config.max_new_tokens)
-                answers.append(answer_text(loaded, generation))
+                answers.append(answer_text(loaded, generation.tokens))
             values["answers"] = answers
-            values["correct"] = [a.lower() == sample.answer.strip().lower() for a in answers]
-        if len(examples) < config.examples and relevant.any():
-            values["example_image"] = thumbnail(sample.image)
-            values["example_grid"] = example_geometry(groups)
-        take(index, store.add(values))
-        computed += 1
-        if on_sample is not None:
-            on_sample(index + 1)
-    seconds = (time.perf_counter() - started) / max(1, computed)
-    arrays = {
-        "sample_index": np.arange(len(dataset), dtype=np.int64),
-        "sample_id": np.array([dataset[i].id for i in range(len(dataset))]),
-        "kind": np.array([dataset[i].kind for i in range(len(dataset))]),
-        "maps": np.stack(rows["maps"]).astype(np.float32),
-        "relevant": np.stack(rows["relevant"]),
-        "localisation": np.array(rows["localisation"], dtype=np.float64),
-        "suppressed": np.stack(rows["suppressed"]),
-        "random_suppressed": np.stack(rows["random"]),
-        "cells": rows["cells"][-1],
-        **examples.arrays(),
-    }
-    if config.refine:
-        arrays["correct"] = np.array(rows["correct"], dtype=bool)
-        arrays["answers"] = np.array(rows["answers"])
-    summary = provenance(ANALYSIS, model, data_record(dataset), len(dataset), recorded,
-                         config.seed)
-    summary.update(summarize(arrays, config, layers, masking, num_layers))
-    summary["timing"] = {"seconds_per_sample": seconds, "device": str(loaded.device)}
-    store.clear()
-    return RunResult(summary, arrays)
+            values["correct"] = [is_correct(answer, sample) for answer in answers]
+        return values
+
+    def aggregate(self, records: Mapping[str, Records], info: RunInfo) -> RunResult:
+        config, rows = self.config, records[SAMPLES]
+        layers = self.layers(info.num_layers, records.get(EARLY_PASS, {}))
+        values = list(rows.values())
+        arrays = {
+            "sample_index": np.array(list(rows), dtype=np.int64),
+            "sample_id": np.array([str(row["sample_id"]) for row in values]),
+            "kind": np.array([str(row["kind"]) for row in values]),
+            "maps": np.stack([row["maps"] for row in values]).astype(np.float32),
+            "relevant": np.stack([row["relevant"] for row in values]),
+            "localisation": np.array([row["localisation"] for row in values], dtype=np.float64),
+            "suppressed": np.stack([row["suppressed"] for row in values]),
+            "random_suppressed": np.stack([row["random"] for row in values]),
+            "cells": values[-1]["cells"],
+            **ExampleSamples.choose(rows, info.dataset, config.examples).arrays(),
+        }
+        if config.refine:
+            arrays["correct"] = np.array([row["correct"] for row in values], dtype=bool)
+            arrays["answers"] = np.array([row["answers"] for row in values])
+        summary = provenance(ANALYSIS, info.model, info.data, len(rows), self.config_record(),
+                             config.seed)
+        summary.update(summarize(arrays, config, layers, self.masking, info.num_layers))
+        summary["timing"] = info.timing
+        return RunResult(summary, arrays)
+
+    def table(self, summary) -> str:
+        from analyses.contrastive_attention.table import format_table
+
+        return format_table(summary)
+
+
+def run_contrastive_attention(loaded: LoadedModel, dataset,
+                              config: ContrastiveConfig = ContrastiveConfig(),
+                              layer_masking: str | Path | None = None,
+                              progress: bool = False, out: Path | None = None,
+                              resume: bool = False, shard: tuple[int, int] = (0, 1),
+                              on_sample: Callable[[int], None] | None = None) -> RunResult:
+    """Localisation of the contrastive map and, with ``config.refine``, the refinement's
+    accuracy against clean and the random control (see the module docstring), in this process
+    (see :mod:`analyses.runner` for what ``out``, ``resume``, ``shard`` and ``on_sample`` do:
+    ``on_sample`` counts the main pass's samples; the caller saves the result)."""
+    return run(ContrastiveAttention(config, layer_masking), LocalBackend(loaded), dataset,
+               RunOptions(out=out, resume=resume, shard=shard, progress=progress,
+                          on_sample=on_sample))
 
 
 def localisation_rows(arrays: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> tuple[list, list]:
@@ -262,19 +306,6 @@ def localisation_rows(arrays: dict[str, np.ndarray], n_bootstrap: int, seed: int
                                 "ci_high": float(d_high[s]), "p_one_sided": float(p[s]),
                                 "n": int(defined.sum())})
     return rows, comparisons
-
-
-def method_rows(correct: np.ndarray) -> list[dict]:
-    """``{method, accuracy, ci_low, ci_high, n, p_value_vs_clean}``: Wilson CIs, exact McNemar
-    p-values (two-sided, paired on the same samples) against the clean run."""
-    rows = []
-    for m, method in enumerate(METHODS):
-        hits, n = int(correct[:, m].sum()), int(correct.shape[0])
-        low, high = wilson_interval(hits, n)
-        rows.append({"method": method, "accuracy": hits / n, "ci_low": low, "ci_high": high,
-                     "n": n, "p_value_vs_clean": None if m == 0 else
-                     mcnemar_exact(correct[:, m], correct[:, 0])})
-    return rows
 
 
 def summarize(arrays: dict[str, np.ndarray], config: ContrastiveConfig, layers: dict[str, Any],
@@ -324,7 +355,7 @@ def summarize(arrays: dict[str, np.ndarray], config: ContrastiveConfig, layers: 
     }
     if "correct" in arrays:
         correct = arrays["correct"]
-        summary["methods"] = method_rows(correct)
+        summary["methods"] = method_rows(correct, METHODS)
         summary["refined_vs_random_p"] = mcnemar_exact(correct[:, 1], correct[:, 2])
         summary["answers_changed"] = {method: int((arrays["answers"][:, m] != arrays["answers"][:, 0]).sum())
                                       for m, method in enumerate(METHODS) if m}

@@ -89,3 +89,21 @@ class Sample:
     def target_boxes(self) -> tuple[Box, ...]:
         """The boxes of the objects the question is about."""
         return tuple(self.boxes[i] for i in self.target)
+
+    def region(self) -> np.ndarray | None:
+        """The pixels the question is about, the one way every analysis finds them: boolean
+        HxW, the sample's mask where it has one (all False when the question is about
+        nothing visible), else the union of its target boxes; None with neither."""
+        if self.mask is not None:
+            return np.asarray(self.mask, dtype=bool)
+        if not self.target_boxes:
+            return None
+        region = np.zeros((self.image.height, self.image.width), dtype=bool)
+        for box in self.target_boxes:
+            region[box.y0:box.y1, box.x0:box.x1] = True
+        return region
+
+    def has_region(self) -> bool:
+        """Whether the question is about a visible region (:meth:`region` has a pixel)."""
+        region = self.region()
+        return region is not None and bool(region.any())

@@ -47,25 +47,16 @@ class SampleSweep:
 
 
 def sample_groups(loaded: LoadedModel, inputs, sample) -> TokenGroups:
-    """The sample's token groups; ``object`` / ``background`` from its pixel mask (or the
-    boxes of its target objects when it has no mask)."""
+    """The sample's token groups; ``object`` / ``background`` from its region
+    (:meth:`~analyses.data.sample.Sample.region`) where it has one."""
     groups = token_groups(loaded.adapter, inputs)
-    if sample.mask is not None:
-        return groups.with_region(mask=np.asarray(sample.mask))
-    boxes = sample.target_boxes
-    if boxes:
-        region = np.zeros((sample.image.height, sample.image.width), dtype=bool)
-        for box in boxes:
-            region[box.y0:box.y1, box.x0:box.x1] = True
-        return groups.with_region(mask=region)
-    return groups
+    region = sample.region()
+    return groups if region is None else groups.with_region(mask=region)
 
 
 def has_region(sample) -> bool:
     """Whether the sample marks a visible region the question is about."""
-    if sample.mask is not None:
-        return bool(np.asarray(sample.mask).any())
-    return bool(sample.target_boxes)
+    return sample.has_region()
 
 
 def needs_region(flows: Sequence[str]) -> bool:

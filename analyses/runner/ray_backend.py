@@ -194,7 +194,8 @@ class RayBackend:
                  "trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle,
                  "device_map": getattr(args, "device_map", None)}
         data = {"name": args.data, "split": args.split, "limit": args.limit}
-        return cls(model, data, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+        return cls(model, data, workers=getattr(args, "workers", None),
+                   gpus_per_worker=getattr(args, "gpus_per_worker", None))
 
     # -- the cluster ------------------------------------------------------------------------
 
@@ -264,7 +265,11 @@ class RayBackend:
     def _ask(self) -> dict[str, Any]:
         if self._info is None:
             self._start()
-            self._info = self._get(self._actors[0].info.remote())
+            try:
+                self._info = self._get(self._actors[0].info.remote())
+            except self._ray.exceptions.RayActorError as error:
+                raise UserError("a Ray worker died while loading the model "
+                                f"({_first_line(error)}).") from None
         return self._info
 
     def placements(self) -> list[dict[str, Any]]:

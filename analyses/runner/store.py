@@ -7,7 +7,7 @@ record, recorded config). Workers of any backend write into it directly; the dri
 Without a directory (``out=None``: notebooks, tests) records are kept in memory.
 
 >>> store = RecordStore(None, {"config": {"seed": 0}})
->>> store.put("samples", 3, {"curve": [0.5, 0.25], "kind": "color"})
+>>> _ = store.put("samples", 3, {"curve": [0.5, 0.25], "kind": "color"})
 >>> back = store.records("samples")
 >>> list(back), back[3]["curve"].tolist(), str(back[3]["kind"])
 ([3], [0.5, 0.25], 'color')

@@ -1,4 +1,5 @@
-"""``python -m analyses.token_importance [options]``: clean vs AIF vs the ablations on a dataset."""
+"""``python -m analyses.token_importance [options]``: clean vs AIF vs the ablations on a dataset.
+Shard runs merge with ``python -m analyses.merge``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
+from analyses.common import add_analysis_arguments
+from analyses.runner.cli import run_from_args
 from analyses.token_importance.aif import HEADS, SCANS, AIFConfig
 from analyses.token_importance.dynamics import DEFAULT_RATIOS
-from analyses.token_importance.run import TokenImportanceConfig, run_token_importance
+from analyses.token_importance.run import TokenImportance, TokenImportanceConfig
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -22,36 +24,6 @@ def _ratios(text: str, option: str) -> tuple[float, ...]:
     except ValueError:
         raise UserError(f"{option} takes numbers separated by commas, e.g. 0.3,0.5, not "
                         f"{text!r}.") from None
-
-
-def format_table(summary: dict) -> str:
-    """Accuracy per method with its CI and McNemar p against clean, then recall and timing."""
-    config = summary["config"]["aif"]
-    lines = [f"{summary['model']['id']} on {summary['data']['name']}/{summary['data']['split']}: "
-             f"{summary['n_samples']} samples; heads {config['heads']}, text rows "
-             f"{config['text_rows']}, scan {config['scan']}",
-             f"{'method':<18} {'accuracy':>8} {'95% CI':>15} {'p vs clean':>10}"]
-    for row in summary["methods"]:
-        ci = f"[{row['ci_low']:5.1%}, {row['ci_high']:5.1%}]"
-        lines.append(f"{row['method']:<18} {row['accuracy']:8.1%} {ci:>15} "
-                     f"{row['p_value_vs_clean']:10.2g}")
-    ratios = summary["chosen_ratios"]["published_s"]
-    lines.append("adaptive ratio chosen: " + ", ".join(f"{r}: {n}" for r, n in ratios.items()
-                                                        if n))
-    recall = summary["recall"]
-    for name in ("all", "small"):
-        part = recall[name]
-        if part["n"]:
-            lines.append(f"object-token recall in the top {recall['top_fraction']:.0%} "
-                         f"({name} objects, n={part['n']}): low entropy "
-                         f"{part['entropy']['mean']:.1%}, highest attention "
-                         f"{part['attention']['mean']:.1%}, random {part['random']:.1%}")
-    timing = summary["timing"]
-    if timing["n"]:
-        lines.append(f"time per answer: plain generate {timing['plain_generate_seconds'] * 1e3:.1f}"
-                     f" ms, AIF {timing['aif_seconds'] * 1e3:.1f} ms "
-                     f"({timing['ratio_median']:.2f}x, median over {timing['n']} samples)")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,11 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    timed_samples=args.timed_samples, seed=args.seed,
                                    n_bootstrap=args.bootstrap)
     config.validate()  # bad options fail before the model loads
-    dataset = load_data(args.data, args.split, args.limit)
-    loaded = load_model_from_args(args)
-    result = run_token_importance(loaded, dataset, config, progress=True, out=args.out,
-                                  resume=args.resume)
-    write_run(result, args.out, format_table(result.summary))
+    run_from_args(TokenImportance(config), args)
     return 0
 
 

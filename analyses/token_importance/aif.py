@@ -57,6 +57,7 @@ from probes import attention
 from probes.errors import UserError
 from probes.masking import SetKnockout
 from probes.models.adapters import VLInputs
+from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
 from probes.record import AttentionRecorder
 from probes.run import CleanPass, Generation, clean_pass, masked_generate
@@ -222,17 +223,6 @@ def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Gener
                            knockout(loaded, prepared.groups, masked, config.mask_generated),
                            max_new_tokens=config.max_new_tokens, clean=prepared.clean,
                            groups=prepared.groups, donate=prepared.one_shot)
-
-
-def answer_text(loaded: LoadedModel, tokens: list[int]) -> str:
-    """The decoded answer, cut at the first end-of-sequence token."""
-    stop = loaded.eos_token_ids()
-    kept = []
-    for token in tokens:
-        if token in stop:
-            break
-        kept.append(token)
-    return loaded.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
 
 
 def aif_generate(loaded: LoadedModel, image: Image.Image, question: str,

@@ -15,37 +15,37 @@ chosen ratio, so that the ablations differ from AIF only in *which* tokens they 
 - ``mask_top_mu``: the AIF count of the most attended tokens (highest-attention masking);
 - ``fixed_0.3``, ``fixed_0.5``, ``fixed_0.7``: entropy ranking at fixed ratios.
 
-Accuracy: exact match of the greedy answer (as :func:`analyses.vqa_accuracy.grade`), 95% Wilson
-intervals, two-sided exact McNemar p-values of each method against clean on the same samples.
+Accuracy: exact match of the greedy answer (:func:`analyses.grading.is_correct`), 95% Wilson
+intervals, two-sided exact McNemar p-values of each method against clean on the same samples
+(:func:`analyses.stats.method_rows`).
 Object-token recall: where a sample's target has pixels, the share of its object tokens among
 the top ``top_fraction`` of the image tokens by low entropy vs by highest mu.
 
-Each sample's numbers depend only on (model, sample, config, sample index), so a resumed run
-(finished samples kept in ``out/.partial``, see :mod:`analyses.resume`) gives the files of an
-uninterrupted one, timings aside.
+This is an analysis of the shared runner (:mod:`analyses.runner`): each sample's numbers depend
+only on (model, sample, config, sample index), so a resumed run, shards merged or a Ray run give
+the files of an uninterrupted one, timings aside.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from analyses.common import data_record, model_record
+from analyses.grading import is_correct
 from analyses.results import RunResult, provenance
-from analyses.resume import SampleStore, run_key
-from analyses.stats import bootstrap_mean_ci, mcnemar_exact, sign_flip_p_values, wilson_interval
+from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
+from analyses.runner.spec import Records
+from analyses.stats import bootstrap_mean_ci, method_rows, sign_flip_p_values
 from analyses.token_importance.aif import (
     AIFConfig,
     Prepared,
     aif_generate,
-    answer_text,
     decode,
     prepare,
 )
@@ -55,6 +55,7 @@ from analyses.token_importance.dynamics import (
     scan_ratios,
 )
 from probes.errors import UserError
+from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
 
 ANALYSIS = "token_importance"
@@ -121,16 +122,9 @@ def object_tokens(prepared: Prepared, sample) -> np.ndarray | None:
     """Boolean [tokens]: which image patches overlap the sample's target pixels (its mask, or
     its target boxes); None where the target has no pixels or covers no patch."""
     groups = prepared.groups
-    if sample.mask is not None:
-        region = np.asarray(sample.mask, dtype=bool)
-    elif sample.target_boxes:
-        region = np.zeros((sample.image.height, sample.image.width), dtype=bool)
-        for box in sample.target_boxes:
-            region[box.y0:box.y1, box.x0:box.x1] = True
-    else:
+    if not sample.has_region():
         return None
-    if not region.any():
-        return None
+    region = sample.region()
     try:
         positions = groups.with_region(mask=region).object
     except UserError:  # the region covers no patch (cropped away)
@@ -166,80 +160,112 @@ def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig) -> tuple[f
     return min(plains), min(aifs)
 
 
+class TokenImportance(Analysis):
+    """Per sample: the profiling pass, one masked decode per method, object-token recall and
+    (for the first ``timed_samples``) plain generate and AIF timed side by side."""
+
+    name = ANALYSIS
+    passes = (Pass("samples", description="token importance"),)
+
+    def __init__(self, config: TokenImportanceConfig = TokenImportanceConfig()) -> None:
+        self.config = config
+
+    @classmethod
+    def from_recorded(cls, recorded: dict[str, Any]) -> TokenImportance:
+        """The analysis of a recorded config (the descriptive keys ``recorded`` adds are
+        dropped; lists become the config's tuples)."""
+        def known(kind, values: dict[str, Any]) -> dict[str, Any]:
+            names = {f.name for f in fields(kind)}
+            return {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in values.items() if k in names}
+
+        aif = AIFConfig(**known(AIFConfig, recorded["aif"]))
+        return cls(TokenImportanceConfig(**{**known(TokenImportanceConfig, recorded),
+                                            "aif": aif}))
+
+    def recorded(self) -> dict[str, Any]:
+        return self.config.recorded()
+
+    def validate(self, num_layers: int) -> None:
+        self.config.validate()
+
+    def warm_up(self, loaded, dataset) -> None:
+        if self.config.timed_samples > 0:  # the first calls allocate: keep that out of timing
+            time_side_by_side(loaded, dataset[0], self.config.aif)
+
+    def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
+        return [sample_values(loaded, sample, index, self.config)
+                for sample, index in zip(samples, indices)]
+
+    def aggregate(self, records: Mapping[str, Records], info: RunInfo) -> RunResult:
+        rows: dict[str, list] = {}
+        for record in records["samples"].values():
+            for name, value in record.items():
+                rows.setdefault(name, []).append(value)
+        return summarize(_stack(rows), self.config, info.model, info.data, info.num_layers,
+                         info.timing)
+
+    def table(self, summary) -> str:
+        from analyses.token_importance.table import format_table
+
+        return format_table(summary)
+
+
+def sample_values(loaded: LoadedModel, sample, index: int,
+                  config: TokenImportanceConfig) -> dict[str, Any]:
+    """One sample under every method: its per-sample values of ``arrays.npz``."""
+    methods = config.methods
+    values: dict[str, Any] = {}
+    add = values.__setitem__
+    prepared = prepare(loaded, sample.image, sample.question, config.aif)
+    importance = prepared.importance
+    rng = np.random.default_rng([config.seed, index])
+    masks, ratio, normalized = method_masks(prepared, config, rng)
+    answers = [answer_text(loaded, decode(loaded, prepared, masks[m]).tokens) for m in methods]
+    is_object = object_tokens(prepared, sample)
+    if is_object is None:
+        is_object = np.zeros(importance.positions.size, dtype=bool)
+    add("sample_index", index)
+    add("kind", sample.kind)
+    add("reference", sample.answer)
+    add("answers", answers)
+    add("correct", [is_correct(a, sample) for a in answers])
+    add("masked_count", [masks[m].size for m in methods])
+    add("ratio", ratio)
+    add("ratio_normalized_s", normalized)
+    add("dynamics", importance.dynamics)
+    add("entropy", importance.entropy)
+    add("mu", importance.mu)
+    add("cells", importance.cells)
+    add("s_curve", importance.scan.s)
+    add("s0", importance.scan.s0)
+    add("is_object", is_object)
+    top = config.top_fraction
+    add("recall_entropy", object_recall(importance.order("low_entropy"), is_object, top))
+    add("recall_attention", object_recall(importance.order("high_mu"), is_object, top))
+    kept = ~np.isin(importance.positions, masks["aif"])
+    add("kept_curve", importance.dynamics[kept].mean(0) if kept.any()
+        else np.full(importance.dynamics.shape[1], np.nan))
+    add("masked_curve", importance.dynamics[~kept].mean(0) if (~kept).any()
+        else np.full(importance.dynamics.shape[1], np.nan))
+    seconds = (time_side_by_side(loaded, sample, config.aif) if index < config.timed_samples
+               else (np.nan, np.nan))
+    add("plain_seconds", seconds[0])
+    add("aif_seconds", seconds[1])
+    return values
+
+
 def run_token_importance(loaded: LoadedModel, dataset,
                          config: TokenImportanceConfig = TokenImportanceConfig(),
                          progress: bool = False, out: Path | None = None, resume: bool = False,
+                         shard: tuple[int, int] = (0, 1),
                          on_sample: Callable[[int], None] | None = None) -> RunResult:
-    """Every sample of ``dataset`` under every method; see the module docstring. With ``out``,
-    each finished sample is kept there for ``resume`` (see :mod:`analyses.resume`; the caller
-    saves the result); ``on_sample(done)`` is called after each sample."""
-    config.validate()
-    methods = config.methods
-    model = model_record(loaded)
-    store = SampleStore.open(out, run_key(ANALYSIS, loaded, dataset, config.recorded(), model),
-                             resume)
-    rows: dict[str, list] = {}
-
-    def take(values: dict[str, np.ndarray]) -> None:
-        for name, value in values.items():
-            rows.setdefault(name, []).append(value)
-
-    finished = store.finished()
-    for row in finished:
-        take(row)
-    start = len(finished)
-    if start < min(config.timed_samples, len(dataset)):
-        time_side_by_side(loaded, dataset[0], config.aif)  # warm-up: first calls allocate
-    for index in tqdm(range(start, len(dataset)), disable=not progress, desc="token importance",
-                      unit="sample", initial=start, total=len(dataset)):
-        values: dict[str, Any] = {}
-        add = values.__setitem__
-        sample = dataset[index]
-        prepared = prepare(loaded, sample.image, sample.question, config.aif)
-        importance = prepared.importance
-        rng = np.random.default_rng([config.seed, index])
-        masks, ratio, normalized = method_masks(prepared, config, rng)
-        answers = [answer_text(loaded, decode(loaded, prepared, masks[m]).tokens) for m in methods]
-        is_object = object_tokens(prepared, sample)
-        if is_object is None:
-            is_object = np.zeros(importance.positions.size, dtype=bool)
-        add("sample_index", index)
-        add("kind", sample.kind)
-        add("reference", sample.answer)
-        add("answers", answers)
-        add("correct", [a.lower() == sample.answer.strip().lower() for a in answers])
-        add("masked_count", [masks[m].size for m in methods])
-        add("ratio", ratio)
-        add("ratio_normalized_s", normalized)
-        add("dynamics", importance.dynamics)
-        add("entropy", importance.entropy)
-        add("mu", importance.mu)
-        add("cells", importance.cells)
-        add("s_curve", importance.scan.s)
-        add("s0", importance.scan.s0)
-        add("is_object", is_object)
-        top = config.top_fraction
-        add("recall_entropy", object_recall(importance.order("low_entropy"), is_object, top))
-        add("recall_attention", object_recall(importance.order("high_mu"), is_object, top))
-        kept = ~np.isin(importance.positions, masks["aif"])
-        add("kept_curve", importance.dynamics[kept].mean(0) if kept.any()
-            else np.full(importance.dynamics.shape[1], np.nan))
-        add("masked_curve", importance.dynamics[~kept].mean(0) if (~kept).any()
-            else np.full(importance.dynamics.shape[1], np.nan))
-        seconds = (time_side_by_side(loaded, sample, config.aif) if index < config.timed_samples
-                   else (np.nan, np.nan))
-        add("plain_seconds", seconds[0])
-        add("aif_seconds", seconds[1])
-        take(store.add(values))
-        if on_sample is not None:
-            on_sample(index + 1)
-    if not rows:
-        raise UserError(f"{dataset.name}/{dataset.split} holds no samples.")
-    arrays = _stack(rows)
-    result = summarize(arrays, config, model, data_record(dataset), loaded.adapter.num_layers,
-                       str(loaded.device))
-    store.clear()
-    return result
+    """Every sample of ``dataset`` under every method, in this process; see the module
+    docstring (and :mod:`analyses.runner` for what ``out``, ``resume``, ``shard`` and
+    ``on_sample`` do; the caller saves the result)."""
+    return run(TokenImportance(config), LocalBackend(loaded), dataset,
+               RunOptions(out=out, resume=resume, shard=shard, progress=progress,
+                          on_sample=on_sample))
 
 
 def _pad(values: list[np.ndarray], fill) -> np.ndarray:
@@ -271,25 +297,6 @@ def _mean_row(values: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, floa
             "n": int(values.size)}
 
 
-def method_rows(correct: np.ndarray, methods: list[str],
-                kinds: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """``{method, accuracy, ci_low, ci_high, n, p_value_vs_clean}`` (per kind when given)."""
-    rows = []
-    groups = [("all", np.ones(correct.shape[0], bool))]
-    if kinds is not None:
-        groups = [(kind, kinds == kind) for kind in sorted(set(kinds.tolist()))] + groups
-    for kind, chosen in groups:
-        subset = correct[chosen]
-        for m, method in enumerate(methods):
-            hits, n = int(subset[:, m].sum()), int(subset.shape[0])
-            low, high = wilson_interval(hits, n)
-            row = {"method": method, "accuracy": hits / n if n else float("nan"),
-                   "ci_low": low, "ci_high": high, "n": n, "correct": hits,
-                   "p_value_vs_clean": mcnemar_exact(subset[:, 0], subset[:, m])}
-            rows.append(row if kinds is None else {"kind": kind, **row})
-    return rows
-
-
 def recall_summary(arrays: dict[str, np.ndarray], config: TokenImportanceConfig) -> dict:
     has_object = arrays["is_object"].any(1)
     share = arrays["is_object"].sum(1) / arrays["n_tokens"]
@@ -316,7 +323,9 @@ def recall_summary(arrays: dict[str, np.ndarray], config: TokenImportanceConfig)
 
 
 def summarize(arrays: dict[str, np.ndarray], config: TokenImportanceConfig, model: dict,
-              data: dict, num_layers: int, device: str) -> RunResult:
+              data: dict, num_layers: int, timing: dict[str, Any]) -> RunResult:
+    """The result of a run (or of merged shards) from its per-sample arrays; ``timing``: the
+    runner's (device, seconds per sample), to which the side-by-side timings are added."""
     methods = config.methods
     summary = provenance(ANALYSIS, model, data, int(arrays["sample_index"].size),
                          config.recorded(), config.seed)
@@ -348,7 +357,7 @@ def summarize(arrays: dict[str, np.ndarray], config: TokenImportanceConfig, mode
         "chosen_ratios": {"published_s": ratios, "normalized_s": normalized},
         "recall": recall_summary(arrays, config),
         "timing": {
-            "device": device, "n": int(timed.sum()),
+            **timing, "n": int(timed.sum()),
             "plain_generate_seconds": float(np.median(plain[timed])) if timed.any() else None,
             "aif_seconds": float(np.median(aif[timed])) if timed.any() else None,
             "ratio_median": float(np.median(aif[timed] / plain[timed])) if timed.any() else None,

@@ -1,5 +1,6 @@
 """Train a VIF module (:mod:`probes.vif`) on a frozen model, and evaluate it against the clean
-model on held-out data: accuracy with CIs and a paired test, and the heatmaps' localisation.
+model on held-out data through the shared runner (:class:`VIFEvaluation`): accuracy with CIs
+and a paired test, and the heatmaps' localisation.
 
     python -m analyses.train_vif                       # tiny model, 300 steps, fine-grained test
     python -m analyses.train_vif --load runs/train_vif/vif.safetensors --limit 500
@@ -14,7 +15,8 @@ model on held-out data: accuracy with CIs and a paired test, and the heatmaps' l
 (['clean', 'vif'], (2,))
 """
 
-from analyses.train_vif.run import run_train_vif
-from analyses.train_vif.train import Evaluation, TrainConfig, evaluate, loss_terms, train_vif
+from analyses.train_vif.run import VIFEvaluation, VIFEvaluationConfig, run_train_vif
+from analyses.train_vif.train import TrainConfig, evaluate_batch, loss_terms, train_vif
 
-__all__ = ["Evaluation", "TrainConfig", "evaluate", "loss_terms", "run_train_vif", "train_vif"]
+__all__ = ["TrainConfig", "VIFEvaluation", "VIFEvaluationConfig", "evaluate_batch", "loss_terms",
+           "run_train_vif", "train_vif"]

@@ -1,23 +1,32 @@
 """``python -m analyses.train_vif [options]``: train a VIF module on a frozen model (easy-VQA
 train + fine-grained train), save it as ``vif.safetensors`` in ``--out``, and compare the
-model with and without it on held-out data (default: the fine-grained test split)."""
+model with and without it on held-out data (default: the fine-grained test split).
+
+Training comes first; the evaluation runs through the shared runner (``--resume`` continues
+it with the module already trained there; ``--shard i/n`` evaluates a module given with
+``--load`` in shards, merged with ``python -m analyses.merge``). With the local backend the
+model loaded for training is the one that evaluates."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
-from analyses.train_vif.run import run_train_vif
+from analyses.results import SUMMARY
+from analyses.runner import PARTIAL, LocalBackend, run
+from analyses.runner.cli import _failed_line, make_backend, options_from_args
+from analyses.runner.store import KEY_FILE, check_out
+from analyses.train_vif.run import WEIGHTS, VIFEvaluation, train_module, training_record
 from analyses.train_vif.train import TrainConfig
 from probes.cli import run_cli
 from probes.errors import UserError
 from probes.vif import VIF, VIFConfig
 
 DEFAULT_OUT = "runs/train_vif"
-WEIGHTS = "vif.safetensors"
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
@@ -27,30 +36,6 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise UserError(f"layers are given as integers separated by commas, not {text!r}.") from None
-
-
-def format_table(summary: dict) -> str:
-    vif, training = summary["vif"], summary["training"]
-    lines = [f"{summary['model']['id']} (frozen) + VIF ({vif['parameters']:,} parameters; "
-             f"learning layers {vif['learn_layers']}, apply layers {vif['apply_layers']}, "
-             f"alpha {vif['alpha']})"]
-    if training["trained_here"]:
-        lines.append(f"trained {training['steps']} steps in {training['seconds']:.0f} s: loss "
-                     f"{training['loss_first']:.3f} -> {training['loss_last']:.3f} (nll "
-                     f"{training['nll_first']:.3f} -> {training['nll_last']:.3f})")
-    lines.append(f"{summary['data']['name']}/{summary['data']['split']}, {summary['n_samples']} "
-                 "samples:")
-    lines.append(f"{'method':<8} {'accuracy':>8}  {'95% CI':>15}  {'p vs clean':>10}")
-    for row in summary["methods"]:
-        p = "" if row["p_value_vs_clean"] is None else f"{row['p_value_vs_clean']:.3f}"
-        lines.append(f"{row['method']:<8} {row['accuracy']:8.1%}  "
-                     f"[{row['ci_low']:.1%}, {row['ci_high']:.1%}]  {p:>10}")
-    loc = summary["localisation"]
-    if loc["n"]:
-        lines.append(f"heatmap mass on the target: {loc['target_mass']:.3f} [{loc['ci_low']:.3f}, "
-                     f"{loc['ci_high']:.3f}] vs uniform {loc['uniform_mass']:.3f}; peak on the "
-                     f"target {loc['pointing']:.1%} (n={loc['n']})")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,24 +57,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--load", type=Path, default=None,
                         help="evaluate this saved vif.safetensors instead of training")
     args = parser.parse_args(argv)
-    if args.resume:
-        raise UserError("train_vif keeps no resume state; run again without --resume.")
     vif_config = VIFConfig(alpha=args.alpha, learn_layers=parse_layers(args.learn_layers),
                            apply_layers=parse_layers(args.apply_layers))
     config = TrainConfig(steps=0 if args.load else args.steps, batch_size=args.batch_size,
                          lr=args.lr, kl_weight=args.kl_weight,
                          sparsity_weight=args.sparsity_weight, fine_fraction=args.fine_fraction,
                          seed=args.seed, vif=vif_config)
+    options = options_from_args(args)
+    check_before_training(args, options.shard)
     test = load_data(args.data, args.split, args.limit)
     loaded = load_model_from_args(args)
     config.validate(loaded.adapter.num_layers)
-    module = None if args.load is None else VIF.load(args.load, loaded)
+    if args.load is not None:
+        VIF.load(args.load, loaded)  # a missing file or another model shape: before the data
     easy, fine = load_data("easy-vqa", "train", None), load_data("fine-grained", "train", None)
-    result, module = run_train_vif(loaded, easy, fine, test, config, module, progress=True)
-    if args.load is None:
-        module.save(args.out / WEIGHTS)
-    write_run(result, args.out, format_table(result.summary))
+    if args.load is not None:
+        weights, training = args.load, training_record(False, 0.0, easy, fine)
+    else:
+        weights, training = args.out / WEIGHTS, resumed_training(args)
+        if training is None:
+            module, training = train_module(loaded, easy, fine, config, progress=True)
+            module.save(weights)
+    analysis = VIFEvaluation.for_weights(weights, config, training, loaded)
+    backend = LocalBackend(loaded) if args.backend == "local" else make_backend(args)
+    try:
+        result = run(analysis, backend, test, options)
+    finally:
+        backend.close()
+    write_run(result, options.out, analysis.table(result.summary) + _failed_line(result))
     return 0
+
+
+def check_before_training(args: argparse.Namespace, shard: tuple[int, int]) -> None:
+    """What the runner would refuse, refused before training (which would write the weights
+    into ``--out``)."""
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it; give one.")
+    if shard != (0, 1) and args.load is None:
+        raise UserError("shards evaluate one trained module: train it once (without --shard), "
+                        "then give every shard --load OUT/vif.safetensors.")
+    check_out(args.out)
+    if (args.out / SUMMARY).is_file() and not args.overwrite:
+        if args.resume:
+            raise UserError(f"{args.out} holds a finished run; nothing to resume (use "
+                            "--overwrite to run it again).")
+        raise UserError(f"{args.out} already holds a finished run; use --overwrite to replace "
+                        "it, --resume to continue an unfinished one, or another --out.")
+
+
+def resumed_training(args: argparse.Namespace) -> dict | None:
+    """With ``--resume``: the training record of the unfinished run in ``--out`` when it
+    evaluates the module trained there (its weights are reused, not trained again; the runner
+    refuses the resume if the options or the file differ). Else None: train."""
+    key = args.out / PARTIAL / KEY_FILE
+    weights = args.out / WEIGHTS
+    if not (args.resume and key.is_file() and weights.is_file()):
+        return None
+    recorded = json.loads(key.read_text()).get("config", {})
+    if recorded.get("weights") != str(weights.resolve()) or not recorded.get("training"):
+        return None
+    return recorded["training"]
 
 
 if __name__ == "__main__":

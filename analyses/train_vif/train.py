@@ -9,27 +9,29 @@ Only the module's parameters are optimised (AdamW); the base model's are frozen
 (``requires_grad`` off) and never change.
 
 **Evaluation** on held-out data (default: the fine-grained test split): the greedy answer with
-VIF off (``clean``, the path of :func:`analyses.vqa_accuracy.grade`) and with VIF on (the
-prior's mean, prefill only), per sample; accuracies with Wilson CIs and an exact McNemar test
-of VIF vs clean. Localisation: the heatmap's mass on the target's patches (``object`` tokens,
-from its pixel mask) against that of a uniform map, and the pointing game (the heatmap's peak
-is on the target), over samples whose question names something visible.
+VIF off (``clean``, :func:`analyses.grading.grade`) and with VIF on (the prior's mean,
+prefill only), per sample, a batch at a time (:func:`evaluate_batch`: the runner's units);
+accuracies with Wilson CIs and an exact McNemar test of VIF vs clean
+(:func:`analyses.stats.method_rows`). Localisation: the heatmap's mass on the target's
+patches (``object`` tokens, from its pixel mask) against that of a uniform map, and the
+pointing game (the heatmap's peak is on the target), over samples whose question names
+something visible.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from analyses.attenuation.measure import answer_token
-from analyses.layer_masking.sweep import has_region
-from analyses.vqa_accuracy import grade
+from analyses.grading import grade, is_correct
 from probes.errors import UserError
+from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
 from probes.tokens import token_groups
 from probes.vif import VIF, VIFConfig, VIFSession
@@ -114,69 +116,38 @@ def train_vif(loaded: LoadedModel, module: VIF, easy, fine, config: TrainConfig,
     return {name: np.array(values) for name, values in history.items()}
 
 
-def _answer_text(loaded: LoadedModel, tokens: torch.Tensor) -> list[str]:
-    tokenizer = loaded.processor.tokenizer
-    stops = loaded.eos_token_ids() | {tokenizer.pad_token_id}
-    texts = []
-    for row in tokens.tolist():
-        length = next((i for i, t in enumerate(row) if t in stops), len(row))
-        texts.append(tokenizer.decode(row[:length], skip_special_tokens=True).strip())
-    return texts
-
-
-@dataclass
-class Evaluation:
-    """Per evaluated sample, in order."""
-
-    clean: np.ndarray  # bool: the clean greedy answer is right
-    vif: np.ndarray  # bool: the VIF greedy answer is right
-    kind: np.ndarray
-    target_mass: np.ndarray  # heatmap mass on the target's patches (NaN: nothing visible)
-    uniform_mass: np.ndarray  # the same for a uniform map
-    pointing: np.ndarray  # 1.0 if the heatmap's peak is on the target (NaN: nothing visible)
-    heatmaps: list[np.ndarray]  # [patches] per sample, in the order of the image patches
-    coords: list[np.ndarray]  # [patches, 2] centres in 0..1
-    seconds: float = 0.0
-
-
-def evaluate(loaded: LoadedModel, module: VIF, dataset, batch_size: int = 64,
-             alpha: float | None = None, progress: bool = False) -> Evaluation:
-    """Clean vs VIF answers, and the heatmaps' localisation (see the module docstring)."""
+def evaluate_batch(loaded: LoadedModel, module: VIF, samples: Sequence,
+                   alpha: float | None = None) -> list[dict[str, Any]]:
+    """One batch of the evaluation (see the module docstring): per sample, whether the clean
+    and the VIF greedy answers are right, its kind, the heatmap's localisation (NaN where the
+    question names nothing visible), and the heatmap over the image patches (in their order)
+    with the patches' centres in 0..1. The batch is answered together, as one unit."""
     module.eval()
-    started = time.perf_counter()
-    samples = [dataset[i] for i in range(len(dataset))]
-    clean = np.array(grade(loaded, samples, batch_size, progress=progress), dtype=bool)
-    right, mass, uniform, pointing, heatmaps, coords = [], [], [], [], [], []
-    for start in tqdm(range(0, len(samples), batch_size), disable=not progress,
-                      desc="answering with VIF", unit="batch"):
-        chunk = samples[start:start + batch_size]
-        inputs = loaded.adapter.build_inputs([s.image for s in chunk], [s.question for s in chunk])
-        inputs = inputs.to(loaded.device, loaded.dtype)
-        with torch.inference_mode(), VIFSession(loaded, module, inputs, alpha=alpha) as session:
-            output = loaded.model.generate(**inputs.batch, max_new_tokens=4, do_sample=False,
-                                           pad_token_id=loaded.processor.tokenizer.pad_token_id)
-        texts = _answer_text(loaded, output[:, inputs.input_ids.shape[1]:])
-        right += [t.lower() == s.answer.strip().lower() for t, s in zip(texts, chunk)]
-        lay = session.layout
-        for row, sample in enumerate(chunk):
-            real = lay.image_mask[row]
-            heat = session.heatmap[row][real].float().cpu().numpy()
-            positions = lay.image[row][real].numpy()
-            heatmaps.append(heat)
-            coords.append(lay.coords[row][real].numpy())
-            if not has_region(sample):
-                mass.append(np.nan), uniform.append(np.nan), pointing.append(np.nan)
-                continue
-            groups = token_groups(loaded.adapter, inputs, row).with_region(
-                mask=np.asarray(sample.mask) if sample.mask is not None else None,
-                box=None if sample.mask is not None else sample.target_boxes[0])
+    clean = grade(loaded, samples, batch_size=max(1, len(samples)))
+    inputs = loaded.adapter.build_inputs([s.image for s in samples], [s.question for s in samples])
+    inputs = inputs.to(loaded.device, loaded.dtype)
+    with torch.inference_mode(), VIFSession(loaded, module, inputs, alpha=alpha) as session:
+        output = loaded.model.generate(**inputs.batch, max_new_tokens=4, do_sample=False,
+                                       pad_token_id=loaded.processor.tokenizer.pad_token_id)
+    generated = output[:, inputs.input_ids.shape[1]:]
+    lay = session.layout
+    records = []
+    for row, sample in enumerate(samples):
+        real = lay.image_mask[row]
+        heat = session.heatmap[row][real].float().cpu().numpy()
+        positions = lay.image[row][real].numpy()
+        record = {"clean": bool(clean[row]),
+                  "vif": is_correct(answer_text(loaded, generated[row]), sample),
+                  "kind": sample.kind, "target_mass": np.nan, "uniform_mass": np.nan,
+                  "pointing": np.nan, "heatmap": heat, "coords": lay.coords[row][real].numpy()}
+        if sample.has_region():
+            groups = token_groups(loaded.adapter, inputs, row).with_region(mask=sample.region())
             on_target = np.isin(positions, groups.object)
-            mass.append(float(heat[on_target].sum()))
-            uniform.append(float(on_target.mean()))
-            pointing.append(float(on_target[int(np.argmax(heat))]))
-    return Evaluation(clean, np.array(right, dtype=bool), np.array([s.kind for s in samples]),
-                      np.array(mass), np.array(uniform), np.array(pointing), heatmaps, coords,
-                      time.perf_counter() - started)
+            record.update(target_mass=float(heat[on_target].sum()),
+                          uniform_mass=float(on_target.mean()),
+                          pointing=float(on_target[int(np.argmax(heat))]))
+        records.append(record)
+    return records
 
 
 def recorded_config(config: TrainConfig) -> dict:

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     image = load_image(args.image)  # fail on a bad image before loading a 7B model
     loaded = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=args.allow_pickle, device_map=args.device_map,
     )
     [result] = answer_questions(loaded, [image], [args.question], args.max_new_tokens)
     if loaded.source.kind == "builtin" and "UNTRAINED" in loaded.source.description:
