@@ -29,6 +29,7 @@ bench: install
 	$(PY) tests/bench_layer_masking.py
 	$(PY) tests/bench_token_importance.py
 	$(PY) tests/bench_attention_evolution.py
+	$(PY) tests/bench_ray.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -82,9 +82,38 @@ def on_ray(dataset, config, workers: int, limit: int) -> tuple[float, float, int
     return connect + startup, seconds, measured
 
 
+def llava_15_workers(samples: int) -> dict:
+    """1 vs 2 Ray workers (one thread each) on the LLaVA-1.5-shape bench model (32 layers, 576
+    image tokens; ``bench_engine.llava_15_shape``), every sample swept (the model is random)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_engine import llava_15_shape
+
+    config = LayerMaskingConfig(samples="all", n_bootstrap=200)
+    dataset = load_data("easy-vqa", "test", samples)
+    with tempfile.TemporaryDirectory() as directory:
+        llava_15_shape(Path(directory))
+        model = {**MODEL, "model": directory}
+        seconds = {}
+        for workers in (1, 2):
+            backend = RayBackend(model, {"name": "easy-vqa", "split": "test", "limit": samples},
+                                 workers=workers)
+            try:
+                _, seconds[workers], _ = timed_run(backend, dataset, config)
+            finally:
+                backend.close()
+    return {"name": "layer masking throughput on the LLaVA-1.5-shape model: ray 1 worker vs "
+                    "2 workers (1 thread each)",
+            "baseline": seconds[1] / samples, "ours": seconds[2] / samples, "unit": "s/sample",
+            "ratio": seconds[1] / seconds[2],
+            "shape": f"32 layers, 615 tokens, width 128, {samples} samples, load average "
+                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--llava-samples", type=int, default=6,
+                        help="samples of the LLaVA-1.5-shape row (0: leave it out)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dataset = load_data("easy-vqa", "test", args.limit)
@@ -116,6 +145,8 @@ def main() -> int:
          "baseline": load1 + local1, "ours": start2 + ray2, "unit": "s",
          "ratio": (load1 + local1) / (start2 + ray2), "shape": shape},
     ]
+    if args.llava_samples:
+        rows.append(llava_15_workers(args.llava_samples))
     for row in rows:
         sys.stdout.write(f"{row['name']}: baseline {row['baseline']:.3f}, ours "
                          f"{row['ours']:.3f} {row['unit']}, {row['ratio']:.2f}x "

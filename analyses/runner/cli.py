@@ -28,8 +28,8 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local: this process; ray: actors on a Ray cluster (RAY_ADDRESS, "
                              "or a local one); needs fusionlens[ray]")
     parser.add_argument("--workers", type=int, default=None,
-                        help="ray: model replicas (default: as many as the cluster's GPUs "
-                             "allow, or 1 per CPU... at most 2 without GPUs)")
+                        help="ray: model replicas (default: the cluster's GPUs // "
+                             "--gpus-per-worker; without GPUs, 2 or the CPUs if fewer)")
     parser.add_argument("--gpus-per-worker", type=float, default=None,
                         help="ray: GPUs each replica loads its model on (default 1 when the "
                              "cluster has GPUs, else 0); > 1 spreads a model with "
