@@ -1,5 +1,6 @@
-"""What every analysis command shares: its options (the design's conventions), loading the
-model and data they name, and the records of both that go into ``summary.json``."""
+"""What every analysis command shares: loading the model and data its options name, the records
+of both that go into ``summary.json``, and writing a run's files (the options themselves are
+the runner's: :func:`analyses.runner.cli.add_analysis_arguments`)."""
 
 from __future__ import annotations
 
@@ -9,34 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analyses.data import Dataset, available_datasets, load_dataset
-from probes.cli import add_model_arguments
+from analyses.data import Dataset, load_dataset
 from probes.errors import UserError
 from probes.models.loading import LoadedModel, load_model
 
 DEFAULT_DATA = "easy-vqa"
-
-
-def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
-                           default_batch_size: int = 32) -> None:
-    """``--model --device --dtype`` plus ``--data --split --limit --out --batch-size --seed
-    --resume`` and the runner's ``--shard --strict --overwrite --backend --workers
-    --gpus-per-worker``."""
-    add_model_arguments(parser)
-    parser.add_argument("--data", default=DEFAULT_DATA,
-                        help=f"dataset: {', '.join(available_datasets())} (default: {DEFAULT_DATA})")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--limit", type=int, default=None, help="the first N samples only")
-    parser.add_argument("--out", type=Path, default=Path(default_out),
-                        help=f"directory for the result files (default: {default_out})")
-    parser.add_argument("--batch-size", type=int, default=default_batch_size,
-                        help=f"conditions or samples per forward (default: {default_batch_size})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run in --out instead of starting over")
-    from analyses.runner.cli import add_runner_arguments  # the runner imports this module
-
-    add_runner_arguments(parser)
 
 
 def load_data(name: str, split: str, limit: int | None) -> Dataset:

@@ -7,8 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from analyses.attention_evolution.run import AttentionEvolution, EvolutionConfig
-from analyses.common import add_analysis_arguments
-from analyses.runner.cli import run_from_args
+from analyses.runner.cli import add_analysis_arguments, run_from_args
 from probes.cli import run_cli
 from probes.errors import UserError
 

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 from analyses.attenuation import AttenuationConfig
 from analyses.attenuation.run import Attenuation
-from analyses.common import add_analysis_arguments
-from analyses.runner.cli import run_from_args
+from analyses.runner.cli import add_analysis_arguments, run_from_args
 from probes.cli import run_cli
 from probes.errors import UserError
 

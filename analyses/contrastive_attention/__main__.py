@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analyses.attention_evolution.__main__ import parse_layers
-from analyses.common import add_analysis_arguments
 from analyses.contrastive_attention.run import ContrastiveAttention, ContrastiveConfig
-from analyses.runner.cli import run_from_args
+from analyses.runner.cli import add_analysis_arguments, run_from_args
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/contrastive_attention"

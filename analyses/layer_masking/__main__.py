@@ -8,10 +8,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from analyses.common import add_analysis_arguments
 from analyses.layer_masking import DEFAULT_FLOWS, LayerMaskingConfig
 from analyses.layer_masking.run import LayerMasking
-from analyses.runner.cli import run_from_args
+from analyses.runner.cli import add_analysis_arguments, run_from_args
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/layer_masking"

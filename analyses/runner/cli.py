@@ -6,12 +6,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analyses.common import load_data, load_model_from_args, write_run
+from analyses.common import DEFAULT_DATA, load_data, load_model_from_args, write_run
+from analyses.data import available_datasets
 from analyses.results import RunResult
 from analyses.runner.execute import LocalBackend, RunOptions, parse_shard, run
 from analyses.runner.spec import Analysis
 from analyses.runner.store import KEY_FILE, PARTIAL, check_finished, check_out
+from probes.cli import add_model_arguments
 from probes.errors import UserError
+
+
+def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
+                           default_batch_size: int = 32) -> None:
+    """``--model --device --dtype`` plus ``--data --split --limit --out --batch-size --seed
+    --resume`` and the runner's ``--shard --strict --overwrite --backend --workers
+    --gpus-per-worker``."""
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help=f"dataset: {', '.join(available_datasets())} (default: {DEFAULT_DATA})")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=None, help="the first N samples only")
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help=f"directory for the result files (default: {default_out})")
+    parser.add_argument("--batch-size", type=int, default=default_batch_size,
+                        help=f"conditions or samples per forward (default: {default_batch_size})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out instead of starting over")
+    add_runner_arguments(parser)
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,8 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from analyses.common import add_analysis_arguments
-from analyses.runner.cli import run_from_args
+from analyses.runner.cli import add_analysis_arguments, run_from_args
 from analyses.token_importance.aif import HEADS, SCANS, AIFConfig
 from analyses.token_importance.dynamics import DEFAULT_RATIOS
 from analyses.token_importance.run import TokenImportance, TokenImportanceConfig

@@ -15,10 +15,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from analyses.common import add_analysis_arguments, load_data, load_model_from_args, write_run
+from analyses.common import load_data, load_model_from_args, write_run
 from analyses.results import SUMMARY
 from analyses.runner import PARTIAL, LocalBackend, run
-from analyses.runner.cli import _failed_line, make_backend, options_from_args
+from analyses.runner.cli import (
+    _failed_line,
+    add_analysis_arguments,
+    make_backend,
+    options_from_args,
+)
 from analyses.runner.store import KEY_FILE, check_out
 from analyses.train_vif.run import WEIGHTS, VIFEvaluation, train_module, training_record
 from analyses.train_vif.train import TrainConfig
