@@ -42,6 +42,9 @@ CLIS = [
     ("analyses.contrastive_attention", ["--data", "fine-grained", "--limit", "8", "--ratio",
                                         "0.5", "--bootstrap", "200"]),
     ("analyses.attenuation", ["--data", "fine-grained", "--limit", "10", "--bootstrap", "200"]),
+    # trains in the driver (one thread, as the local run), then evaluates on the workers in
+    # units of 4 samples, each worker loading the saved module
+    ("analyses.train_vif", ["--limit", "12", "--steps", "3", "--batch-size", "4"]),
 ]
 IDS = [module.split(".")[-1] for module, _ in CLIS]
 LIMIT = 12
@@ -102,7 +105,7 @@ def lm_run(backend, out, **options) -> RunResult:
 @pytest.mark.parametrize("module, argv", CLIS, ids=IDS)
 def test_ray_equals_local(local_ray, local_result, module, argv, tmp_path):
     ray_argv = [*argv, "--backend", "ray", "--workers", "2", "--out", str(tmp_path)]
-    assert cli(module, ray_argv) == 0
+    assert one_thread(cli)(module, ray_argv) == 0
     assert_same_run(local_result(module, argv), RunResult.load(tmp_path))
     assert not (tmp_path / ".partial").exists()
 

@@ -74,6 +74,8 @@ def options_from_args(args: argparse.Namespace, out: Path | None = None) -> RunO
 
 def check_out_from_args(args: argparse.Namespace) -> None:
     """Refuse a bad ``--out`` before any work (a CLI that trains first calls this first)."""
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it; give one.")
     options = options_from_args(args)
     check_out(options.out)
     if not (args.resume and (options.out / PARTIAL / KEY_FILE).is_file()):
@@ -84,8 +86,6 @@ def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) ->
     """Run ``analysis`` as its CLI's options say, save the result with its figures into
     ``--out`` and print its table."""
     options = options_from_args(args)
-    if args.resume and args.overwrite:
-        raise UserError("--resume continues a run and --overwrite replaces it; give one.")
     check_out_from_args(args)  # before any loading: a bad --out costs nothing
     if dataset is None:
         dataset = load_data(args.data, args.split, args.limit)
@@ -94,11 +94,11 @@ def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) ->
         result = run(analysis, backend, dataset, options)
     finally:
         backend.close()
-    write_run(result, options.out, analysis.table(result.summary) + _failed_line(result))
+    write_run(result, options.out, analysis.table(result.summary) + failed_line(result))
     return result
 
 
-def _failed_line(result: RunResult) -> str:
+def failed_line(result: RunResult) -> str:
     failed = result.summary.get("failed") or []
     if not failed:
         return ""

@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analyses.common import load_data, load_model_from_args, write_run
-from analyses.results import SUMMARY
 from analyses.runner import PARTIAL, LocalBackend, run
 from analyses.runner.cli import (
-    _failed_line,
     add_analysis_arguments,
+    check_out_from_args,
+    failed_line,
     make_backend,
     options_from_args,
 )
-from analyses.runner.store import KEY_FILE, check_out
+from analyses.runner.store import KEY_FILE
 from analyses.train_vif.run import WEIGHTS, VIFEvaluation, train_module, training_record
 from analyses.train_vif.train import TrainConfig
 from probes.cli import run_cli
@@ -89,25 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(analysis, backend, test, options)
     finally:
         backend.close()
-    write_run(result, options.out, analysis.table(result.summary) + _failed_line(result))
+    write_run(result, options.out, analysis.table(result.summary) + failed_line(result))
     return 0
 
 
 def check_before_training(args: argparse.Namespace, shard: tuple[int, int]) -> None:
     """What the runner would refuse, refused before training (which would write the weights
     into ``--out``)."""
-    if args.resume and args.overwrite:
-        raise UserError("--resume continues a run and --overwrite replaces it; give one.")
     if shard != (0, 1) and args.load is None:
         raise UserError("shards evaluate one trained module: train it once (without --shard), "
                         "then give every shard --load OUT/vif.safetensors.")
-    check_out(args.out)
-    if (args.out / SUMMARY).is_file() and not args.overwrite:
-        if args.resume:
-            raise UserError(f"{args.out} holds a finished run; nothing to resume (use "
-                            "--overwrite to run it again).")
-        raise UserError(f"{args.out} already holds a finished run; use --overwrite to replace "
-                        "it, --resume to continue an unfinished one, or another --out.")
+    check_out_from_args(args)
 
 
 def resumed_training(args: argparse.Namespace) -> dict | None:
