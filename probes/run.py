@@ -38,6 +38,7 @@ import torch
 
 from probes import attention
 from probes.cache import ReservedLayer, SharedPrefixCache, reserved_cache
+from probes.compat import output_cache, with_cache
 from probes.devices import OnDevices, module_device
 from probes.masking import EdgeMaskPlan
 from probes.models.adapters import VLInputs
@@ -130,8 +131,8 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> Clean
     # logits of the last position only (as generate does): a 7B vocabulary over every prompt
     # position would cost 80 MB and a lm_head pass per token for nothing
     output = loaded.model(**inputs.batch, use_cache=True, output_hidden_states=True,
-                          logits_to_keep=1, **({} if cache is None else {"past_key_values": cache}))
-    cache = output.past_key_values
+                          logits_to_keep=1, **with_cache(loaded.model, cache))
+    cache = output_cache(output)
     keys_values = [(layer.keys, layer.values) for layer in cache.layers]
     buffers = None
     if all(isinstance(layer, ReservedLayer) for layer in cache.layers):
@@ -189,7 +190,7 @@ def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Se
             continue
         hidden = hidden.to(device)
         mask = masks.for_call(index, rows[:active], start, stop, device)
-        hidden = layer(hidden, attention_mask=mask, past_key_values=cache, use_cache=True,
+        hidden = layer(hidden, attention_mask=mask, use_cache=True, **with_cache(layer, cache),
                        position_embeddings=rotary.rows(device, start, stop))
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         if on_layer is not None:

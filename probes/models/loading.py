@@ -3,8 +3,9 @@
 Safetensors only and no remote code unless asked; ``device="auto"`` picks CUDA when present,
 ``dtype="auto"`` picks bfloat16 on CUDA and float32 on CPU; ``device_map="auto"`` (or an
 explicit map) spreads one model over several GPUs with accelerate (the ``multi-gpu`` extra). Everything that can go wrong with
-the user's input (unknown alias, missing directory, unsupported architecture, weights not
-available offline, pickled weights) becomes one :class:`~probes.errors.UserError` sentence.
+the user's input (unknown alias, missing directory, unsupported architecture, an attention
+feature the engine does not model, weights not available offline, pickled weights, a truncated
+or corrupt weights file) becomes one :class:`~probes.errors.UserError` sentence.
 """
 
 from __future__ import annotations
@@ -147,6 +148,52 @@ def _model_type(source: ModelSource, trust_remote_code: bool) -> str:
     return str(config.model_type)
 
 
+def _check_config(source: ModelSource, adapter_type: type[Adapter], trust_remote_code: bool) -> None:
+    """The adapter's refusal of what the engine does not model, from the config alone."""
+    try:
+        config = _fetch(
+            source,
+            lambda loc, **kw: transformers.AutoConfig.from_pretrained(
+                loc, trust_remote_code=trust_remote_code, **kw
+            ),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"the config of {source.location} is not a valid model config: "
+                        f"{str(err).splitlines()[0]}") from err
+    adapter_type.check_config(config)
+
+
+def _checkpoint_directory(source: ModelSource) -> Path | None:
+    """Where the checkpoint's files are on this machine: the directory, or the hub cache's
+    snapshot of a hub id (None when nothing of it is cached)."""
+    if source.kind != "hub":
+        return Path(source.location)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source.location, "config.json")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _broken_weights_file(source: ModelSource) -> UserError | None:
+    """One sentence naming the first safetensors weights file of the checkpoint whose header
+    does not read or does not cover the file (truncated, or not safetensors at all); None when
+    every one reads."""
+    from safetensors import safe_open
+
+    directory = _checkpoint_directory(source)
+    if directory is None or not directory.is_dir():
+        return None
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError (an Exception)
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return UserError(f"the weights file {path} is truncated or corrupt ({reason}); "
+                             "copy or download the checkpoint again.")
+    return None
+
+
 def load_model(
     model: str = DEFAULT_MODEL,
     device: str = "auto",
@@ -189,9 +236,15 @@ def load_model(
         options["device_map"] = device_map
     elif torch_device.type == "cuda":
         options["device_map"] = {"": torch_device.index or 0}  # load straight onto the GPU
+    _check_config(source, adapter_type, trust_remote_code)  # before a byte of weights is read
     try:
         network_model = _fetch(source, lambda loc, **kw: model_class.from_pretrained(loc, **options, **kw))
-    except OSError as err:
+    except Exception as err:
+        broken = _broken_weights_file(source)
+        if broken is not None:
+            raise broken from err
+        if not isinstance(err, OSError):
+            raise
         if "safetensors" in str(err).lower() and not allow_pickle:
             raise UserError(
                 f"{model!r} has no safetensors weights; fusionlens refuses pickled (.bin) weights "

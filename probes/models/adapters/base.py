@@ -19,6 +19,7 @@ from PIL import Image
 
 from probes.errors import UserError
 from probes.models.adapters.grids import ImageLayout, ImageTokens
+from probes.models.adapters.modelled import check_modelled
 
 
 @dataclass
@@ -84,8 +85,16 @@ class Adapter(ABC):
     attention_name: ClassVar[str] = "self_attn"
 
     def __init__(self, config: Any, processor: Any = None) -> None:
+        self.check_config(config)
         self.config = config
         self.processor = processor
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse (one UserError sentence) a model whose config turns on an attention feature
+        the engine does not reproduce: :mod:`probes.models.adapters.modelled`. A family with
+        features of its own to refuse extends this."""
+        check_modelled(config)
 
     @classmethod
     def load_processor(cls, location: str, **kwargs: Any) -> Any:
