@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-fusionlens
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu-check clean test-compat
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,7 +18,7 @@ install: $(STAMP)
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --nbmake tests notebooks
+	$(PY) -m pytest -q --nbmake tests notebooks --ignore=tests/test_processors_torchvision.py
 
 # the main job on the embedded defaults: where does the image reach the answer in tiny-llava?
 demo: install
@@ -31,5 +31,38 @@ bench: install
 	$(PY) tests/bench_attention_evolution.py
 	$(PY) tests/bench_ray.py
 
+# the engine against its references and the benchmark table on the real 7B architectures (random
+# bf16 weights) on one CUDA GPU; never part of `make test`; without CUDA: one sentence, exit 2
+gpu-check: install
+	$(PY) -m tests.gpu_check
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lowest .venv-torchvision .pytest_cache .ruff_cache
+
+# The version matrix (not part of `make test`): the engine's consistency tests on the lowest
+# declared versions (.venv-lowest, constraints-lowest.txt) and with torchvision installed
+# (.venv-torchvision: torch 2.14.1 + torchvision 0.29.1, the rest newest), where transformers
+# takes its torchvision image processors and Qwen's stock processor; there the processor tests
+# must run, not skip. Deselected there: three tests that assert the torchvision-free path.
+COMPAT_TESTS := tests/test_run.py tests/test_attention.py tests/test_adapter_llava.py \
+	tests/test_adapter_llava_next.py tests/test_adapter_qwen2_5_vl.py tests/test_steer.py \
+	tests/test_tiny_llava.py
+TORCHVISION_FREE_ONLY := \
+	--deselect tests/test_adapter_llava_next.py::test_loads_through_registry_and_answers \
+	--deselect tests/test_adapter_qwen2_5_vl.py::test_loads_through_registry_and_answers \
+	--deselect tests/test_adapter_qwen2_5_vl.py::test_checkpoint_in_hub_layout_loads_without_torchvision
+
+.venv-lowest/.installed-fusionlens: pyproject.toml constraints-lowest.txt
+	test -x .venv-lowest/bin/python || python3 -m venv .venv-lowest
+	PIP_CONSTRAINT=$(CURDIR)/constraints-lowest.txt .venv-lowest/bin/python -m pip install -q -e . pytest
+	touch $@
+
+.venv-torchvision/.installed-fusionlens: pyproject.toml constraints-torchvision.txt
+	test -x .venv-torchvision/bin/python || python3 -m venv .venv-torchvision
+	PIP_CONSTRAINT=$(CURDIR)/constraints-torchvision.txt .venv-torchvision/bin/python -m pip install -q -e . pytest torchvision
+	touch $@
+
+test-compat: .venv-lowest/.installed-fusionlens .venv-torchvision/.installed-fusionlens
+	.venv-lowest/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
+	FUSIONLENS_REQUIRE_TORCHVISION=1 .venv-torchvision/bin/python -m pytest -q -p no:cacheprovider \
+		$(COMPAT_TESTS) tests/test_processors_torchvision.py $(TORCHVISION_FREE_ONLY)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+from transformers.utils import is_torchvision_available
 
 from probes.errors import UserError
 from probes.models.adapters.base import Adapter, size_field
@@ -68,7 +69,10 @@ class Qwen2_5_VLAdapter(Adapter):
 
     @classmethod
     def load_processor(cls, location: str, **kwargs: Any) -> Any:
-        # the stock Qwen processor insists on a video processor, which needs torchvision
+        # the stock Qwen processor insists on a video processor, which needs torchvision: with
+        # torchvision the checkpoint's own processor is used, without it the image-only one
+        if is_torchvision_available():
+            return super().load_processor(location, **kwargs)
         return QwenImageOnlyProcessor.from_pretrained(location, **kwargs)
 
     def image_layout(self, image_size: tuple[int, int]) -> ImageLayout:
