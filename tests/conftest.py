@@ -29,15 +29,29 @@ DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 # analyses and figures prints nothing); a library that adds one is let through by this rule.
 
 
+# Packages whose frames only pass a call on (module call machinery, hooks, tracing): a
+# deprecation raised by library X is still our call when our code called X through them.
+PASS_THROUGH = {"torch", "accelerate", "nnsight", "warnings", "functools", "contextlib"}
+
+
 def _our_call_site(frame) -> str | None:
     """``file:line`` of the innermost frame of probes, analyses or figures on the stack from
-    ``frame`` outwards, or None when there is none or a library import runs in between."""
+    ``frame`` outwards, when our code called the library that warns (through call machinery
+    only: ``PASS_THROUGH``); None when there is none, when another library stands in between
+    (seaborn's own use of a deprecated matplotlib call is seaborn's, not ours), or when a
+    library import runs in between."""
+    warner = None
     while frame is not None:
-        module = frame.f_globals.get("__name__") or ""
-        if module.partition(".")[0] in OUR_PACKAGES:
+        package = (frame.f_globals.get("__name__") or "").partition(".")[0]
+        if package in OUR_PACKAGES:
             return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         if frame.f_code.co_name == "<module>":  # a module's import is running: not our call
             return None
+        if package not in PASS_THROUGH:
+            if warner is None:
+                warner = package
+            elif package != warner:  # a library calling another library
+                return None
         frame = frame.f_back
     return None
 
