@@ -16,6 +16,7 @@ same units and gives exactly the same records.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +74,7 @@ class Plan:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-class Analysis:
+class Analysis(ABC):
     """Base of every analysis the runner runs. Subclasses set ``name`` and ``passes``, keep
     their config, and implement :meth:`measure` and :meth:`aggregate` (and :meth:`plan` for
     a second pass). Instances are pickled to workers: keep them to config values."""
@@ -81,13 +82,14 @@ class Analysis:
     name: str = ""
     passes: tuple[Pass, ...] = (Pass("samples"),)
 
+    @abstractmethod
     def recorded(self) -> dict[str, Any]:
         """The config as it goes into ``summary.json`` and the run's key (what decides the
         numbers)."""
-        raise NotImplementedError
 
     def validate(self, num_layers: int) -> None:
         """Raise a UserError for a config this model cannot run (before any work)."""
+        return None  # default: every config runs
 
     def plan(self, step: str, candidates: list[int], earlier: Mapping[str, Records]) -> Plan:
         """The samples pass ``step`` measures among ``candidates`` (this shard's samples, or
@@ -97,17 +99,18 @@ class Analysis:
 
     def warm_up(self, loaded, dataset) -> None:
         """Called once per worker before its first unit (e.g. to allocate before timing)."""
+        return None  # default: nothing to prepare
 
+    @abstractmethod
     def measure(self, step: str, loaded, samples: Sequence, indices: Sequence[int],
                 context: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One record per sample of the unit (``samples[k]`` is dataset sample
         ``indices[k]``): numbers, booleans, strings or arrays of them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def aggregate(self, records: Mapping[str, Records], info: RunInfo):
         """The run's :class:`~analyses.results.RunResult` from every pass's records (sample
         index -> record, ascending; failed samples absent)."""
-        raise NotImplementedError
 
     def table(self, summary: Mapping[str, Any]) -> str:
         """The short table the CLI prints."""
