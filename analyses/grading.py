@@ -28,7 +28,7 @@ def grade(loaded: LoadedModel, samples: Sequence, batch_size: int = 128,
     batches = range(0, len(samples), batch_size)
     for start in tqdm(batches, disable=not progress, desc="answering", unit="batch"):
         chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-        answers = answer_questions(loaded, [s.image for s in chunk], [s.question for s in chunk],
+        answers = answer_questions(loaded, [s.image for s in chunk], [s.ask for s in chunk],
                                    max_new_tokens=max_new_tokens)
         correct += [is_correct(a.text, s) for a, s in zip(answers, chunk)]
     return correct

@@ -102,7 +102,7 @@ def record_sample(loaded: LoadedModel, sample, heads: bool = False, keep_clean: 
     KV cache serves a second decoding pass; with ``keep_clean=False`` a plain forward without
     cache or hidden states records the maps and None is returned), the token groups and the
     model inputs."""
-    inputs = loaded.adapter.build_inputs([sample.image], [sample.question])
+    inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
     inputs = inputs.to(loaded.device, loaded.dtype)
     groups = token_groups(loaded.adapter, inputs)
     recorder = recorder_for(groups, heads)

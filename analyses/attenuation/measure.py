@@ -120,7 +120,7 @@ def target_area(sample) -> float:
 def measure_sample(loaded: LoadedModel, sample) -> SampleCurves:
     """The curves of one sample (see the module docstring)."""
     adapter, model = loaded.adapter, loaded.model
-    inputs = adapter.build_inputs([sample.image], [sample.question]).to(loaded.device, loaded.dtype)
+    inputs = adapter.build_inputs([sample.image], [sample.ask]).to(loaded.device, loaded.dtype)
     visible = has_region(sample)
     groups = sample_groups(loaded, inputs, sample) if visible else token_groups(adapter, inputs)
     last, question = groups.last, groups.question

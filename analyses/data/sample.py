@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -72,6 +74,15 @@ class Sample:
     None where a dataset has no pixel annotation. ``image_id`` is shared by all questions on
     the same image, so features of one image can be computed once. Treat ``image`` as
     read-only: datasets may hand the same cached object to several samples.
+
+    Benchmarks fill the rest: ``answer`` is the reference (for multiple-choice data the correct
+    option's letter, so the token an analysis measures is the letter); ``answers`` every
+    acceptable answer where there are several (TextVQA's ten); ``choices`` the option texts,
+    lettered A, B, ... in order; ``prompt`` the text the model is asked (the benchmark's
+    prompt rendered for the model's family; empty means the bare question); ``scorer`` the
+    name of the rule in :mod:`analyses.scoring` that grades a reply; ``kind`` the category
+    results are broken down by; ``meta`` whatever else the source holds (a split, an original
+    box, a question type).
     """
 
     id: str
@@ -84,6 +95,21 @@ class Sample:
     mask: np.ndarray | None
     dataset: str
     image_id: str = ""
+    answers: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    prompt: str = ""
+    scorer: str = "exact"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ask(self) -> str:
+        """The text the model is asked: the rendered :attr:`prompt`, else the question."""
+        return self.prompt or self.question
+
+    @property
+    def acceptable(self) -> tuple[str, ...]:
+        """Every acceptable reference answer (:attr:`answers`, else just :attr:`answer`)."""
+        return self.answers or (self.answer,)
 
     @property
     def target_boxes(self) -> tuple[Box, ...]:

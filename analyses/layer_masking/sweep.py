@@ -123,7 +123,7 @@ def sweep_sample(loaded: LoadedModel, sample, flows: Sequence[str], window: int,
     """The sweep of one sample (see the module docstring); equal to one full masked forward
     per condition (tests/test_layer_masking.py checks it), computed with the shared prefix."""
     num_layers = loaded.adapter.num_layers
-    inputs = loaded.adapter.build_inputs([sample.image], [sample.question])
+    inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
     inputs = inputs.to(loaded.device, loaded.dtype)
     groups = sample_groups(loaded, inputs, sample) if needs_region(flows) else \
         token_groups(loaded.adapter, inputs)

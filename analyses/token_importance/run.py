@@ -143,7 +143,7 @@ def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig) -> tuple[f
     and question, the faster of two alternating runs each."""
 
     def plain():
-        inputs = loaded.adapter.build_inputs([sample.image], [sample.question])
+        inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
         inputs = inputs.to(loaded.device, loaded.dtype)
         with torch.inference_mode():
             loaded.model.generate(**inputs.batch, max_new_tokens=config.max_new_tokens,
@@ -151,7 +151,7 @@ def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig) -> tuple[f
                                   pad_token_id=loaded.processor.tokenizer.pad_token_id)
 
     def aif():
-        aif_generate(loaded, sample.image, sample.question, config)
+        aif_generate(loaded, sample.image, sample.ask, config)
 
     plains, aifs = [], []
     for _ in range(2):
@@ -217,7 +217,7 @@ def sample_values(loaded: LoadedModel, sample, index: int,
     methods = config.methods
     values: dict[str, Any] = {}
     add = values.__setitem__
-    prepared = prepare(loaded, sample.image, sample.question, config.aif)
+    prepared = prepare(loaded, sample.image, sample.ask, config.aif)
     importance = prepared.importance
     rng = np.random.default_rng([config.seed, index])
     masks, ratio, normalized = method_masks(prepared, config, rng)

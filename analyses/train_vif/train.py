@@ -70,7 +70,7 @@ def freeze(loaded: LoadedModel) -> None:
 
 
 def batch_inputs(loaded: LoadedModel, samples: Sequence):
-    inputs = loaded.adapter.build_inputs([s.image for s in samples], [s.question for s in samples])
+    inputs = loaded.adapter.build_inputs([s.image for s in samples], [s.ask for s in samples])
     answers = torch.tensor([answer_token(loaded, s.answer) for s in samples])
     return inputs.to(loaded.device, loaded.dtype), answers.to(loaded.device)
 
@@ -124,7 +124,7 @@ def evaluate_batch(loaded: LoadedModel, module: VIF, samples: Sequence,
     with the patches' centres in 0..1. The batch is answered together, as one unit."""
     module.eval()
     clean = grade(loaded, samples, batch_size=max(1, len(samples)))
-    inputs = loaded.adapter.build_inputs([s.image for s in samples], [s.question for s in samples])
+    inputs = loaded.adapter.build_inputs([s.image for s in samples], [s.ask for s in samples])
     inputs = inputs.to(loaded.device, loaded.dtype)
     with torch.inference_mode(), VIFSession(loaded, module, inputs, alpha=alpha) as session:
         output = loaded.model.generate(**inputs.batch, max_new_tokens=4, do_sample=False,
