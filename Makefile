@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-fusionlens
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test demo bench gpu-check clean test-compat
+.PHONY: install test demo bench gpu-check clean test-compat compat-envs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -62,7 +62,9 @@ TORCHVISION_FREE_ONLY := \
 	PIP_CONSTRAINT=$(CURDIR)/constraints-torchvision.txt .venv-torchvision/bin/python -m pip install -q -e . pytest torchvision
 	touch $@
 
-test-compat: .venv-lowest/.installed-fusionlens .venv-torchvision/.installed-fusionlens
+compat-envs: .venv-lowest/.installed-fusionlens .venv-torchvision/.installed-fusionlens
+
+test-compat: compat-envs
 	.venv-lowest/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
 	FUSIONLENS_REQUIRE_TORCHVISION=1 .venv-torchvision/bin/python -m pytest -q -p no:cacheprovider \
 		$(COMPAT_TESTS) tests/test_processors_torchvision.py $(TORCHVISION_FREE_ONLY)
