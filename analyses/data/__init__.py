@@ -1,4 +1,6 @@
-"""Datasets for fusionlens: easy-VQA and a generated fine-grained set, one Sample type.
+"""Datasets for fusionlens: easy-VQA, a generated fine-grained set, public benchmarks read
+offline (V*, MMStar, RealWorldQA, TextVQA, CountBench, POPE, GQA, RefCOCO/+/g) and users' own
+files, one Sample type.
 
 >>> from analyses.data import load_dataset
 >>> sample = load_dataset("easy-vqa", "test", limit=1)[0]
@@ -8,6 +10,7 @@
 
 from analyses.data.dataset import Dataset
 from analyses.data.palette import COLORS, SHAPES
+from analyses.data.prompts import default_template
 from analyses.data.registry import available_datasets, load_dataset, register_dataset, vocabulary
 from analyses.data.sample import Box, Sample
 
@@ -18,6 +21,7 @@ __all__ = [
     "Dataset",
     "Sample",
     "available_datasets",
+    "default_template",
     "load_dataset",
     "register_dataset",
     "vocabulary",

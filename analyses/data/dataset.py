@@ -14,6 +14,9 @@ only ``(question, answer)``, so vocabularies are collected without decoding any 
 (3, 'toy/2', ('is it red ?', 'no'))
 >>> ds.fingerprint() == Dataset("toy", "test", {}, 3, make, None, content="v1").fingerprint()
 True
+>>> asked = ds.prompted("llava", "Q: {question} A:")
+>>> asked[0].prompt, asked.template, asked.fingerprint() == ds.fingerprint()
+('Q: is it red ? A:', 'Q: {question} A:', False)
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, overload
 
+from analyses.data.prompts import BARE, check_template, default_template, render
 from analyses.data.sample import Sample
 
 
@@ -43,6 +48,9 @@ class Dataset(Sequence[Sample]):
         make_sample: Callable[[int], Sample],
         make_text: Callable[[int], tuple[str, str]] | None = None,
         content: str = "",
+        *,
+        prompt_style: str = "plain",
+        source: str = "",
     ) -> None:
         self.name = name
         self.split = split
@@ -51,6 +59,11 @@ class Dataset(Sequence[Sample]):
         self._make_sample = make_sample
         self._make_text = make_text
         self._content = content
+        self.prompt_style = prompt_style  # which reference prompts apply (analyses.data.prompts)
+        self.source = source  # where the data was read from (a file, a folder, a hub id)
+        self.spec = name  # what load_dataset reloads it from ("pope", "pope:/dir", a path)
+        self.template: str | None = None  # the prompt template, once prompted()
+        self._unprompted = (make_sample, content)  # what prompted() starts from
 
     def __len__(self) -> int:
         return self._length
@@ -79,6 +92,31 @@ class Dataset(Sequence[Sample]):
         if self._make_text is None:
             return ((s.question, s.answer) for s in self)
         return (self._make_text(i) for i in range(self._length))
+
+    def prompted(self, family: str | None, template: str | None = None) -> Dataset:
+        """The same samples with :attr:`Sample.prompt` rendered for a model ``family``.
+
+        ``template`` (placeholders ``{question}``, ``{choices}``) overrides the dataset's
+        reference prompt (:func:`analyses.data.prompts.default_template`). The fingerprint
+        includes the template, except for the bare ``{question}``: asking the question as it
+        is leaves the data as it was.
+        """
+        chosen = check_template(template) if template is not None else None
+        chosen = chosen or default_template(self, family)
+        make_sample, base_content = self._unprompted
+
+        def make_prompted(index: int) -> Sample:
+            sample = make_sample(index)
+            return replace(sample, prompt=render(chosen, sample.question, sample.choices))
+
+        content = base_content if chosen == BARE else f"{base_content}\nprompt: {chosen}"
+        prompted = Dataset(
+            self.name, self.split, self.params, self._length, make_prompted, self._make_text,
+            content, prompt_style=self.prompt_style, source=self.source,
+        )
+        prompted.template, prompted.spec = chosen, self.spec
+        prompted._unprompted = self._unprompted
+        return prompted
 
     def fingerprint(self) -> str:
         """A stable 16-hex-digit hash of name, split, params, length and content."""

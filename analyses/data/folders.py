@@ -1,0 +1,154 @@
+"""Benchmarks released as folders of images and JSON, with object boxes: the original V*
+release and GQA with its scene graphs.
+
+- V* (``craigwu/vstar_bench``): ``test_questions.jsonl`` (image path, question text with
+  lettered options, ``label`` = the correct letter, ``category``) and per image ``sa_N.json``
+  with ``bbox`` = ``[x, y, w, h]`` of each target object: the target boxes. Without the jsonl,
+  the per-item JSON's ``options`` are the choices (``options[0]`` is the correct one: answer A).
+- GQA: ``{split}_balanced_questions.json`` + ``{split}_sceneGraphs.json`` (train and val have
+  scene graphs) + ``images/{imageId}.jpg``. Every object of the image's scene graph is a box;
+  the objects the question names (``annotations`` by word position, then ``semantic[].argument``
+  ``"name (objId)"``) are its targets, in that order; ``kind`` is ``types.detailed``.
+
+>>> named_objects({"annotations": {"question": {"5": "12", "2:4": "7,9"}, "answer": {}},
+...                "semantic": [{"argument": "jar (3)"}, {"argument": "_"}, {"argument": "x (7)"}]})
+['7', '9', '12', '3']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from analyses.data.benchmarks import split_options
+from analyses.data.boxes import xywh_to_xyxy
+from analyses.data.dataset import Dataset
+from analyses.data.records import Record, records_dataset
+from analyses.data.tabular import decode_image, read_jsonl
+from probes.errors import UserError
+
+GQA_DOWNLOAD = "https://cs.stanford.edu/people/dorarad/gqa/download.html"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}.") from err
+
+
+def _vstar_item(root: Path, image: str) -> tuple[tuple, dict]:
+    """Target boxes and annotation of one V* image from its ``.json`` (none if missing)."""
+    item_path = (root / image).with_suffix(".json")
+    if not item_path.is_file():
+        return (), {}
+    item = _read_json(item_path)
+    boxes = tuple(xywh_to_xyxy(b) for b in item.get("bbox", []))
+    return boxes, {"bbox": item.get("bbox", []), "target_object": item.get("target_object", [])}
+
+
+def load_vstar_folder(root: Path, split: str | None, limit: int | None,
+                      source: str = "") -> Dataset:
+    """V* from its original release folder, target boxes included."""
+    if split not in (None, "test"):
+        raise UserError(f"vstar has one split, test, not {split!r}.")
+    records, images = [], []
+    if (root / "test_questions.jsonl").is_file():
+        table = read_jsonl(root / "test_questions.jsonl")
+        table.require("image", "text", "label")
+        for i, text in enumerate(table.column("text")):
+            image = table.raw_image(i)
+            question, choices = split_options(text)
+            boxes, meta = _vstar_item(root, image)
+            category = table.column("category")[i] if table.has("category") else "vstar"
+            qid = table.column("question_id")[i] if table.has("question_id") else i
+            meta = {**meta, "question_id": qid, "category": category, "image": image}
+            records.append(Record(f"vstar/test/{qid}", question,
+                                  str(table.column("label")[i]).strip().upper(), category,
+                                  "choice", choices=choices, boxes=boxes,
+                                  target=tuple(range(len(boxes))), meta=meta))
+            images.append(image)
+    else:
+        for category in ("direct_attributes", "relative_position"):
+            for item_path in sorted((root / category).glob("*.json")):
+                item = _read_json(item_path)
+                image = f"{category}/{item_path.stem}.jpg"
+                boxes, meta = _vstar_item(root, image)
+                records.append(Record(f"vstar/test/{category}/{item_path.stem}",
+                                      item["question"], "A", category, "choice",
+                                      choices=tuple(item["options"]), boxes=boxes,
+                                      target=tuple(range(len(boxes))),
+                                      meta={**meta, "category": category, "image": image}))
+                images.append(image)
+    records, images = records[:limit], images[:limit]
+    return records_dataset(
+        "vstar", "test", records,
+        lambda i: decode_image(images[i], root, f"vstar sample {records[i].id}"),
+        prompt_style="vstar", source=source or str(root),
+    )
+
+
+def _ids(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip().isdigit()]
+
+
+def named_objects(question: dict) -> list[str]:
+    """Object ids a GQA question names: by word position in the question, then in its
+    program (``semantic``), then in its answers; without repeats."""
+    annotations = question.get("annotations") or {}
+    in_words = sorted((annotations.get("question") or {}).items(),
+                      key=lambda item: int(item[0].split(":")[0]))
+    found = [i for _, ids in in_words for i in _ids(ids)]
+    for step in question.get("semantic") or []:
+        for ids in re.findall(r"\(([\d,\s]+)\)", str(step.get("argument", ""))):
+            found.extend(_ids(ids))
+    for part in ("answer", "fullAnswer"):
+        for ids in (annotations.get(part) or {}).values():
+            found.extend(_ids(ids))
+    return list(dict.fromkeys(found))
+
+
+def load_gqa(split: str | None = None, limit: int | None = None, path: str | None = None
+             ) -> Dataset:
+    """GQA questions of ``split`` (default val) with the boxes of the objects they name."""
+    if path is None:
+        raise UserError(
+            "gqa with object boxes is read from its files: pass --data gqa:DIR, DIR holding "
+            f"val_balanced_questions.json, val_sceneGraphs.json and images/ (from {GQA_DOWNLOAD})."
+        )
+    root, split = Path(path), split or "val"
+    if not root.is_dir():
+        raise UserError(f"there is no folder {root}.")
+    questions_path = root / f"{split}_balanced_questions.json"
+    graphs_path = root / f"{split}_sceneGraphs.json"
+    for needed in (questions_path, graphs_path):
+        if not needed.is_file():
+            raise UserError(f"GQA {split} needs {needed.name} in {root} (only train and val "
+                            f"have scene graphs; see {GQA_DOWNLOAD}).")
+    questions, graphs = _read_json(questions_path), _read_json(graphs_path)
+    images_dir = root / "images" if (root / "images").is_dir() else root
+    records = []
+    for qid, question in questions.items():
+        if limit is not None and len(records) >= limit:
+            break
+        image_id = str(question["imageId"])
+        objects = (graphs.get(image_id) or {}).get("objects", {})
+        order = list(objects)
+        boxes = tuple(xywh_to_xyxy([o["x"], o["y"], o["w"], o["h"]]) for o in objects.values())
+        named = [i for i in named_objects(question) if i in objects]
+        types = question.get("types") or {}
+        meta = {"question_id": qid, "image_id": image_id, "types": types, "split": split,
+                "full_answer": question.get("fullAnswer", ""), "objects": named,
+                "object_names": [objects[i]["name"] for i in named]}
+        records.append(Record(f"gqa/{split}/{qid}", question["question"], question["answer"],
+                              types.get("detailed", "gqa"), "gqa", boxes=boxes,
+                              target=tuple(order.index(i) for i in named),
+                              image_key=f"gqa/{image_id}", meta=meta))
+    return records_dataset(
+        "gqa", split, records,
+        lambda i: decode_image(f"{records[i].meta['image_id']}.jpg", images_dir,
+                               f"gqa sample {records[i].id}"),
+        prompt_style="gqa", source=str(root),
+    )

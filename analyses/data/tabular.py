@@ -1,0 +1,199 @@
+"""Rows of parquet, Arrow (``datasets`` ``save_to_disk``), JSON-lines and CSV files as a
+:class:`Table`: every column but the image read at once (text is small), each image read from
+disk and decoded only when its row is asked for.
+
+Parquet images are read one row group at a time with only the image column (column
+projection), so a 5,000-row file asked for 20 rows reads the image bytes of those rows' row
+groups and decodes 20 images. An image cell is what the file holds: a struct ``{bytes, path}``
+(the ``datasets`` Image feature), raw bytes, or a path relative to the file's folder.
+
+>>> import json, tempfile
+>>> from pathlib import Path
+>>> folder = Path(tempfile.mkdtemp())
+>>> _ = (folder / "rows.jsonl").write_text(json.dumps({"image": "a.png", "question": "q?"}) + "\\n")
+>>> table = read_table(folder / "rows.jsonl")
+>>> len(table), table.column("question"), table.raw_image(0)
+(1, ['q?'], 'a.png')
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from probes.errors import UserError
+
+IMAGE = "image"
+SUFFIXES = (".jsonl", ".csv", ".parquet", ".arrow")
+
+
+class Table:
+    """``length`` rows: ``columns`` (name -> one Python value per row) and ``raw_image(i)``,
+    the undecoded image cell of row i, read on demand. ``base`` is the folder relative image
+    paths start from; ``name`` says where the rows came from in error messages."""
+
+    def __init__(
+        self,
+        columns: dict[str, list[Any]],
+        raw_image: Callable[[int], Any] | None,
+        length: int,
+        base: Path,
+        name: str,
+    ) -> None:
+        self.columns = columns
+        self._raw_image = raw_image
+        self.length = length
+        self.base = base
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.length
+
+    def has(self, column: str) -> bool:
+        return (column == IMAGE and self._raw_image is not None) or column in self.columns
+
+    def column(self, name: str) -> list[Any]:
+        return self.columns[name]
+
+    def require(self, *names: str) -> None:
+        """UserError naming the first of ``names`` the table lacks."""
+        for name in names:
+            if not self.has(name):
+                present = ", ".join(sorted({*self.columns, *[IMAGE] * self.has(IMAGE)}))
+                raise UserError(
+                    f"{self.name} has no column {name!r} (it has: {present or 'no columns'})."
+                )
+
+    def raw_image(self, index: int) -> Any:
+        if self._raw_image is None:
+            raise UserError(f"{self.name} has no column 'image'.")
+        return self._raw_image(index)
+
+    def take(self, indices: Sequence[int]) -> Table:
+        """The rows ``indices``, in that order."""
+        chosen = list(indices)
+        columns = {name: [values[i] for i in chosen] for name, values in self.columns.items()}
+        raw = None if self._raw_image is None else (lambda i: self._raw_image(chosen[i]))
+        return Table(columns, raw, len(chosen), self.base, self.name)
+
+
+def concat(tables: Sequence[Table], name: str) -> Table:
+    """The rows of ``tables`` one after the other (a column missing from one reads None)."""
+    names = sorted({column for table in tables for column in table.columns})
+    columns = {n: [v for t in tables for v in t.columns.get(n, [None] * len(t))] for n in names}
+    owners = [(table, i) for table in tables for i in range(len(table))]
+
+    def raw(index: int) -> Any:
+        table, row = owners[index]
+        return table.raw_image(row)
+
+    base = tables[0].base if tables else Path(".")
+    return Table(columns, raw, len(owners), base, name)
+
+
+def decode_image(value: Any, base: Path, where: str) -> Image.Image:
+    """An image cell (struct ``{bytes, path}``, bytes, or a path) decoded to RGB."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            source: Any = io.BytesIO(bytes(value))
+        elif isinstance(value, str) and value:
+            source = base / value
+            if not source.is_file():
+                raise UserError(f"the image {str(source)!r} of {where} does not exist.")
+        else:
+            raise UserError(f"{where} has no image.")
+        with Image.open(source) as opened:
+            return opened.convert("RGB")
+    except UnidentifiedImageError as err:
+        raise UserError(f"cannot read the image of {where}: no image format PIL knows.") from err
+    except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt files
+        raise UserError(f"cannot read the image of {where}: {err}.") from err
+
+
+def read_table(path: Path) -> Table:
+    """The rows of one ``.parquet``, ``.arrow``, ``.jsonl`` or ``.csv`` file."""
+    readers = {".parquet": read_parquet, ".arrow": read_arrow, ".jsonl": read_jsonl,
+               ".csv": read_csv}
+    if path.suffix not in readers:
+        raise UserError(f"cannot read {path}: use a {', '.join(SUFFIXES)} file.")
+    return readers[path.suffix](path)
+
+
+def read_parquet(path: Path) -> Table:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises its own ArrowInvalid / OSError subclasses
+        raise UserError(f"cannot read the parquet file {path}: {err}.") from err
+    names = [name for name in parquet.schema_arrow.names if name != IMAGE]
+    columns = {name: values for name, values in parquet.read(columns=names).to_pydict().items()}
+    where = []  # (row group, offset inside it) of every row
+    for group in range(parquet.metadata.num_row_groups):
+        where.extend((group, k) for k in range(parquet.metadata.row_group(group).num_rows))
+    cache: dict[int, Any] = {}  # the last row group's image column
+
+    def raw(index: int) -> Any:
+        group, offset = where[index]
+        if group not in cache:
+            cache.clear()
+            cache[group] = parquet.read_row_group(group, columns=[IMAGE]).column(0)
+        return cache[group][offset].as_py()
+
+    has_image = IMAGE in parquet.schema_arrow.names
+    return Table(columns, raw if has_image else None, len(where), path.parent, path.name)
+
+
+def read_arrow(path: Path) -> Table:
+    """An Arrow IPC stream file as ``datasets`` writes it; memory-mapped, so an image's bytes
+    are read from disk only when its row is asked for."""
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+    except Exception as err:  # pyarrow raises its own ArrowInvalid / OSError subclasses
+        raise UserError(f"cannot read the Arrow file {path}: {err}.") from err
+    names = [name for name in table.column_names if name != IMAGE]
+    columns = table.select(names).to_pydict()
+    images = table.column(IMAGE) if IMAGE in table.column_names else None
+    raw = None if images is None else (lambda index: images[index].as_py())
+    return Table(columns, raw, table.num_rows, path.parent, path.name)
+
+
+def _rows_table(rows: list[dict[str, Any]], path: Path) -> Table:
+    names = sorted({name for row in rows for name in row})
+    # image paths are text: kept as a column too (cheap), read as images on demand
+    columns = {name: [row.get(name) for row in rows] for name in names}
+    images = [row.get(IMAGE) for row in rows]
+    raw = (lambda index: images[index]) if any(IMAGE in row for row in rows) else None
+    return Table(columns, raw, len(rows), path.parent, path.name)
+
+
+def read_jsonl(path: Path) -> Table:
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"line {number} of {path} is not JSON: {err.msg}.") from err
+            if not isinstance(row, dict):
+                raise UserError(f"line {number} of {path} is not a JSON object.")
+            rows.append(row)
+    return _rows_table(rows, path)
+
+
+def read_csv(path: Path) -> Table:
+    with path.open(encoding="utf-8", newline="") as lines:
+        rows = [dict(row) for row in csv.DictReader(lines)]
+    return _rows_table(rows, path)
