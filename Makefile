@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: install
+# lmms-eval's wheel, the reference harness tests/test_scoring_reference.py grades against: only
+# downloaded (its scoring modules are loaded from the zip by file path), never installed
+LMMS_EVAL_WHEEL := .cache/wheels/lmms_eval-0.7.3-py3-none-any.whl
+$(LMMS_EVAL_WHEEL): | $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary :all: lmms-eval==0.7.3 -d $(@D)
+
+test: install $(LMMS_EVAL_WHEEL)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --nbmake tests notebooks --ignore=tests/test_processors_torchvision.py
 
@@ -46,7 +52,7 @@ clean:
 # must run, not skip. Deselected there: three tests that assert the torchvision-free path.
 COMPAT_TESTS := tests/test_run.py tests/test_attention.py tests/test_adapter_llava.py \
 	tests/test_adapter_llava_next.py tests/test_adapter_qwen2_5_vl.py tests/test_steer.py \
-	tests/test_tiny_llava.py
+	tests/test_tiny_llava.py tests/test_nnsight_engine.py
 TORCHVISION_FREE_ONLY := \
 	--deselect tests/test_adapter_llava_next.py::test_loads_through_registry_and_answers \
 	--deselect tests/test_adapter_qwen2_5_vl.py::test_loads_through_registry_and_answers \

@@ -12,13 +12,16 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from analyses import scoring
 from probes.models.answer import answer_questions
 from probes.models.loading import LoadedModel
 
 
 def is_correct(answer: str, sample) -> bool:
-    """Exact match with the sample's reference answer after stripping and lower-casing."""
-    return answer.strip().lower() == sample.answer.strip().lower()
+    """Whether ``answer`` gets full credit by the sample's scoring rule
+    (:func:`analyses.scoring.is_correct`; the embedded datasets' "exact": the answer stripped
+    and lower-cased equals the reference likewise)."""
+    return scoring.is_correct(answer, sample)
 
 
 def grade(loaded: LoadedModel, samples: Sequence, batch_size: int = 128,

@@ -1,0 +1,282 @@
+"""analyses.scoring on its own: each rule against hand-worked cases and independent formulas,
+each intended deviation from lmms-eval on its own, the summaries, and Qwen2.5-VL's box frame
+against the image processor's own resize. (The comparison with the reference harness itself is
+tests/test_scoring_reference.py.)"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import image_with_box
+from PIL import Image
+from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from analyses import grading, scoring
+from analyses.data.sample import Box, Sample
+from analyses.scoring import BoxFrame, Verdict, frame_for, iou, judge, parse_box, summarize
+from probes.errors import UserError
+from probes.models.adapters import adapter_for
+
+MODULES = ["analyses.scoring", "analyses.scoring.base", "analyses.scoring.choice",
+           "analyses.scoring.vqa", "analyses.scoring.rules", "analyses.scoring.boxes",
+           "analyses.scoring.summary"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def sample(answer="red", scorer="exact", **fields) -> Sample:
+    values = dict(id="t/0", image=Image.new("RGB", (8, 8)), question="q?", answer=answer,
+                  kind="k", boxes=(), target=(), mask=None, dataset="t", scorer=scorer)
+    values.update(fields)
+    return Sample(**values)
+
+
+# ---------------------------------------------------------------- exact: behaviour unchanged
+
+def test_exact_is_the_old_strip_lower_match():
+    words = ["red", "Red", " red ", "RED\n", "blue", "red.", "", "circle", "Circle "]
+    for reply, answer in itertools.product(words, words):
+        old = reply.strip().lower() == answer.strip().lower()
+        assert grading.is_correct(reply, sample(answer)) is old
+        assert scoring.is_correct(reply, sample(answer)) is old
+    assert grading.is_correct(" Red", SimpleNamespace(answer="red "))  # bare objects still work
+
+
+def test_exact_accepts_any_listed_answer():
+    multi = sample("grey", answers=("grey", "gray"))
+    assert judge("Gray", multi).score == 1.0 and judge("silver", multi).score == 0.0
+
+
+def test_unknown_rule_is_one_sentence():
+    with pytest.raises(UserError, match="unknown scoring rule 'bleu'; the known ones are"):
+        judge("x", sample(scorer="bleu"))
+
+
+# ---------------------------------------------------------------- multiple choice
+
+CHOICES = ("cotton", "wool", "silk", "linen")
+
+
+@pytest.mark.parametrize(("reply", "letter"), [
+    ("B", "B"), ("(C)", "C"), ("The answer is (D).", "D"), ("A. cotton", "A"),
+    ("I choose B", "B"), ("B or C? C", "B"), ("Maybe B, or rather C", "C"), ("  d  ", ""),
+    ("Answer: C", "C"),
+    ("Cotton", "A"),  # no letter: the option text names A (not C, as in lmms-eval)
+    ("Silky", ""), ("The answer is Wool", ""), ("", ""),  # text: whole reply only
+])
+def test_choice_letters(reply, letter):
+    verdict = judge(reply, sample("A", scorer="choice", choices=CHOICES))
+    assert verdict.prediction == letter
+    assert verdict.score == float(letter == "A")
+
+
+def test_choice_letters_follow_the_number_of_choices():
+    two = sample("B", scorer="choice", choices=("left", "right"))
+    assert judge("C", two).prediction == ""  # only A and B exist
+    assert judge("B", two).score == 1.0
+
+
+def test_realworldqa_open_answers():
+    open_ended = sample("Downhill", scorer="realworldqa")
+    assert judge("downhill.", open_ended).score == 1.0
+    assert judge("Downhill, mostly", open_ended).score == 0.0
+    assert judge("The answer is B.", sample("B", scorer="realworldqa")).score == 1.0
+    # options parsed short of the answer letter: A-D still apply, as in lmms-eval
+    assert judge("D", sample("D", scorer="realworldqa", choices=("x", "y"))).score == 1.0
+
+
+# ---------------------------------------------------------------- TextVQA
+
+def test_vqa_accuracy_formula_and_full_credit():
+    def by_formula(k: int) -> float:  # k of the 10 answers equal the reply
+        return (k * min(1, (k - 1) / 3) + (10 - k) * min(1, k / 3)) / 10
+    for k in range(11):
+        answers = ("Coca Cola",) * k + ("pepsi",) * (10 - k)
+        verdict = judge("coca-cola.", sample(answers[0], scorer="vqa", answers=answers))
+        assert verdict.score == pytest.approx(by_formula(k))
+        # correct = full credit: 4 matching humans; 3 give 0.9
+        assert scoring.is_correct("coca-cola.", sample(answers[0], scorer="vqa",
+                                                       answers=answers)) is (k >= 4)
+    assert by_formula(3) == pytest.approx(0.9)
+
+
+def test_vqa_normalisation_examples():
+    from analyses.scoring.vqa import normalize_answer
+    assert normalize_answer("Two dogs") == "2 dogs"
+    assert normalize_answer("dont stop") == "don't stop"
+    assert normalize_answer("The Beatles!") == "beatles"
+    assert normalize_answer("3.5") == "3.5" and normalize_answer("5.") == "5"
+    assert normalize_answer("coca-cola") == "coca cola" and normalize_answer("- x") == " x"[1:]
+
+
+# ---------------------------------------------------------------- CountBench, POPE, GQA
+
+@pytest.mark.parametrize(("reply", "score"), [
+    ("3", 1.0), ("three", 1.0), (" Three ", 1.0), ("3.", 1.0), ("3 apples", 0.0), ("4", 0.0),
+])
+def test_count(reply, score):
+    assert judge(reply, sample("3", scorer="count")).score == score
+
+
+def test_count_words_up_to_twenty():
+    assert judge("Twenty", sample("20", scorer="count")).score == 1.0
+    assert judge("none", sample("0", scorer="count")).score == 1.0
+
+
+def test_pope_is_llavas_rule_ignoring_case():
+    for reply, said in [("Yes", "yes"), ("No", "no"), ("NO", "no"), ("Not at all", "no"),
+                        ("Yes, there is a dog.", "yes"), ("no, no.", "no"),
+                        ("There is a cat. There is no dog.", "yes")]:
+        assert judge(reply, sample("yes", scorer="pope")).prediction == said
+
+
+def test_gqa_ignores_case_punctuation_and_spaces():
+    gqa = sample("t-shirt", scorer="gqa")
+    assert judge(" T-Shirt.\n", gqa).score == 1.0 and judge("tshirt", gqa).score == 1.0
+    assert judge("t shirt", gqa).score == 0.0
+
+
+# ---------------------------------------------------------------- summaries
+
+def test_summary_mean_and_per_kind():
+    samples = [sample(kind=k) for k in "aab"]
+    verdicts = [Verdict(1.0, "x"), Verdict(0.0, "y"), Verdict(0.0, "z")]
+    summary = summarize(samples, verdicts)
+    assert summary["summary"] == "mean" and summary["n"] == 3
+    assert summary["score"] == pytest.approx(1 / 3)
+    assert summary["per_kind"] == {"a": {"score": 0.5, "n": 2}, "b": {"score": 0.0, "n": 1}}
+
+
+def test_summary_is_chosen_by_dataset_then_rule():
+    assert scoring.summary_name([sample(scorer="choice", dataset="mmstar")]) == "macro"
+    assert scoring.summary_name([sample(scorer="choice", dataset="vstar")]) == "mean"
+    assert scoring.summary_name([sample(scorer="pope")]) == "pope"
+    with pytest.raises(UserError, match="one benchmark at a time"):
+        scoring.summary_name([sample(scorer="pope"), sample(scorer="exact")])
+    with pytest.raises(UserError, match="nothing to summarize"):
+        summarize([], [])
+
+
+def test_pope_summary_per_split_macro_f1():
+    gold = ["yes", "no", "yes", "no"]
+    samples = [sample(g, scorer="pope", kind=k) for g, k in zip(gold, ["r", "r", "a", "a"])]
+    said = ["yes", "yes", "no", "no"]  # random: TP, FP; adversarial: FN, TN
+    summary = summarize(samples, [judge(s, x) for s, x in zip(said, samples)])
+    assert summary["per_kind"]["r"]["f1"] == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert summary["per_kind"]["a"]["f1"] == 0.0  # no true positive: precision = recall = 0
+    assert summary["score"] == pytest.approx((2 / 3 + 0) / 2)
+    assert summary["yes_share"] == 0.5 and summary["accuracy"] == 0.5
+
+
+# ---------------------------------------------------------------- grounding
+
+def test_parse_box_variants():
+    assert parse_box('[{"bbox_2d": [10, 20, 30, 40], "label": "dog"}]') == (10, 20, 30, 40)
+    assert parse_box('```json\n[\n  {"bbox_2d": [1.5, 2, 3, 4]}\n]\n```') == (1.5, 2, 3, 4)
+    assert parse_box("[5, 6, 7, 8]") == (5, 6, 7, 8)
+    assert parse_box('[{"bbox_2d": [10, 20, 30, 40], "label": "do') == (10, 20, 30, 40)
+    assert parse_box('{"label": "a", "bbox_2d": [1, 2, 3, 4]}') == (1, 2, 3, 4)
+    assert parse_box("a dog on the left") is None
+
+
+def test_iou_by_hand():
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((5, 5, 5, 9), (0, 0, 10, 10)) == 0.0  # no area
+
+
+def grounding_sample(bbox, size=(200, 100), kind="val"):
+    return sample("a dog", scorer="refcoco", image=Image.new("RGB", size), kind=kind,
+                  meta={"bbox": bbox})
+
+
+def test_box_rule_maps_and_thresholds():
+    target = grounding_sample([50.0, 20.0, 100.0, 40.0])  # x, y, w, h -> (50, 20, 150, 60)
+    frame = BoxFrame(input_size=(100, 50), image_size=(200, 100))  # half size
+    hit = judge('[{"bbox_2d": [25, 10, 75, 30]}]', target, frame)
+    assert hit.score == 1.0 and hit.iou == pytest.approx(1.0)
+    miss = judge('[{"bbox_2d": [25, 10, 75, 30]}]', target)  # read as original pixels
+    assert miss.score == 0.0 and miss.iou == pytest.approx(iou((25, 10, 75, 30),
+                                                               (50, 20, 150, 60)))
+    assert judge("I cannot tell", target, frame) == Verdict(0.0, "", iou=0.0)
+    # without meta: the target Box (end-exclusive ints) is the reference
+    boxed = sample("x", scorer="refcoco", image=Image.new("RGB", (200, 100)),
+                   boxes=(Box(50, 20, 150, 60),), target=(0,))
+    assert judge("[50, 20, 150, 60]", boxed).iou == pytest.approx(1.0)
+
+
+def test_box_summary_per_split():
+    samples = [grounding_sample([0, 0, 10, 10], kind=k) for k in ["val", "val", "testA"]]
+    replies = ["[0, 0, 10, 10]", "[0, 0, 4, 10]", "[0, 0, 10, 10]"]
+    summary = summarize(samples, [judge(r, s) for r, s in zip(replies, samples)])
+    assert summary["per_kind"]["val"]["score"] == 0.5
+    assert summary["per_kind"]["val"]["mean_iou"] == pytest.approx((1 + 0.4) / 2)
+    assert summary["score"] == pytest.approx((0.5 + 1.0) / 2)  # mean over splits
+
+
+LMMS_BUDGET = {"min_pixels": 200704, "max_pixels": 1605632, "patch_size": 14, "merge_size": 2}
+
+
+def qwen_adapter(**budget):
+    return adapter_for(Qwen2_5_VLConfig(), Qwen2VLImageProcessorPil(**{**LMMS_BUDGET, **budget}))
+
+
+@pytest.mark.parametrize("size", [(640, 427), (2000, 1333), (300, 900)])
+def test_qwen_frame_is_the_processors_resized_input(size):
+    adapter = qwen_adapter()
+    out = adapter.image_processor(images=Image.new("RGB", size), return_tensors="pt")
+    _, rows, cols = out["image_grid_thw"][0].tolist()
+    assert frame_for(adapter, size) == BoxFrame((cols * 14, rows * 14), size)
+
+
+def _resized_pixels(out, processor) -> np.ndarray:
+    """The processor's resized image [H, W, 3] in 0..255, undoing Qwen's patchify."""
+    _, rows, cols = out["image_grid_thw"][0].tolist()
+    patch, merge, time = processor.patch_size, processor.merge_size, processor.temporal_patch_size
+    patches = out["pixel_values"].view(rows // merge, cols // merge, merge, merge, 3, time,
+                                       patch, patch)[:, :, :, :, :, 0]
+    image = patches.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, rows * patch, cols * patch)
+    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    return ((image * std + mean) * 255).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize(("size", "box"), [((320, 213), (50, 30, 210, 150)),
+                                           ((2000, 1333), (300, 500, 1500, 1200))])
+def test_box_in_resized_input_comes_back_as_the_original(size, box):
+    """Paint a box, let Qwen's processor resize the image, find the box in the resized pixels
+    (what the model sees, and the coordinates it answers in) and map it back."""
+    adapter = qwen_adapter()
+    processor = adapter.image_processor
+    out = processor(images=image_with_box(size, box), return_tensors="pt")
+    rgb = _resized_pixels(out, processor)
+    red = (rgb[..., 0] > 127) & (rgb[..., 1] < 128) & (rgb[..., 2] < 128)
+    ys, xs = np.nonzero(red)
+    seen = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    frame = frame_for(adapter, size)
+    assert frame.input_size == (rgb.shape[1], rgb.shape[0]) != size
+    reply = f'```json\n[{{"bbox_2d": {seen}, "label": "red box"}}]\n```'
+    original = sample("red box", scorer="refcoco", image=Image.new("RGB", size),
+                      boxes=(Box(*box),), target=(0,))
+    verdict = judge(reply, original, frame)
+    assert verdict.iou > 0.99 and verdict.score == 1.0, verdict
+    assert judge(reply, original).iou < 0.5  # unmapped, the box misses
+
+
+def test_frame_for_other_families():
+    qwen2 = adapter_for(Qwen2VLConfig(), Qwen2VLImageProcessorPil(**LMMS_BUDGET))
+    assert frame_for(qwen2, (640, 427)) == BoxFrame((1000, 1000), (640, 427))
+    with pytest.raises(UserError, match="grounding needs one of those"):
+        frame_for(SimpleNamespace(family="llava"), (640, 427))
