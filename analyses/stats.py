@@ -12,6 +12,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
     >>> [round(v, 4) for v in wilson_interval(45, 50)]
     [0.7864, 0.9565]
+    >>> wilson_interval(4, 4)[1], wilson_interval(0, 4)[0]  # exact ends, no rounding below p
+    (1.0, 0.0)
     """
     if n == 0:
         return (math.nan, math.nan)
@@ -19,7 +21,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the interval holds p; at p = 0 or 1 rounding would put an end a hair inside it
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def bootstrap_mean_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 0.95):
