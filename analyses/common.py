@@ -17,19 +17,43 @@ from probes.models.loading import LoadedModel, load_model
 DEFAULT_DATA = "easy-vqa"
 
 
-def load_data(name: str, split: str, limit: int | None) -> Dataset:
+def load_data(name: str, split: str | None, limit: int | None) -> Dataset:
+    """The dataset ``--data`` names (``split`` None: the source's default split). Several
+    names separated by commas are one dataset of their samples in turn, ``limit`` of each
+    (:func:`analyses.evaluate.suite.concatenate`)."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}.")
+    names = [part.strip() for part in name.split(",") if part.strip()]
+    if len(names) > 1:
+        from analyses.evaluate.suite import concatenate  # evaluate's benchmark suites
+
+        return concatenate([load_data(part, split, limit) for part in names])
+    if not names:
+        raise UserError("--data names no dataset.")
     try:
-        return load_dataset(name, split, limit=limit)
-    except ValueError as err:
-        raise UserError(str(err)) from err
+        if split is None:  # the source's own default split
+            return load_dataset(names[0], limit=limit)
+        return load_dataset(names[0], split, limit=limit)
+    except (ValueError, OSError) as err:
+        raise UserError(" ".join(str(err).split())) from err
+
+
+def prompt_data(dataset: Dataset, family: str, template: str | None = None) -> Dataset:
+    """``dataset`` with each sample's prompt rendered for a model ``family`` (the adapter's
+    ``family``): ``template`` (placeholders ``{question}``, ``{choices}``) or, when None, the
+    dataset's default for that family (:meth:`Dataset.prompted`)."""
+    try:
+        return dataset.prompted(family, template)
+    except (ValueError, KeyError) as err:
+        raise UserError(" ".join(str(err).split())) from err
 
 
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
     return load_model(args.model, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                      device_map=getattr(args, "device_map", None))
+                      device_map=getattr(args, "device_map", None),
+                      min_pixels=getattr(args, "min_pixels", None),
+                      max_pixels=getattr(args, "max_pixels", None))
 
 
 SMALL_WEIGHTS = 256 * 2**20  # weights up to this size are hashed whole (the embedded models)
@@ -41,8 +65,13 @@ def model_record(loaded: LoadedModel) -> dict[str, Any]:
     revision = getattr(loaded.model.config, "_commit_hash", None)
     if revision is None:
         revision = weights_revision(Path(loaded.source.location))
-    return {"id": loaded.model_id, "kind": loaded.source.kind, "revision": revision,
-            "dtype": str(loaded.dtype).removeprefix("torch."), "layers": loaded.adapter.num_layers}
+    record = {"id": loaded.model_id, "family": loaded.adapter.family,
+              "kind": loaded.source.kind, "revision": revision,
+              "dtype": str(loaded.dtype).removeprefix("torch."),
+              "layers": loaded.adapter.num_layers}
+    if hasattr(loaded.adapter, "pixel_budget"):  # a family that resizes into an area range
+        record["pixels"] = loaded.adapter.pixel_budget()
+    return record
 
 
 def weights_revision(directory: Path) -> str | None:
@@ -82,17 +111,43 @@ def weights_revision(directory: Path) -> str | None:
 
 
 def data_record(dataset: Dataset) -> dict[str, Any]:
+    """Which data a result is of; ``prompt``: the template the samples were prompted with
+    (:func:`prompt_data`; None for data used as loaded)."""
     return {"name": dataset.name, "split": dataset.split, "size": len(dataset),
-            "fingerprint": dataset.fingerprint()}
+            "fingerprint": dataset.fingerprint(), "prompt": prompt_record(dataset)}
+
+
+def prompt_record(dataset: Dataset) -> Any:
+    """The prompt template of a prompted dataset (its ``template``), else None."""
+    return getattr(dataset, "template", None)
+
+
+# analysis -> the function giving the extra text files of its result, by file name
+TEXT_FILES = {"evaluate": "analyses.evaluate.table:table_files"}
+
+
+def text_files(result) -> dict[str, str]:
+    """The extra text files an analysis writes next to its result (evaluate: its tables)."""
+    import importlib
+
+    where = TEXT_FILES.get(result.summary.get("analysis"))
+    if where is None:
+        return {}
+    module, _, function = where.partition(":")
+    return getattr(importlib.import_module(module), function)(result.summary)
 
 
 def write_run(result, out: Path, table: str) -> None:
-    """What every analysis CLI does with its result: save it, draw its figures (PNG + PDF) next
-    to it, print its table."""
+    """What every analysis CLI (and ``analyses.merge``) does with its result: save it, write
+    its extra text files (:func:`text_files`), draw its figures (PNG + PDF) next to it, print
+    its table."""
+    from analyses.results import write_atomic
     from figures.paper import draw_run  # drawing is the CLI's business, not the analysis's
     from figures.style import save
 
     result.save(out)
+    for name, text in text_files(result).items():
+        write_atomic(Path(out) / name, text.encode())
     for name, figure in draw_run(result).items():
         save(figure, out, name)
     sys.stdout.write(table + "\n")

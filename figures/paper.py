@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from analyses.results import RunResult
-from figures import attention_evolution, attenuation, layer_masking, token_importance, vif
+from figures import attention_evolution, attenuation, evaluate, layer_masking, token_importance, vif
 from figures.style import save
 from probes.cli import run_cli
 from probes.errors import UserError
@@ -24,6 +24,7 @@ DRAWERS: dict[str, Callable[[Mapping, Mapping], dict]] = {
     "token_importance": token_importance.draw_all,
     "attenuation": attenuation.draw_all,
     "train_vif": vif.draw_all,
+    "evaluate": evaluate.draw_all,
 }
 
 

@@ -1,5 +1,7 @@
 """Layer masking per sample: our sweep (flow + control at every layer, prefix shared, suffixes
-batched) against the naive way (one full masked forward per condition, batch 1), side by side.
+batched) against the naive way (one full masked forward per condition, batch 1), side by side,
+and the nnsight engine's sweep (``--engine nnsight``: full forwards in nnsight traces) next to
+both.
 
     make bench        (or: python tests/bench_layer_masking.py)
 
@@ -50,38 +52,52 @@ def naive_sweep(loaded, sample, seed: int, index: int) -> np.ndarray:
     return np.stack([flow, control])
 
 
-def bench(loaded, samples, label: str) -> dict:
-    ours_s = naive_s = 0.0
-    worst = 0.0
+def bench(loaded, samples, label: str) -> list[dict]:
+    """Rows: the fast engine against the naive way, and the nnsight engine (every condition a
+    full forward inside an nnsight trace, 8 conditions a trace) against both."""
+    ours_s = naive_s = nnsight_s = 0.0
+    worst = worst_nnsight = 0.0
     for index, sample in enumerate(samples):
         start = time.perf_counter()
         sweep = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8)
         ours_s += time.perf_counter() - start
         start = time.perf_counter()
+        traced = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8, engine="nnsight")
+        nnsight_s += time.perf_counter() - start
+        start = time.perf_counter()
         naive = naive_sweep(loaded, sample, 0, index)
         naive_s += time.perf_counter() - start
         worst = max(worst, float(np.abs(sweep.metrics[..., 1] - naive[..., 1]).max()))  # logits
-    if worst > 1e-3:
-        raise AssertionError(f"the sweep differs from the naive way by {worst} in logits")
+        worst_nnsight = max(worst_nnsight,
+                            float(np.abs(traced.metrics[..., 1] - naive[..., 1]).max()))
+    if max(worst, worst_nnsight) > 1e-3:
+        raise AssertionError(f"the sweep differs from the naive way by {worst} (fast) and "
+                             f"{worst_nnsight} (nnsight) in logits")
     n = len(samples)
-    return {"name": f"layer masking, one sample: flow + control at every layer ({label})",
-            "baseline": naive_s / n, "ours": ours_s / n, "unit": "s/sample",
-            "ratio": naive_s / ours_s,
-            "shape": f"{loaded.adapter.num_layers} layers, {n} samples, max |logit diff| {worst:.1e}"}
+    shape = f"{loaded.adapter.num_layers} layers, {n} samples"
+    name = f"layer masking, one sample: flow + control at every layer ({label})"
+    return [{"name": name, "baseline": naive_s / n, "ours": ours_s / n, "unit": "s/sample",
+             "ratio": naive_s / ours_s, "shape": f"{shape}, max |logit diff| {worst:.1e}"},
+            {"name": f"{name}, nnsight engine against the naive way", "baseline": naive_s / n,
+             "ours": nnsight_s / n, "unit": "s/sample", "ratio": naive_s / nnsight_s,
+             "shape": f"{shape}, max |logit diff| {worst_nnsight:.1e}"},
+            {"name": f"{name}, fast engine against the nnsight engine",
+             "baseline": nnsight_s / n, "ours": ours_s / n, "unit": "s/sample",
+             "ratio": nnsight_s / ours_s, "shape": shape}]
 
 
 def main() -> int:
     torch.set_num_threads(1)
-    rows = [bench(load_model("tiny-llava"), load_dataset("easy-vqa", "test", limit=20)[:20],
-                  "tiny-llava, easy-VQA")]
+    rows = bench(load_model("tiny-llava"), load_dataset("easy-vqa", "test", limit=20)[:20],
+                 "tiny-llava, easy-VQA")
     with tempfile.TemporaryDirectory() as directory:
         llava_15_shape(Path(directory))
         image = Image.new("RGB", (336, 336), (200, 30, 30))
         sample = Sample(id="bench/0", image=image, question=QUESTION, answer="", kind="bench",
                         boxes=(), target=(), mask=None, dataset="bench")
-        rows.append(bench(load_model(directory), [sample], "LLaVA-1.5 shape, 615 tokens"))
+        rows += bench(load_model(directory), [sample], "LLaVA-1.5 shape, 615 tokens")
     for row in rows:
-        sys.stdout.write(f"{row['name']}: naive {row['baseline']:.3f} s, ours {row['ours']:.3f} s, "
+        sys.stdout.write(f"{row['name']}: baseline {row['baseline']:.3f} s, ours {row['ours']:.3f} s, "
                          f"{row['ratio']:.1f}x ({row['shape']})\n")
     path = Path("bench-results.json")
     existing = json.loads(path.read_text()) if path.is_file() else []

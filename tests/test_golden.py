@@ -50,7 +50,10 @@ def assert_same(expected, actual, where: str) -> None:
 def intended(summary: dict) -> dict:
     """The saved summary with the changes the runner's refactor meant to make: every method
     comparison follows one contract (``analyses.stats.method_rows``), whose rows carry the
-    number correct and whose clean row has no p-value (two analyses wrote 1.0 or None)."""
+    number correct and whose clean row has no p-value (two analyses wrote 1.0 or None); and,
+    since real benchmark data, the model's family and the prompt template the data was asked
+    with are recorded (the embedded sets are asked the bare question; train_vif's training sets
+    are never prompted)."""
     def fix(rows):
         for row in rows:
             if "method" in row and "p_value_vs_clean" in row:
@@ -60,6 +63,10 @@ def intended(summary: dict) -> dict:
     for key in ("methods", "methods_by_kind"):
         if isinstance(summary.get(key), list):
             fix(summary[key])
+    summary["model"]["family"] = "llava"
+    summary["data"]["prompt"] = "{question}"
+    for record in summary.get("training", {}).get("data", []):
+        record["prompt"] = None
     return summary
 
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from analyses.attention_evolution.run import AttentionEvolution, EvolutionConfig
-from analyses.runner.cli import add_analysis_arguments, run_from_args
+from analyses.runner.cli import add_analysis_arguments, add_engine_argument, run_from_args
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.attention_evolution",
                                      description=__doc__.split("\n")[0])
     add_analysis_arguments(parser, DEFAULT_OUT)
+    add_engine_argument(parser)
     parser.add_argument("--heads", action="store_true", help="also keep every head's maps")
     parser.add_argument("--top-share", type=float, default=0.05,
                         help="a patch is high in a map when among its top share (default 0.05)")
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = EvolutionConfig(heads=args.heads, top_share=args.top_share,
                              sink_threshold=args.sink_threshold, examples=args.examples,
                              figure_layers=parse_layers(args.figure_layers, "--figure-layers"),
-                             n_bootstrap=args.bootstrap, seed=args.seed)
+                             n_bootstrap=args.bootstrap, seed=args.seed, engine=args.engine)
     run_from_args(AttentionEvolution(config), args)
     return 0
 

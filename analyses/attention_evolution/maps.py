@@ -96,23 +96,29 @@ def _normalise(values: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def record_sample(loaded: LoadedModel, sample, heads: bool = False, keep_clean: bool = True
-                  ) -> tuple[SampleMaps, CleanPass | None, TokenGroups, object]:
+def record_sample(loaded: LoadedModel, sample, heads: bool = False, keep_clean: bool = True,
+                  engine: str = "fast") -> tuple[SampleMaps, CleanPass | None, TokenGroups, object]:
     """The sample's maps, recorded during its clean pass; also returns that clean pass (its
     KV cache serves a second decoding pass; with ``keep_clean=False`` a plain forward without
     cache or hidden states records the maps and None is returned), the token groups and the
-    model inputs."""
+    model inputs. ``engine="nnsight"`` records inside an nnsight trace
+    (:func:`probes.nnsight.record`; no clean pass is kept)."""
     inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
     inputs = inputs.to(loaded.device, loaded.dtype)
     groups = token_groups(loaded.adapter, inputs)
     recorder = recorder_for(groups, heads)
-    attention.enable(loaded.model)
     clean = None
-    with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
-        if keep_clean:
-            clean = clean_pass(loaded, inputs)
-        else:
-            loaded.model(**inputs.batch, use_cache=False, logits_to_keep=1)
+    if engine == "nnsight":
+        from probes import nnsight
+
+        nnsight.record(loaded, inputs, recorder)
+    else:
+        attention.enable(loaded.model)
+        with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
+            if keep_clean:
+                clean = clean_pass(loaded, inputs)
+            else:
+                loaded.model(**inputs.batch, use_cache=False, logits_to_keep=1)
     maps, image_share, head_maps = maps_from_recording(recorder.maps, groups,
                                                        loaded.adapter.num_layers, heads)
     result = SampleMaps(maps, image_share, head_maps, relevant_patches(groups, sample),

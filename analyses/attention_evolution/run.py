@@ -25,6 +25,7 @@ from analyses.attention_evolution.scores import (
 )
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
+from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci
 from probes.errors import UserError
@@ -48,8 +49,10 @@ class EvolutionConfig:
     figure_layers: tuple[int, ...] | None = None  # None: up to 6 evenly spaced layers
     n_bootstrap: int = 2000
     seed: int = 0
+    engine: str = "fast"  # "fast" (probes.run) or "nnsight" (probes.nnsight): the same maps
 
     def validate(self, num_layers: int) -> None:
+        check_engine(self.engine)
         if not 0 < self.top_share < 1:
             raise UserError(f"--top-share must lie strictly between 0 and 1, not {self.top_share}.")
         if not 0 < self.sink_threshold <= 1:
@@ -124,7 +127,9 @@ class AttentionEvolution(Analysis):
                                       else tuple(layers)}))
 
     def recorded(self) -> dict[str, Any]:
-        return asdict(self.config)
+        recorded = asdict(self.config)
+        recorded.update(recorded_engine(recorded.pop("engine")))  # the default is not recorded
+        return recorded
 
     def validate(self, num_layers: int) -> None:
         self.config.validate(num_layers)
@@ -133,7 +138,8 @@ class AttentionEvolution(Analysis):
         return [self._sample_values(loaded, sample) for sample in samples]
 
     def _sample_values(self, loaded, sample) -> dict[str, Any]:
-        maps, _, groups, _ = record_sample(loaded, sample, self.config.heads, keep_clean=False)
+        maps, _, groups, _ = record_sample(loaded, sample, self.config.heads, keep_clean=False,
+                                           engine=self.config.engine)
         values = {"sample_id": sample.id, "kind": sample.kind, "maps": maps.maps,
                   "image_share": maps.image_share, "relevant": maps.relevant,
                   "scores": maps.scores(), "cells": maps.cells,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from analyses.layer_masking import DEFAULT_FLOWS, LayerMaskingConfig
 from analyses.layer_masking.run import LayerMasking
-from analyses.runner.cli import add_analysis_arguments, run_from_args
+from analyses.runner.cli import add_analysis_arguments, add_engine_argument, run_from_args
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/layer_masking"
@@ -20,6 +20,7 @@ def main_run(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.layer_masking",
                                      description=__doc__.split("\n")[0])
     add_analysis_arguments(parser, DEFAULT_OUT)
+    add_engine_argument(parser)
     parser.add_argument("--flows", default=";".join(DEFAULT_FLOWS),
                         help="flows to block, separated by ';' (default: image->question,last); "
                              "e.g. 'image->last;question->last;object->last'")
@@ -36,7 +37,8 @@ def main_run(argv: Sequence[str] | None) -> int:
     config = LayerMaskingConfig(flows=flows, window=args.window,
                                 samples="all" if args.all_samples else "correct",
                                 batch_size=args.batch_size, seed=args.seed,
-                                n_bootstrap=args.bootstrap, min_effect=args.min_effect)
+                                n_bootstrap=args.bootstrap, min_effect=args.min_effect,
+                                engine=args.engine)
     run_from_args(LayerMasking(config), args)
     return 0
 

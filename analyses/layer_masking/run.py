@@ -20,6 +20,7 @@ from analyses.layer_masking.findings import findings, series_names, significance
 from analyses.layer_masking.sweep import METRICS, has_region, needs_region, sweep_sample
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, LocalBackend, Pass, Plan, RunInfo, RunOptions, run
+from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
 from probes.errors import UserError
 from probes.masking import Knockout, parse_flows
@@ -48,8 +49,10 @@ class LayerMaskingConfig:
     n_bootstrap: int = 2000
     alpha: float = 0.05
     min_effect: float = 2.0  # smallest mean drop of p(answer), in %, that makes a fusion layer
+    engine: str = "fast"  # "fast" (probes.run) or "nnsight" (probes.nnsight): the same numbers
 
     def validate(self, num_layers: int) -> None:
+        check_engine(self.engine)
         if self.samples not in ("correct", "all"):
             raise UserError(f"samples must be 'correct' or 'all', not {self.samples!r}.")
         if not self.flows:
@@ -64,7 +67,9 @@ class LayerMaskingConfig:
             raise UserError(f"--batch-size must be at least 1, not {self.batch_size}.")
 
     def recorded(self) -> dict[str, Any]:
-        return asdict(self)
+        recorded = asdict(self)
+        recorded.update(recorded_engine(recorded.pop("engine")))  # the default is not recorded
+        return recorded
 
 
 class LayerMasking(Analysis):
@@ -141,7 +146,7 @@ def run_layer_masking(
 def _sample_values(loaded, sample, config: LayerMaskingConfig, index: int) -> dict[str, Any]:
     """One sample's sweep as the per-sample values of ``arrays.npz``."""
     sweep = sweep_sample(loaded, sample, config.flows, config.window, config.seed, index,
-                         config.batch_size)
+                         config.batch_size, config.engine)
     values = {"sample_index": index, "sample_id": sample.id, "kind": sample.kind,
               "answer_token": sweep.answer_token, "clean_probability": sweep.clean_probability,
               "flow_edges": sweep.flow_edges, "control_edges": sweep.control_edges}

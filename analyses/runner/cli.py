@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analyses.common import DEFAULT_DATA, load_data, load_model_from_args, write_run
+from analyses.common import DEFAULT_DATA, load_data, load_model_from_args, prompt_data, write_run
 from analyses.data import available_datasets
 from analyses.results import RunResult
 from analyses.runner.execute import LocalBackend, RunOptions, parse_shard, run
@@ -18,13 +18,20 @@ from probes.errors import UserError
 
 def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
                            default_batch_size: int = 32) -> None:
-    """``--model --device --dtype`` plus ``--data --split --limit --out --batch-size --seed
-    --resume`` and the runner's ``--shard --strict --overwrite --backend --workers
-    --gpus-per-worker``."""
+    """``--model --device --dtype --min-pixels --max-pixels`` plus ``--data --split --prompt
+    --limit --out --batch-size --seed --resume`` and the runner's ``--shard --strict
+    --overwrite --backend --workers --gpus-per-worker``."""
     add_model_arguments(parser)
+    add_pixel_arguments(parser)
     parser.add_argument("--data", default=DEFAULT_DATA,
-                        help=f"dataset: {', '.join(available_datasets())} (default: {DEFAULT_DATA})")
-    parser.add_argument("--split", default="test")
+                        help=f"dataset: {', '.join(available_datasets())}, a benchmark "
+                             "(NAME or NAME:PATH) or a file or folder of your own "
+                             f"(default: {DEFAULT_DATA})")
+    parser.add_argument("--split", default=None,
+                        help="the split to read (default: the source's default split)")
+    parser.add_argument("--prompt", default=None, metavar="TEMPLATE",
+                        help="the prompt template instead of the dataset's default for the "
+                             "model's family; placeholders {question} and {choices}")
     parser.add_argument("--limit", type=int, default=None, help="the first N samples only")
     parser.add_argument("--out", type=Path, default=Path(default_out),
                         help=f"directory for the result files (default: {default_out})")
@@ -34,6 +41,16 @@ def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out instead of starting over")
     add_runner_arguments(parser)
+
+
+def add_pixel_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--min-pixels --max-pixels``: the pixel budget of a family that has one (Qwen2.5-VL)."""
+    parser.add_argument("--min-pixels", type=int, default=None,
+                        help="Qwen2.5-VL: smallest image area after resizing, in pixels "
+                             "(default: the checkpoint's; lmms-eval uses 200704)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="Qwen2.5-VL: largest image area after resizing, in pixels "
+                             "(default: the checkpoint's; lmms-eval uses 1605632)")
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +80,12 @@ def make_backend(args: argparse.Namespace):
     if args.backend == "ray":
         from analyses.runner.ray_backend import RayBackend  # the extra's import is there
 
-        return RayBackend.from_args(args)
+        backend = RayBackend.from_args(args)
+        # what the workers need besides --model and --data: the pixel budget and the prompt
+        backend.model.update(min_pixels=getattr(args, "min_pixels", None),
+                             max_pixels=getattr(args, "max_pixels", None))
+        backend.data["prompt"] = getattr(args, "prompt", None)
+        return backend
     return LocalBackend(load_model_from_args(args))
 
 
@@ -83,14 +105,18 @@ def check_out_from_args(args: argparse.Namespace) -> None:
 
 
 def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) -> RunResult:
-    """Run ``analysis`` as its CLI's options say, save the result with its figures into
-    ``--out`` and print its table."""
+    """Run ``analysis`` as its CLI's options say on the data prompted for the model's family
+    (:func:`analyses.common.prompt_data`), save the result with its figures into ``--out``
+    and print its table."""
     options = options_from_args(args)
     check_out_from_args(args)  # before any loading: a bad --out costs nothing
     if dataset is None:
         dataset = load_data(args.data, args.split, args.limit)
     backend = make_backend(args)
     try:
+        # the samples are asked as the model's family is asked (or as --prompt says)
+        dataset = prompt_data(dataset, backend.model_record()["family"],
+                              getattr(args, "prompt", None))
         result = run(analysis, backend, dataset, options)
     finally:
         backend.close()
@@ -104,3 +130,30 @@ def failed_line(result: RunResult) -> str:
         return ""
     return (f"\n{len(failed)} sample(s) failed and were skipped (reasons in summary.json "
             f"'failed'), e.g. sample {failed[0]['index']}: {failed[0]['reason']}")
+
+
+ENGINES = ("fast", "nnsight")
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """``--engine {fast,nnsight}`` for an analysis that runs on either engine."""
+    parser.add_argument("--engine", default="fast", choices=ENGINES,
+                        help="fast: the probes' executor (shared prefix, registered attention "
+                             "function; default); nnsight: every condition a full forward "
+                             "inside an nnsight trace (probes.nnsight; needs nnsight>=0.8.1,<0.9)")
+
+
+def check_engine(engine: str) -> None:
+    """Refuse, in one sentence, an unknown engine or an nnsight outside the supported range."""
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}.")
+    if engine == "nnsight":
+        from probes.nnsight.version import check_version  # imports no nnsight
+
+        check_version()
+
+
+def recorded_engine(engine: str) -> dict[str, str]:
+    """The engine as it goes into a config's ``summary.json`` record: nothing for the default
+    (runs of the fast engine keep the files they always had), ``{"engine": name}`` otherwise."""
+    return {} if engine == "fast" else {"engine": engine}

@@ -86,11 +86,13 @@ class _Worker:
                 import torch
 
                 torch.set_num_threads(threads)
-            from analyses.common import load_data
+            from analyses.common import load_data, prompt_data
             from probes.models.loading import load_model
 
             self.loaded = load_model(**model)
-            self.dataset = load_data(data["name"], data["split"], data["limit"])
+            # the driver's data: prompted for this model's family (or as --prompt says)
+            self.dataset = prompt_data(load_data(data["name"], data["split"], data["limit"]),
+                                       self.loaded.adapter.family, data.get("prompt"))
         except Exception as error:  # raised again by every call
             self._error = error
 

@@ -17,6 +17,7 @@ ANALYSES = {
     "contrastive_attention": "analyses.contrastive_attention.run:ContrastiveAttention",
     "attenuation": "analyses.attenuation.run:Attenuation",
     "train_vif": "analyses.train_vif.run:VIFEvaluation",
+    "evaluate": "analyses.evaluate.run:Evaluate",
 }
 
 

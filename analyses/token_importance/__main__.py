@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from analyses.runner.cli import add_analysis_arguments, run_from_args
+from analyses.runner.cli import add_analysis_arguments, add_engine_argument, run_from_args
 from analyses.token_importance.aif import HEADS, SCANS, AIFConfig
 from analyses.token_importance.dynamics import DEFAULT_RATIOS
 from analyses.token_importance.run import TokenImportance, TokenImportanceConfig
@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analyses.token_importance",
                                      description=__doc__.split("\n")[0].split(": ", 1)[1])
     add_analysis_arguments(parser, DEFAULT_OUT, default_batch_size=1)
+    add_engine_argument(parser)
     parser.add_argument("--heads", default="mean", help=f"head aggregation: {', '.join(HEADS)}")
     parser.add_argument("--text-rows", default="question,last",
                         help="token groups whose rows are the text tokens (default: "
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                  "--fixed-ratios"),
                                    top_fraction=args.top_fraction,
                                    timed_samples=args.timed_samples, seed=args.seed,
-                                   n_bootstrap=args.bootstrap)
+                                   n_bootstrap=args.bootstrap, engine=args.engine)
     config.validate()  # bad options fail before the model loads
     run_from_args(TokenImportance(config), args)
     return 0

@@ -143,6 +143,7 @@ class Prepared:
     importance: TokenImportance
     config: AIFConfig
     one_shot: bool = False
+    engine: str = "fast"  # "nnsight": no clean pass; decodes run in nnsight traces
 
 
 @dataclass(frozen=True)
@@ -177,18 +178,26 @@ def build(loaded: LoadedModel, image: Image.Image, question: str) -> tuple[VLInp
 
 @torch.inference_mode()
 def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
-            config: AIFConfig = AIFConfig(), reserve: int = 0) -> tuple[TokenImportance, CleanPass]:
+            config: AIFConfig = AIFConfig(), reserve: int = 0, engine: str = "fast",
+            ) -> tuple[TokenImportance, CleanPass | None]:
     """The clean pass of one input with the token dynamics recorded on the way (``reserve``:
-    see :func:`probes.run.clean_pass`)."""
+    see :func:`probes.run.clean_pass`); ``engine="nnsight"`` records inside an nnsight trace
+    (:func:`probes.nnsight.record`) and keeps no clean pass (None)."""
     config.validate()
     positions, cells = image_patches(groups)
     rows = groups.get(config.text_rows)
     layers = loaded.adapter.num_layers
     recorder = AttentionRecorder(queries=rows, keys=positions, reduce=HEADS[config.heads],
                                  max_queries=True)
-    attention.enable(loaded.model)
-    with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
-        clean = clean_pass(loaded, inputs, reserve=reserve)
+    if engine == "nnsight":
+        from probes import nnsight
+
+        nnsight.record(loaded, inputs, recorder)
+        clean = None
+    else:
+        attention.enable(loaded.model)
+        with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
+            clean = clean_pass(loaded, inputs, reserve=reserve)
     dynamics = np.stack([recorder.maps[layer][0, 0, 0].double().cpu().numpy()
                          for layer in range(layers)], axis=1)  # [tokens, layers]
     entropy, mu = curve_entropy(dynamics), mean_attention(dynamics)
@@ -197,14 +206,15 @@ def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
 
 
 def prepare(loaded: LoadedModel, image: Image.Image, question: str,
-            config: AIFConfig = AIFConfig(), one_shot: bool = False) -> Prepared:
+            config: AIFConfig = AIFConfig(), one_shot: bool = False,
+            engine: str = "fast") -> Prepared:
     """Inputs, token groups, the clean pass and the token importance of one question.
     ``one_shot``: the clean pass keeps room for the one decode that follows to continue in
-    its buffers, which that decode then spends."""
+    its buffers, which that decode then spends. ``engine``: see :func:`profile`."""
     inputs, groups = build(loaded, image, question)
     reserve = config.max_new_tokens if one_shot else 0
-    importance, clean = profile(loaded, inputs, groups, config, reserve)
-    return Prepared(inputs, groups, clean, importance, config, one_shot)
+    importance, clean = profile(loaded, inputs, groups, config, reserve, engine)
+    return Prepared(inputs, groups, clean, importance, config, one_shot, engine)
 
 
 def knockout(loaded: LoadedModel, groups: TokenGroups, masked: np.ndarray,
@@ -218,6 +228,24 @@ def knockout(loaded: LoadedModel, groups: TokenGroups, masked: np.ndarray,
 
 def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Generation:
     """Greedy answer of a prepared input with ``masked`` image positions cut off from text."""
+    return decode_all(loaded, prepared, [masked])[0]
+
+
+def decode_all(loaded: LoadedModel, prepared: Prepared, masks: list[np.ndarray]
+               ) -> list[Generation]:
+    """:func:`decode` of each of ``masks``: one decode after another on the fast engine, every
+    mask a row of one ``generate`` trace on the nnsight engine."""
+    config = prepared.config
+    if prepared.engine == "nnsight":
+        from probes import nnsight
+
+        knockouts = [knockout(loaded, prepared.groups, m, config.mask_generated) for m in masks]
+        return nnsight.masked_generate(loaded, prepared.inputs, knockouts,
+                                       config.max_new_tokens, prepared.groups)
+    return [_decode_fast(loaded, prepared, masked) for masked in masks]
+
+
+def _decode_fast(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Generation:
     config = prepared.config
     return masked_generate(loaded, prepared.inputs,
                            knockout(loaded, prepared.groups, masked, config.mask_generated),
@@ -226,10 +254,11 @@ def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Gener
 
 
 def aif_generate(loaded: LoadedModel, image: Image.Image, question: str,
-                 config: AIFConfig = AIFConfig()) -> AIFResult:
-    """Answer ``question`` about ``image`` with AIF: profile, choose the ratio, mask, decode."""
+                 config: AIFConfig = AIFConfig(), engine: str = "fast") -> AIFResult:
+    """Answer ``question`` about ``image`` with AIF: profile, choose the ratio, mask, decode
+    (on the fast engine, or with ``engine="nnsight"`` inside nnsight traces)."""
     # one decode follows the profile: it continues in the clean pass's buffers (no copy)
-    prepared = prepare(loaded, image, question, config, one_shot=True)
+    prepared = prepare(loaded, image, question, config, one_shot=True, engine=engine)
     ratio = prepared.importance.scan.ratio if config.ratio is None else config.ratio
     masked = prepared.importance.masked(ratio)
     generation = decode(loaded, prepared, masked)

@@ -40,13 +40,14 @@ import torch
 from analyses.grading import is_correct
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
+from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci, method_rows, sign_flip_p_values
 from analyses.token_importance.aif import (
     AIFConfig,
     Prepared,
     aif_generate,
-    decode,
+    decode_all,
     prepare,
 )
 from analyses.token_importance.dynamics import (
@@ -72,8 +73,10 @@ class TokenImportanceConfig:
     timed_samples: int = 20  # samples on which plain generate and AIF are timed side by side
     seed: int = 0
     n_bootstrap: int = 2000
+    engine: str = "fast"  # "fast" (probes.run) or "nnsight" (probes.nnsight): the same answers
 
     def validate(self) -> None:
+        check_engine(self.engine)
         self.aif.validate()
         if any(not 0.0 < r < 1.0 for r in self.fixed_ratios):
             raise UserError("--fixed-ratios must lie strictly between 0 and 1.")
@@ -89,6 +92,7 @@ class TokenImportanceConfig:
 
     def recorded(self) -> dict[str, Any]:
         config = asdict(self)
+        config.update(recorded_engine(config.pop("engine")))  # the default is not recorded
         config["aif"] = self.aif.recorded()
         config["methods"] = self.methods
         config["small_object"] = f"object tokens <= {SMALL_OBJECT:g} of the image tokens"
@@ -138,7 +142,8 @@ def _timed(function: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig) -> tuple[float, float]:
+def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig,
+                      engine: str = "fast") -> tuple[float, float]:
     """Seconds of a plain greedy ``generate`` and of :func:`aif_generate`, each from the image
     and question, the faster of two alternating runs each."""
 
@@ -151,7 +156,7 @@ def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig) -> tuple[f
                                   pad_token_id=loaded.processor.tokenizer.pad_token_id)
 
     def aif():
-        aif_generate(loaded, sample.image, sample.ask, config)
+        aif_generate(loaded, sample.image, sample.ask, config, engine)
 
     plains, aifs = [], []
     for _ in range(2):
@@ -191,7 +196,7 @@ class TokenImportance(Analysis):
 
     def warm_up(self, loaded, dataset) -> None:
         if self.config.timed_samples > 0:  # the first calls allocate: keep that out of timing
-            time_side_by_side(loaded, dataset[0], self.config.aif)
+            time_side_by_side(loaded, dataset[0], self.config.aif, self.config.engine)
 
     def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
         return [sample_values(loaded, sample, index, self.config)
@@ -217,11 +222,12 @@ def sample_values(loaded: LoadedModel, sample, index: int,
     methods = config.methods
     values: dict[str, Any] = {}
     add = values.__setitem__
-    prepared = prepare(loaded, sample.image, sample.ask, config.aif)
+    prepared = prepare(loaded, sample.image, sample.ask, config.aif, engine=config.engine)
     importance = prepared.importance
     rng = np.random.default_rng([config.seed, index])
     masks, ratio, normalized = method_masks(prepared, config, rng)
-    answers = [answer_text(loaded, decode(loaded, prepared, masks[m]).tokens) for m in methods]
+    answers = [answer_text(loaded, generation.tokens)
+               for generation in decode_all(loaded, prepared, [masks[m] for m in methods])]
     is_object = object_tokens(prepared, sample)
     if is_object is None:
         is_object = np.zeros(importance.positions.size, dtype=bool)
@@ -248,7 +254,8 @@ def sample_values(loaded: LoadedModel, sample, index: int,
         else np.full(importance.dynamics.shape[1], np.nan))
     add("masked_curve", importance.dynamics[~kept].mean(0) if (~kept).any()
         else np.full(importance.dynamics.shape[1], np.nan))
-    seconds = (time_side_by_side(loaded, sample, config.aif) if index < config.timed_samples
+    seconds = (time_side_by_side(loaded, sample, config.aif, config.engine)
+               if index < config.timed_samples
                else (np.nan, np.nan))
     add("plain_seconds", seconds[0])
     add("aif_seconds", seconds[1])

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from analyses.common import load_data, load_model_from_args, write_run
+from analyses.common import load_data, load_model_from_args, prompt_data, write_run
 from analyses.runner import PARTIAL, LocalBackend, run
 from analyses.runner.cli import (
     add_analysis_arguments,
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_before_training(args, options.shard)
     test = load_data(args.data, args.split, args.limit)
     loaded = load_model_from_args(args)
+    test = prompt_data(test, loaded.adapter.family, args.prompt)  # as the family is asked
     config.validate(loaded.adapter.num_layers)
     if args.load is not None:
         VIF.load(args.load, loaded)  # a missing file or another model shape: before the data

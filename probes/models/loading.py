@@ -101,6 +101,27 @@ def check_device_map(device_map: str | dict | None, device: str) -> None:
                         "'fusionlens[multi-gpu]'.") from err
 
 
+def check_pixel_budget(adapter_type: type[Adapter], min_pixels: int | None,
+                       max_pixels: int | None) -> dict[str, int]:
+    """The processor keywords of a pixel budget, refused in one sentence for a family without
+    one (the adapter's ``pixel_budget`` says whether it has one) or for a budget that is no
+    range of positive areas."""
+    budget = {name: int(value) for name, value in (("min_pixels", min_pixels),
+                                                   ("max_pixels", max_pixels))
+              if value is not None}
+    if not budget:
+        return budget
+    if not hasattr(adapter_type, "pixel_budget"):
+        raise UserError(f"--min-pixels/--max-pixels set the pixel budget of Qwen2.5-VL's image "
+                        f"processor; a {adapter_type.family} model has none.")
+    if any(value < 1 for value in budget.values()):
+        raise UserError("--min-pixels and --max-pixels must be positive pixel counts.")
+    if len(budget) == 2 and budget["min_pixels"] > budget["max_pixels"]:
+        raise UserError(f"--min-pixels ({budget['min_pixels']}) exceeds --max-pixels "
+                        f"({budget['max_pixels']}).")
+    return budget
+
+
 def _fetch(source: ModelSource, load: Callable[..., T]) -> T:
     """Call ``load(location, **kw)``; for hub ids try the local cache first, then the network."""
     if source.kind != "hub":
@@ -202,8 +223,13 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     device_map: str | dict | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> LoadedModel:
     """Load a model, its processor and its adapter, ready for inference.
+
+    ``min_pixels`` / ``max_pixels`` set the pixel budget of a family whose image processor
+    resizes every image into an area range (Qwen2.5-VL's); a family without one refuses them.
 
     ``device_map`` ("auto", "balanced", "balanced_low_0", "sequential" or an explicit
     ``{module name: device}`` dict, as ``from_pretrained`` takes it) spreads the model over the
@@ -223,6 +249,7 @@ def load_model(
             f"{', '.join(supported_model_types())}."
         )
     adapter_type = adapter_class(model_type)
+    budget = check_pixel_budget(adapter_type, min_pixels, max_pixels)
     torch_device = pick_device("cuda" if device_map is not None else device)
     torch_dtype = pick_dtype(dtype, torch_device)
     model_class = getattr(transformers, adapter_type.model_class_name)
@@ -254,7 +281,8 @@ def load_model(
     try:
         processor = _fetch(
             source,
-            lambda loc, **kw: adapter_type.load_processor(loc, trust_remote_code=trust_remote_code, **kw),
+            lambda loc, **kw: adapter_type.load_processor(loc, trust_remote_code=trust_remote_code,
+                                                **budget, **kw),
         )
     except ImportError as err:  # a processor class that needs a package this machine lacks
         raise UserError(f"the processor of {model!r} cannot load here: {str(err).splitlines()[0]}") from err

@@ -68,7 +68,22 @@ class Qwen2_5_VLAdapter(Adapter):
     model_class_name = "Qwen2_5_VLForConditionalGeneration"
 
     @classmethod
-    def load_processor(cls, location: str, **kwargs: Any) -> Any:
+    def load_processor(cls, location: str, min_pixels: int | None = None,
+                       max_pixels: int | None = None, **kwargs: Any) -> Any:
+        """The checkpoint's processor; ``min_pixels`` / ``max_pixels`` replace its pixel
+        budget (the image processor's ``size``; the side not given keeps the checkpoint's)."""
+        processor = cls._load_processor(location, **kwargs)
+        if min_pixels is None and max_pixels is None:
+            return processor
+        size = processor.image_processor.size
+        budget = {"shortest_edge": size_field(size, "shortest_edge") if min_pixels is None
+                  else int(min_pixels),
+                  "longest_edge": size_field(size, "longest_edge") if max_pixels is None
+                  else int(max_pixels)}
+        return cls._load_processor(location, size=budget, **kwargs)
+
+    @classmethod
+    def _load_processor(cls, location: str, **kwargs: Any) -> Any:
         # the stock Qwen processor insists on a video processor, which needs torchvision: with
         # torchvision the checkpoint's own processor is used, without it the image-only one
         if is_torchvision_available():
@@ -91,6 +106,12 @@ class Qwen2_5_VLAdapter(Adapter):
             rows=resized_height // cell, cols=resized_width // cell, cell_pixels=cell,
         )
         return ImageLayout.single_grid(grid)
+
+    def pixel_budget(self) -> dict[str, int]:
+        """The area range every image is resized into (``load_model(min_pixels=...,
+        max_pixels=...)`` sets it; recorded with every result)."""
+        _, min_pixels, max_pixels = self._resize_settings()
+        return {"min_pixels": min_pixels, "max_pixels": max_pixels}
 
     def _resize_settings(self) -> tuple[int, int, int]:
         """(token cell side in resized pixels, min_pixels, max_pixels), checked on the tower."""

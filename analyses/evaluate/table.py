@@ -1,0 +1,134 @@
+"""The paper table of an evaluation: rows = methods, columns = benchmarks, each cell the
+headline score in percent with its 95% CI; as Markdown (``table.md``), as LaTeX with booktabs
+(``table.tex``) and as the short text the CLI prints. A dagger marks a change from clean with
+p < 0.05 (the paired test of ``summary.json``).
+
+>>> summary = {"method_names": ["clean"], "benchmarks": ["pope"], "results": {"pope": {
+...     "methods": [{"method": "clean", "accuracy": 0.5, "ci_low": 0.25, "ci_high": 0.75,
+...                  "n": 4, "p_value_vs_clean": None, "summary": "pope"}]}}}
+>>> print(markdown_table(summary))
+| method | pope (F1) |
+|---|---|
+| clean | 50.0 [25.0, 75.0] |
+<BLANKLINE>
+Scores in %, 95% CI in brackets; n per benchmark: pope 4.
+<BLANKLINE>
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+from analyses.evaluate.summary import headline_table
+
+HEADLINE = {"mean": "", "macro": "macro", "pope": "F1", "refcoco": "IoU≥0.5"}
+ALPHA = 0.05
+
+
+def label(method: str) -> str:
+    """A method's name in tables and figures: ``vif:PATH`` as ``vif:`` and the file's stem.
+
+    >>> label("vif:runs/vif/module.safetensors"), label("aif")
+    ('vif:module', 'aif')
+    """
+    name, _, path = method.partition(":")
+    return f"{name}:{PurePath(path).stem}" if path else method
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def significant(row: Mapping[str, Any]) -> bool:
+    p = row.get("p_value_vs_clean")
+    return p is not None and p < ALPHA
+
+
+def column(name: str, summary: Mapping[str, Any]) -> str:
+    how = HEADLINE.get(summary["results"][name]["methods"][0].get("summary", "mean"), "")
+    return f"{name} ({how})" if how else name
+
+
+def _notes(summary: Mapping[str, Any], latex: bool = False) -> str:
+    sizes = ", ".join(f"{name} {summary['results'][name]['methods'][0]['n']}"
+                      for name in summary["benchmarks"])
+    text = f"Scores in %, 95% CI in brackets; n per benchmark: {sizes}."
+    table = headline_table(summary)
+    if any(significant(row) for rows in table.values() for row in rows.values()):
+        text += (" \\dag" if latex else " †") + f": paired test vs clean, p < {ALPHA}."
+    excluded = [f"{label(method)} on {name}: {row['n']} with a region, {row['excluded']} excluded"
+                for method, rows in table.items() for name, row in rows.items()
+                if row.get("excluded")]
+    if excluded:
+        text += " Excluded samples: " + "; ".join(excluded) + "."
+    return text
+
+
+def markdown_table(summary: Mapping[str, Any]) -> str:
+    table = headline_table(summary)
+    names = summary["benchmarks"]
+    lines = ["| method | " + " | ".join(column(n, summary) for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for method, rows in table.items():
+        cells = []
+        for name in names:
+            row = rows.get(name)
+            cells.append("-" if row is None else
+                         f"{percent(row['accuracy'])} [{percent(row['ci_low'])}, "
+                         f"{percent(row['ci_high'])}]" + ("†" if significant(row) else ""))
+        lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _notes(summary) + "\n"
+
+
+LATEX = {"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#",
+         "{": "\\{", "}": "\\}", "≥": "$\\geq$"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(LATEX.get(character, character) for character in text)
+
+
+def latex_table(summary: Mapping[str, Any]) -> str:
+    table = headline_table(summary)
+    names = summary["benchmarks"]
+    lines = ["\\begin{tabular}{l" + "c" * len(names) + "}", "\\toprule",
+             "Method & " + " & ".join(_latex_escape(column(n, summary)) for n in names)
+             + " \\\\", "\\midrule"]
+    for method, rows in table.items():
+        cells = []
+        for name in names:
+            row = rows.get(name)
+            cells.append("--" if row is None else
+                         f"{percent(row['accuracy'])}{{\\scriptsize\\,[{percent(row['ci_low'])}, "
+                         f"{percent(row['ci_high'])}]}}"
+                         + ("\\textsuperscript{\\dag}" if significant(row) else ""))
+        lines.append(_latex_escape(label(method)) + " & " + " & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "% " + _notes(summary, latex=True)]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(summary: Mapping[str, Any]) -> str:
+    """What ``python -m analyses.evaluate`` prints: per benchmark, each method's score, CI,
+    change from clean and p."""
+    lines = [f"{summary['model']['id']} on {summary['data']['name']}: "
+             f"{summary['n_samples']} samples"]
+    width = max(len("method"), *(len(label(m)) for m in summary["method_names"])) + 2
+    for name in summary["benchmarks"]:
+        lines.append(f"{column(name, summary)}")
+        for row in summary["results"][name]["methods"]:
+            p = row["p_value_vs_clean"]
+            change = "" if row["method"] == "clean" or row["n"] == 0 else (
+                f"  {100 * row['delta']:+.1f} [{percent(row['delta_ci_low'])}, "
+                f"{percent(row['delta_ci_high'])}]  p={p:.3f}")
+            lines.append(f"  {label(row['method']):<{width}}{percent(row['accuracy']):>6} "
+                         f"[{percent(row['ci_low'])}, {percent(row['ci_high'])}] "
+                         f"n={row['n']}{change}")
+    return "\n".join(lines)
+
+
+def table_files(summary: Mapping[str, Any]) -> dict[str, str]:
+    """The paper table as files: ``table.md`` and ``table.tex``."""
+    return {"table.md": markdown_table(summary), "table.tex": latex_table(summary)}
