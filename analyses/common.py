@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses.data import Dataset, load_dataset
+from analyses.data.suite import concatenate
 from probes.errors import UserError
 from probes.models.loading import LoadedModel, load_model
 
@@ -20,13 +21,11 @@ DEFAULT_DATA = "easy-vqa"
 def load_data(name: str, split: str | None, limit: int | None) -> Dataset:
     """The dataset ``--data`` names (``split`` None: the source's default split). Several
     names separated by commas are one dataset of their samples in turn, ``limit`` of each
-    (:func:`analyses.evaluate.suite.concatenate`)."""
+    (:func:`analyses.data.suite.concatenate`)."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}.")
     names = [part.strip() for part in name.split(",") if part.strip()]
     if len(names) > 1:
-        from analyses.evaluate.suite import concatenate  # evaluate's benchmark suites
-
         return concatenate([load_data(part, split, limit) for part in names])
     if not names:
         raise UserError("--data names no dataset.")
@@ -112,9 +111,11 @@ def weights_revision(directory: Path) -> str | None:
 
 def data_record(dataset: Dataset) -> dict[str, Any]:
     """Which data a result is of; ``prompt``: the template the samples were prompted with
-    (:func:`prompt_data`; None for data used as loaded)."""
+    (:func:`prompt_data`; None for data used as loaded); ``spec``: what ``--data`` reloads it
+    from (a name, ``NAME:PATH``, a file)."""
     return {"name": dataset.name, "split": dataset.split, "size": len(dataset),
-            "fingerprint": dataset.fingerprint(), "prompt": prompt_record(dataset)}
+            "fingerprint": dataset.fingerprint(), "prompt": prompt_record(dataset),
+            "spec": getattr(dataset, "spec", dataset.name)}
 
 
 def prompt_record(dataset: Dataset) -> Any:

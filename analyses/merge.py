@@ -32,17 +32,22 @@ class LazyDataset:
     """The run's dataset, loaded on first use (only analyses whose figures show example
     images read it) and checked against the recorded fingerprint."""
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict, family: str | None = None) -> None:
         self.data = data
+        self.family = family  # the model's, for the prompt the samples were asked with
         self._dataset = None
 
     def __getitem__(self, index: int):
         if self._dataset is None:
-            from analyses.data import load_dataset
+            from analyses.common import load_data
 
             try:
-                dataset = load_dataset(self.data["name"], self.data["split"],
-                                       limit=self.data["size"])
+                dataset = load_data(self.data.get("spec", self.data["name"]), self.data["split"],
+                                    self.data["size"])
+                template = self.data.get("prompt")
+                if template is not None:  # a suite records one template per part
+                    template = template if isinstance(template, str) else None
+                    dataset = dataset.prompted(self.family, template)
             except Exception as err:
                 raise UserError(f"merge needs the dataset {self.data['name']} for the figures' "
                                 f"example images and cannot load it: {err}") from None
@@ -81,7 +86,8 @@ def merge(directories: Sequence[Path]) -> RunResult:
     seconds = sum(s["timing"]["seconds_per_sample"] * n for s, n in zip(summaries, counts))
     info = RunInfo(model=first["model"], data=first["data"],
                    device=summaries[0]["timing"]["device"],
-                   seconds_per_sample=seconds / max(1, sum(counts)), dataset=LazyDataset(first["data"]))
+                   seconds_per_sample=seconds / max(1, sum(counts)),
+                   dataset=LazyDataset(first["data"], first["model"].get("family")))
     result = analysis.aggregate(records, info)
     result.summary["failed"] = [failed[k] for k in sorted(failed)]
     return result

@@ -86,8 +86,12 @@ def map_grid(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray], serie
     figure = new_figure(columns=2, height=0.25 + 1.05 * count, ncols=len(layers), nrows=count)
     grid = np.array(figure.axes).reshape(count, len(layers))
     sinks = summary["sinks"]["patches"]
+    # examples are named by dataset index; a shard's arrays hold only its own samples
+    order = arrays.get("sample_index", np.arange(len(arrays["maps"])))
+    row_of = {int(i): row for row, i in enumerate(order)}
     with house_style():
-        for r, index in enumerate(examples):
+        for r, example in enumerate(examples):
+            index = row_of[int(example)]
             for c, layer in enumerate(layers):
                 values = np.asarray(arrays["maps"][index, s, layer], dtype=float)
                 _overlay(grid[r, c], arrays["example_images"][r], values, arrays["cells"],
@@ -114,7 +118,12 @@ def evolution_curves(summary: Mapping[str, Any],
     per query series (metrics the run does not have, e.g. sink_share without sinks, are
     skipped); AUROC's chance level dashed."""
     present = [m for m in metrics if any(r["metric"] == m for r in summary["per_layer"])]
-    figure = new_figure(columns=1 if len(present) == 1 else 2, height=2.0, ncols=len(present))
+    figure = new_figure(columns=1 if len(present) <= 1 else 2, height=2.0,
+                        ncols=max(1, len(present)))
+    if not present:  # no sample with a region (a shard or a dataset without boxes)
+        figure.axes[0].text(0.5, 0.5, "no sample with a region: nothing to show", ha="center")
+        figure.axes[0].set_axis_off()
+        return figure
     with house_style():
         for axes, metric in zip(figure.axes, present):
             for color, series in zip(SERIES_COLORS, summary["series"]):

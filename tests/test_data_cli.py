@@ -130,3 +130,23 @@ def test_bad_data_prompt_or_pixels_is_one_sentence(arguments, expected, tmp_path
     error = last_error(capsys)
     assert code == 2 and expected in error, error
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_shards_of_an_own_data_run_merge_into_the_whole_run(tmp_path):
+    """merge reloads the data for the figures' example images from the recorded spec (a file
+    here, not a registered name) and prompts it as the run did."""
+    from analyses.merge import main as merge
+
+    path = build_own_jsonl(tmp_path)
+    common = ["--data", str(path), "--prompt", "Q: {question}", "--bootstrap", "50"]
+    main = cli("attention_evolution")
+    assert run_cli(main, [*common, "--out", str(tmp_path / "whole")]) == 0
+    for shard in ("0/2", "1/2"):
+        out = tmp_path / shard.replace("/", "of")
+        assert run_cli(main, [*common, "--shard", shard, "--out", str(out)]) == 0
+    assert run_cli(merge, [str(tmp_path / "0of2"), str(tmp_path / "1of2"),
+                           "--out", str(tmp_path / "merged")]) == 0
+    whole, merged = summary(tmp_path / "whole"), summary(tmp_path / "merged")
+    assert merged["data"] == whole["data"] and whole["data"]["spec"] == str(path)
+    assert merged["data"]["prompt"] == "Q: {question}"
+    assert json.dumps(merged["per_layer"]) == json.dumps(whole["per_layer"])

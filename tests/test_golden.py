@@ -64,9 +64,9 @@ def intended(summary: dict) -> dict:
         if isinstance(summary.get(key), list):
             fix(summary[key])
     summary["model"]["family"] = "llava"
-    summary["data"]["prompt"] = "{question}"
+    summary["data"].update(prompt="{question}", spec=summary["data"]["name"])
     for record in summary.get("training", {}).get("data", []):
-        record["prompt"] = None
+        record.update(prompt=None, spec=record["name"])
     return summary
 
 

@@ -11,9 +11,9 @@ writes ``summary.json``, ``arrays.npz``, ``table.md``, ``table.tex`` and the fig
 ``evaluate_scores`` (PNG + PDF).
 """
 
+from analyses.data.suite import Suite, benchmark_of, concatenate
 from analyses.evaluate.methods import METHODS, parse_methods
 from analyses.evaluate.run import Evaluate, EvaluateConfig, max_new_tokens
-from analyses.evaluate.suite import Suite, benchmark_of, concatenate
 
 __all__ = ["METHODS", "Evaluate", "EvaluateConfig", "Suite", "benchmark_of", "concatenate",
            "max_new_tokens", "parse_methods"]

@@ -22,8 +22,8 @@ import numpy as np
 from analyses import scoring
 from analyses.contrastive_attention.contrast import early_candidates, last_quarter
 from analyses.data import Sample
+from analyses.data.suite import benchmark_of
 from analyses.evaluate import methods as m
-from analyses.evaluate.suite import benchmark_of
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, Pass, Plan, RunInfo
 from analyses.runner.spec import Records

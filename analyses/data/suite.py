@@ -21,7 +21,8 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
-from analyses.data import Dataset, Sample
+from analyses.data.dataset import Dataset
+from analyses.data.sample import Sample
 
 BENCHMARK = "benchmark"  # the meta key naming a sample's part
 
