@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 
 from helpers import assert_same_run, interrupt_at  # noqa: E402
 
-from analyses.common import load_data  # noqa: E402
+from analyses.common import load_data, prompt_data  # noqa: E402
 from analyses.layer_masking import LayerMaskingConfig  # noqa: E402
 from analyses.layer_masking.run import LayerMasking  # noqa: E402
 from analyses.merge import merge  # noqa: E402
@@ -96,8 +96,10 @@ def local_result(tmp_path_factory):
 
 
 def lm_run(backend, out, **options) -> RunResult:
-    """Layer masking as CLIS[0] runs it, on ``backend``, saved and loaded back."""
-    result = run(LayerMasking(CONFIG), backend, load_data("easy-vqa", "test", LIMIT),
+    """Layer masking as CLIS[0] runs it (the data prompted for the model's family, as the CLI
+    does), on ``backend``, saved and loaded back."""
+    data = prompt_data(load_data("easy-vqa", "test", LIMIT), "llava")
+    result = run(LayerMasking(CONFIG), backend, data,
                  RunOptions(out=out, **options))
     return RunResult.load(result.save(out))
 

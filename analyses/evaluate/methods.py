@@ -54,8 +54,8 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
                 name != "vif" and ":" in part):
             raise UserError(f"unknown method {part!r}; known: {', '.join(METHODS)}.")
         if name == "vif" and not path:
-            raise UserError("vif needs the trained module's file: vif:PATH (train one with "
-                            "python -m analyses.train_vif --save PATH).")
+            raise UserError("vif needs the trained module's file: vif:PATH (python -m "
+                            "analyses.train_vif --out DIR trains one into DIR/vif.safetensors).")
     if len(set(parts)) != len(parts):
         raise UserError(f"--methods names a method twice: {','.join(parts)}.")
     return ("clean", *(p for p in parts if p != "clean"))
@@ -65,8 +65,8 @@ def check_vif_paths(methods: Sequence[str]) -> None:
     """Refuse a ``vif:PATH`` whose file is missing before anything loads."""
     for method in methods:
         if method.startswith("vif:") and not Path(method[4:]).is_file():
-            raise UserError(f"no VIF module at {method[4:]}; train one with python -m "
-                            "analyses.train_vif --save PATH.")
+            raise UserError(f"no VIF module at {method[4:]}; python -m analyses.train_vif "
+                            "--out DIR trains one into DIR/vif.safetensors.")
 
 
 def clean_replies(loaded: LoadedModel, samples: Sequence, max_new_tokens: Sequence[int]
