@@ -150,3 +150,17 @@ def test_shards_of_an_own_data_run_merge_into_the_whole_run(tmp_path):
     assert merged["data"] == whole["data"] and whole["data"]["spec"] == str(path)
     assert merged["data"]["prompt"] == "Q: {question}"
     assert json.dumps(merged["per_layer"]) == json.dumps(whole["per_layer"])
+
+
+def test_an_unreadable_image_is_recorded_skipped_and_counted(cache, tmp_path, capsys):
+    """A benchmark row whose image no decoder reads fails that sample only: the run finishes,
+    the sample is a `failed` row with the reason, the table counts it."""
+    folder = build_pope(cache, corrupt=(1,))
+    out = tmp_path / "run"
+    assert run_cli(cli("evaluate"), ["--data", f"pope:{folder}", "--limit", "6", "--methods",
+                                     "clean", "--out", str(out)]) == 0
+    result = summary(out)
+    [failed] = result["failed"]
+    assert failed["index"] == 1 and failed["reason"].startswith("cannot read the image of sample")
+    assert result["n_samples"] == result["data"]["size"] - 1
+    assert "1 sample(s) failed and were skipped" in capsys.readouterr().out
