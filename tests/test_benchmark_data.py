@@ -435,14 +435,18 @@ def test_answer_not_among_choices(tmp_path):
         load_dataset(str(build_own_jsonl(tmp_path, rows=rows)))
 
 
-def test_box_outside_its_image_fails_its_sample(tmp_path):
+def test_box_outside_its_image_is_refused_at_load_without_decoding(tmp_path, monkeypatch):
     rows = [{"image": "images/a.png", "question": "q?", "answer": "a", "boxes": [[0, 0, 10, 10]]},
             {"image": "images/a.png", "question": "q?", "answer": "a", "boxes": [[120, 0, 130, 9]]}]
-    ds = load_dataset(str(build_own_jsonl(tmp_path, rows=rows)))
-    assert ds[0].target_boxes == (Box(0, 0, 10, 10),)
+    path = build_own_jsonl(tmp_path, rows=rows)
+    loads, original = [], PIL.Image.Image.load
+    monkeypatch.setattr(PIL.Image.Image, "load", lambda image: loads.append(1) or original(image))
     with pytest.raises(UserError, match=r"^the box \[120, 0, 130, 9\] of sample mine.jsonl/1 is "
                                         r"not inside its 128x128 image"):
-        ds[1]
+        load_dataset(str(path))
+    assert loads == []  # the size came from the image's header: no pixel was decoded
+    ds = load_dataset(str(path), limit=1)  # the rows a run takes are the rows checked
+    assert ds[0].target_boxes == (Box(0, 0, 10, 10),)
     bad = [{"image": "images/a.png", "question": "q?", "answer": "a", "boxes": [[5, 5, 2, 9]]}]
     with pytest.raises(UserError, match=r"is not \[x0, y0, x1, y1\] with x0 < x1"):
         load_dataset(str(build_own_jsonl(tmp_path, rows=bad, name="bad.jsonl")))

@@ -7,8 +7,8 @@ in CSV a JSON list such as ``["cat", "kitten"]``), and optionally ``choices`` (a
 answer may be the option's letter or its text and is stored as the letter), ``boxes`` (a list
 of ``[x0, y0, x1, y1]`` in image pixels, end-exclusive: the regions the question is about),
 ``kind`` (the category results are broken down by) and ``id``. Every other column goes to
-``meta``. Text is checked when the file is loaded; a box is checked against its image when
-that sample is built (the image is not read before).
+``meta``. Text is checked when the file is loaded, and so is every box, against its image's
+size read from the image's header (no image is decoded before its sample is built).
 
 >>> normalise_answer("dog", ("cat", "dog"), "row 0")
 'B'
@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from analyses.data.boxes import strict_box
 from analyses.data.dataset import Dataset
 from analyses.data.prompts import LETTERS
 from analyses.data.records import Record, records_dataset
@@ -32,6 +33,7 @@ from analyses.data.tabular import (
     Table,
     concat,
     decode_image,
+    image_size,
     read_arrow,
     read_table,
 )
@@ -151,6 +153,11 @@ def load_own(path: str | Path, split: str | None = None, limit: int | None = Non
     table.require("image", "question", "answer")
     rows = range(len(table) if limit is None else min(limit, len(table)))
     records = [_record(table, i, name) for i in rows]
+    for i, record in enumerate(records):
+        if record.boxes:  # a box outside its image is a broken file: refused before any run
+            size = image_size(table.raw_image(i), table.base, f"sample {record.id}")
+            for box in record.boxes:
+                strict_box(box, size, f"sample {record.id}")
     return records_dataset(
         name, label, records,
         lambda i: decode_image(table.raw_image(i), table.base, f"sample {records[i].id}"),

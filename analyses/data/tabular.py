@@ -99,6 +99,15 @@ def concat(tables: Sequence[Table], name: str) -> Table:
 
 def decode_image(value: Any, base: Path, where: str) -> Image.Image:
     """An image cell (struct ``{bytes, path}``, bytes, or a path) decoded to RGB."""
+    return _read(value, base, where, lambda opened: opened.convert("RGB"))
+
+
+def image_size(value: Any, base: Path, where: str) -> tuple[int, int]:
+    """An image cell's (width, height) from its header, without decoding its pixels."""
+    return _read(value, base, where, lambda opened: opened.size)
+
+
+def _read(value: Any, base: Path, where: str, use):
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     try:
@@ -111,7 +120,7 @@ def decode_image(value: Any, base: Path, where: str) -> Image.Image:
         else:
             raise UserError(f"{where} has no image.")
         with Image.open(source) as opened:
-            return opened.convert("RGB")
+            return use(opened)
     except UnidentifiedImageError as err:
         raise UserError(f"cannot read the image of {where}: no image format PIL knows.") from err
     except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt files
