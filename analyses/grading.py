@@ -25,13 +25,20 @@ def is_correct(answer: str, sample) -> bool:
 
 
 def grade(loaded: LoadedModel, samples: Sequence, batch_size: int = 128,
-          progress: bool = False, max_new_tokens: int = 4) -> list[bool]:
-    """Per sample, whether the greedy answer is right (:func:`is_correct`)."""
+          progress: bool = False, max_new_tokens: int | None = None) -> list[bool]:
+    """Per sample, whether the greedy answer is right (:func:`is_correct`), each decoded with
+    ``max_new_tokens`` or, when None, its scoring rule's budget
+    (:func:`analyses.scoring.reply_tokens`)."""
     correct = []
     batches = range(0, len(samples), batch_size)
     for start in tqdm(batches, disable=not progress, desc="answering", unit="batch"):
         chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-        answers = answer_questions(loaded, [s.image for s in chunk], [s.ask for s in chunk],
-                                   max_new_tokens=max_new_tokens)
-        correct += [is_correct(a.text, s) for a, s in zip(answers, chunk)]
+        budgets = [max_new_tokens or scoring.reply_tokens(s) for s in chunk]
+        verdicts: dict[int, bool] = {}
+        for budget in sorted(set(budgets)):  # one batch per budget: greedy, so rows agree
+            rows = [k for k, b in enumerate(budgets) if b == budget]
+            answers = answer_questions(loaded, [chunk[k].image for k in rows],
+                                       [chunk[k].ask for k in rows], max_new_tokens=budget)
+            verdicts.update((k, is_correct(a.text, chunk[k])) for k, a in zip(rows, answers))
+        correct += [verdicts[k] for k in range(len(chunk))]
     return correct

@@ -280,3 +280,28 @@ def test_frame_for_other_families():
     assert frame_for(qwen2, (640, 427)) == BoxFrame((1000, 1000), (640, 427))
     with pytest.raises(UserError, match="grounding needs one of those"):
         frame_for(SimpleNamespace(family="llava"), (640, 427))
+
+
+def test_grading_decodes_each_reply_with_its_rules_budget(monkeypatch):
+    """"Correctly answered" in every analysis decodes as evaluate does: 16 new tokens for a
+    benchmark's letters and words, 4 for the embedded sets' one-word answers."""
+    from types import SimpleNamespace
+
+    from analyses import grading
+
+    asked = []
+
+    def answer_questions(loaded, images, questions, max_new_tokens):
+        asked.append((tuple(questions), max_new_tokens))
+        return [SimpleNamespace(text="B" if q == "mc" else "red") for q in questions]
+
+    monkeypatch.setattr(grading, "answer_questions", answer_questions)
+    samples = [SimpleNamespace(image=None, ask="mc", answer="B", choices=("x", "y"),
+                               scorer="choice"),
+               SimpleNamespace(image=None, ask="word", answer="red", answers=(), scorer="exact",
+                               acceptable=("red",))]
+    assert grading.grade(None, samples) == [True, True]
+    assert sorted(asked) == [(("mc",), 16), (("word",), 4)]
+    asked.clear()
+    grading.grade(None, samples, max_new_tokens=8)
+    assert asked == [(("mc", "word"), 8)]

@@ -32,13 +32,11 @@ from probes.errors import UserError
 ANALYSIS = "evaluate"
 EARLY_PASS, SAMPLES = "early", "samples"
 BOX_SCORERS = ("refcoco",)  # replies that are boxes: graded in the model's frame
-TOKENS = {"refcoco": 128}  # max new tokens by scoring rule; every other rule: DEFAULT_TOKENS
-DEFAULT_TOKENS = 16  # lmms-eval's budget for letters, numbers, words and short phrases
 
 
 def max_new_tokens(sample, override: int | None = None) -> int:
-    """The reply's token budget: ``override``, else the benchmark harness's for its rule."""
-    return override or TOKENS.get(getattr(sample, "scorer", "exact"), DEFAULT_TOKENS)
+    """The reply's token budget: ``override``, else its rule's (:func:`scoring.reply_tokens`)."""
+    return override or scoring.reply_tokens(sample)
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,8 @@ class EvaluateConfig:
     def recorded(self) -> dict[str, Any]:
         return {**asdict(self), "methods": list(self.methods),
                 "contrastive": dict(m.CONTRASTIVE),
-                "max_new_tokens_rule": {**TOKENS, "other": DEFAULT_TOKENS}
+                "max_new_tokens_rule": {**scoring.REPLY_TOKENS,
+                                        "other": scoring.DEFAULT_REPLY_TOKENS}
                 if self.max_new_tokens is None else self.max_new_tokens}
 
 

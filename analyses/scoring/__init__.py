@@ -37,8 +37,15 @@ Where fusionlens deviates from lmms-eval 0.7.3, on purpose:
   the gold labels, always 0.5);
 - GQA: surrounding whitespace is ignored (lmms-eval compares the raw reply).
 
+A reply is decoded with its rule's token budget (:func:`reply_tokens`): 16 new tokens, as
+lmms-eval gives letters, numbers, words and short phrases; 128 for RefCOCO's JSON boxes; 4 for
+``exact`` (the embedded sets' one-word answers, as the tiny model was trained). The analyses'
+"correctly answered" and ``analyses.evaluate`` decode with the same budget.
+
 >>> from types import SimpleNamespace
 >>> mc = SimpleNamespace(answer="B", choices=("red", "blue"), scorer="choice")
+>>> reply_tokens(mc), reply_tokens(SimpleNamespace(scorer="refcoco"))
+(16, 128)
 >>> judge("The answer is (B).", mc)
 Verdict(score=1.0, prediction='B', iou=None)
 >>> is_correct("Blue", mc), is_correct("Bright red", mc)
@@ -55,9 +62,18 @@ from analyses.scoring.boxes import BoxFrame, frame_for, iou, parse_box
 from analyses.scoring.summary import SUMMARIES, SUMMARY_OF_DATASET, SUMMARY_OF_SCORER
 from probes.errors import UserError
 
+REPLY_TOKENS = {"exact": 4, "refcoco": 128}  # max new tokens by rule; every other rule: 16
+DEFAULT_REPLY_TOKENS = 16
+
+
+def reply_tokens(sample) -> int:
+    """How many new tokens a reply to ``sample`` is decoded with (its rule's budget)."""
+    return REPLY_TOKENS.get(getattr(sample, "scorer", "exact"), DEFAULT_REPLY_TOKENS)
+
 __all__ = [
     "RULES", "SUMMARIES", "SUMMARY_OF_DATASET", "SUMMARY_OF_SCORER", "BoxFrame", "Verdict",
-    "frame_for", "iou", "is_correct", "judge", "parse_box", "summarize", "summary_name",
+    "frame_for", "iou", "is_correct", "judge", "parse_box", "reply_tokens", "summarize",
+    "summary_name",
 ]
 
 

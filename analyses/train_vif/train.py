@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from analyses.attenuation.measure import answer_token
 from analyses.grading import grade, is_correct
+from analyses.scoring import reply_tokens
 from probes.errors import UserError
 from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
@@ -123,11 +124,13 @@ def evaluate_batch(loaded: LoadedModel, module: VIF, samples: Sequence,
     question names nothing visible), and the heatmap over the image patches (in their order)
     with the patches' centres in 0..1. The batch is answered together, as one unit."""
     module.eval()
-    clean = grade(loaded, samples, batch_size=max(1, len(samples)))
+    # one budget for the batch, its rules' largest (one rule per dataset: each sample's own)
+    budget = max(reply_tokens(s) for s in samples)
+    clean = grade(loaded, samples, batch_size=max(1, len(samples)), max_new_tokens=budget)
     inputs = loaded.adapter.build_inputs([s.image for s in samples], [s.ask for s in samples])
     inputs = inputs.to(loaded.device, loaded.dtype)
     with torch.inference_mode(), VIFSession(loaded, module, inputs, alpha=alpha) as session:
-        output = loaded.model.generate(**inputs.batch, max_new_tokens=4, do_sample=False,
+        output = loaded.model.generate(**inputs.batch, max_new_tokens=budget, do_sample=False,
                                        pad_token_id=loaded.processor.tokenizer.pad_token_id)
     generated = output[:, inputs.input_ids.shape[1]:]
     lay = session.layout
