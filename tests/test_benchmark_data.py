@@ -256,7 +256,9 @@ def test_gqa_targets_are_the_objects_the_question_names(tmp_path):
                    for step in question["semantic"] if step["argument"].endswith(")")]
         order = list(dict.fromkeys(words + program))
         assert [list(objects)[k] for k in sample.target] == order
-        assert sample.kind == question["types"]["detailed"] and sample.scorer == "gqa"
+        types = question["types"]
+        assert sample.kind == types["structural"].title() + types["semantic"].title()
+        assert sample.scorer == "gqa"
         assert sample.meta["types"] == question["types"] and sample.answer == question["answer"]
         assert sample.image.size == (graphs[question["imageId"]]["width"],
                                      graphs[question["imageId"]]["height"])

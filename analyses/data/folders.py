@@ -8,7 +8,15 @@ release and GQA with its scene graphs.
 - GQA: ``{split}_balanced_questions.json`` + ``{split}_sceneGraphs.json`` (train and val have
   scene graphs) + ``images/{imageId}.jpg``. Every object of the image's scene graph is a box;
   the objects the question names (``annotations`` by word position, then ``semantic[].argument``
-  ``"name (objId)"``) are its targets, in that order; ``kind`` is ``types.detailed``.
+  ``"name (objId)"``) are its targets, in that order; ``kind`` is the question's structural
+  and semantic type joined as the cross-modal information-flow paper names them (ChooseAttr,
+  ChooseCat, ChooseRel, CompareAttr, LogicalObj, QueryAttr, ...; :func:`question_type`), so
+  results break down by that paper's six types; all of ``types`` is in ``meta``.
+
+>>> question_type({"structural": "choose", "semantic": "attr", "detailed": "chooseAttr"})
+'ChooseAttr'
+>>> question_type({})
+'gqa'
 
 >>> named_objects({"annotations": {"question": {"5": "12", "2:4": "7,9"}, "answer": {}},
 ...                "semantic": [{"argument": "jar (3)"}, {"argument": "_"}, {"argument": "x (7)"}]})
@@ -94,6 +102,12 @@ def _ids(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip().isdigit()]
 
 
+def question_type(types: dict) -> str:
+    """A GQA question's type as structural + semantic, capitalised ("ChooseAttr")."""
+    parts = [types.get("structural", ""), types.get("semantic", "")]
+    return "".join(part[:1].upper() + part[1:] for part in parts) or "gqa"
+
+
 def named_objects(question: dict) -> list[str]:
     """Object ids a GQA question names: by word position in the question, then in its
     program (``semantic``), then in its answers; without repeats."""
@@ -143,7 +157,7 @@ def load_gqa(split: str | None = None, limit: int | None = None, path: str | Non
                 "full_answer": question.get("fullAnswer", ""), "objects": named,
                 "object_names": [objects[i]["name"] for i in named]}
         records.append(Record(f"gqa/{split}/{qid}", question["question"], question["answer"],
-                              types.get("detailed", "gqa"), "gqa", boxes=boxes,
+                              question_type(types), "gqa", boxes=boxes,
                               target=tuple(order.index(i) for i in named),
                               image_key=f"gqa/{image_id}", meta=meta))
     return records_dataset(
