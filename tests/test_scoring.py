@@ -305,3 +305,14 @@ def test_grading_decodes_each_reply_with_its_rules_budget(monkeypatch):
     asked.clear()
     grading.grade(None, samples, max_new_tokens=8)
     assert asked == [(("mc", "word"), 8)]
+
+
+def test_an_answer_letter_beyond_the_parsed_options_can_still_be_read():
+    """Options parsed from a question's text can be miscounted (one option swallowing the
+    rest); the answer letter must stay readable, so the letters reach it (and at least D)."""
+    from types import SimpleNamespace
+
+    swallowed = SimpleNamespace(answer="D", choices=("5\nB: 6\nC: 7\nD: 8",), scorer="choice")
+    assert judge("D", swallowed).score == 1.0 and judge("(C)", swallowed).prediction == "C"
+    two = SimpleNamespace(answer="B", choices=("cat", "dog"), scorer="choice")
+    assert judge("C", two).prediction == ""  # a well-parsed sample keeps its own letters

@@ -99,7 +99,8 @@ def _mmstar(table: Table, name: str, split: str) -> Rows:
 def _realworldqa(table: Table, name: str, split: str) -> Rows:
     table.require("image", "question", "answer")
     return [
-        (i, Record(f"{name}/{split}/{i}", question, str(table.column("answer")[i]).strip(),
+        (i, Record(f"{name}/{split}/{i}", question.strip(),
+                   str(table.column("answer")[i]).strip(),
                    "realworldqa", "realworldqa", choices=lettered_lines(question),
                    meta={"row": i, "split": split}))
         for i, question in enumerate(table.column("question"))
@@ -130,7 +131,7 @@ def _countbench(table: Table, name: str, split: str) -> Rows:
     table.require("image", "question", "number")
     # the caption column ("text") holds the count: it stays out of the sample entirely
     return [
-        (i, Record(f"{name}/{split}/{i}", question, str(int(table.column("number")[i])),
+        (i, Record(f"{name}/{split}/{i}", question.strip(), str(int(table.column("number")[i])),
                    "count", "count", meta={"row": i, "split": split}))
         for i, question in enumerate(table.column("question"))
     ]
@@ -144,7 +145,7 @@ def _pope(table: Table, name: str, split: str) -> Rows:
         category = table.column("category")[i]
         source = table.column("image_source")[i] if table.has("image_source") else ""
         meta = {"question_id": qid, "category": category, "image_source": source}
-        rows.append((i, Record(f"{name}/{category}/{qid}", question,
+        rows.append((i, Record(f"{name}/{category}/{qid}", question.strip(),
                                str(table.column("answer")[i]).strip().lower(), category, "pope",
                                image_key=f"{name}/{source}" if source else "", meta=meta)))
     return rows

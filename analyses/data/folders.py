@@ -25,7 +25,9 @@ release and GQA with its scene graphs.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -84,9 +86,10 @@ def load_vstar_folder(root: Path, split: str | None, limit: int | None,
                 item = _read_json(item_path)
                 image = f"{category}/{item_path.stem}.jpg"
                 boxes, meta = _vstar_item(root, image)
+                choices, answer = shuffled_options(item["options"], item_path.stem)
                 records.append(Record(f"vstar/test/{category}/{item_path.stem}",
-                                      item["question"], "A", category, "choice",
-                                      choices=tuple(item["options"]), boxes=boxes,
+                                      item["question"], answer, category, "choice",
+                                      choices=choices, boxes=boxes,
                                       target=tuple(range(len(boxes))),
                                       meta={**meta, "category": category, "image": image}))
                 images.append(image)
@@ -100,6 +103,18 @@ def load_vstar_folder(root: Path, split: str | None, limit: int | None,
 
 def _ids(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip().isdigit()]
+
+
+def shuffled_options(options: list[str], key: str) -> tuple[tuple[str, ...], str]:
+    """V*'s per-item options (the first is always the right one) in a fixed order drawn from
+    the item's name, and the right option's letter: a model that says "A" gains nothing.
+
+    >>> shuffled_options(["red", "blue", "green", "white"], "sa_1")
+    (('green', 'white', 'red', 'blue'), 'C')
+    """
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    order = random.Random(seed).sample(range(len(options)), len(options))
+    return tuple(options[k] for k in order), chr(ord("A") + order.index(0))
 
 
 def question_type(types: dict) -> str:

@@ -45,9 +45,16 @@ AFTER_LETTER = {".": PERIOD, ":": COLON, ")": RIGHT_PAREN, " ": SPACE}
 
 
 def choice_letters(sample) -> str:
-    """The letters a sample's options go by: A, B, ... one per choice (A-D without choices)."""
+    """The letters a sample's options go by: A, B, ... one per choice (A-D without choices).
+    When the answer letter lies beyond them (options parsed from a question's text can be
+    miscounted), A up to the answer letter and at least D, so a right reply can be read."""
     choices = getattr(sample, "choices", ()) or ()
-    return "".join(chr(ord("A") + i) for i in range(len(choices))) or DEFAULT_LETTERS
+    letters = "".join(chr(ord("A") + i) for i in range(len(choices))) or DEFAULT_LETTERS
+    answer = str(getattr(sample, "answer", "")).strip().upper()
+    if len(answer) == 1 and "A" <= answer <= "Z" and answer not in letters:
+        last = max(answer, DEFAULT_LETTERS[-1])
+        letters = "".join(chr(c) for c in range(ord("A"), ord(last) + 1))
+    return letters
 
 
 def _strip_ends(reply: str) -> str:
