@@ -196,7 +196,7 @@ def test_countbench_keeps_the_caption_out(cache):
 def test_refcoco_one_sample_per_expression_with_its_box(cache, name, repo):
     build_refcoco(cache, repo_id=repo)
     for split in ("val", "testA"):
-        ds = load_dataset(name, None if split == "val" else split)
+        ds = load_dataset(name, split)
         assert ds.split == split
         expected = [(row, e) for row in refcoco_rows(split) for e in row["answer"]]
         assert len(ds) == len(expected) == 6
@@ -206,6 +206,19 @@ def test_refcoco_one_sample_per_expression_with_its_box(cache, name, repo):
             assert sample.meta["bbox"] == row["bbox"] and sample.meta["expressions"] == row["answer"]
             x, y, w, h = row["bbox"]
             assert np.allclose(eval(sample.answer), [x, y, x + w, y + h], atol=0.01)
+
+
+def test_refcoco_by_default_reads_every_split_labelled_by_its_own(cache):
+    """The grounding score is the mean over splits: with no split named, every split present
+    is read, val first, each sample's kind its own split, the ids those of the split reads."""
+    build_refcoco(cache)
+    every = load_dataset("refcoco")
+    assert every.split == "all" and [s.kind for s in every] == ["val"] * 6 + ["testA"] * 6
+    alone = [s for split in ("val", "testA") for s in load_dataset("refcoco", split)]
+    assert [(s.id, s.question, s.target_boxes) for s in every] == [
+        (s.id, s.question, s.target_boxes) for s in alone]
+    assert every[7].image.tobytes() == alone[7].image.tobytes()  # rows offset right
+    assert len(load_dataset("refcoco", limit=8)) == 8
 
 
 # ---------------------------------------------------------------- V* and GQA

@@ -231,6 +231,25 @@ def _table(files: list[Path], name: str) -> Table:
     return concat([read_parquet(f) for f in files], name)
 
 
+ALL = "all"  # every split present, one after the other (val first); kind = the split
+# the grounding benchmarks report the mean over their splits: every split unless one is named
+DEFAULT_SPLIT = {"refcoco": ALL, "refcoco+": ALL, "refcocog": ALL}
+
+
+def _every_split(bench: Benchmark, splits: dict[str, list[Path]], name: str,
+                 limit: int | None) -> tuple[Table, Rows]:
+    """Every split's rows in turn (val first, then by name), labelled by their own split."""
+    tables, rows, offset = [], [], 0
+    for split in sorted(splits, key=lambda s: (s != "val", s)):
+        if limit is not None and len(rows) >= limit:
+            break
+        table = _table(splits[split], f"{bench.name} {split}")
+        rows += [(i + offset, record) for i, record in bench.rows(table, name, split)]
+        tables.append(table)
+        offset += len(table)
+    return concat(tables, bench.name), rows[:limit]
+
+
 def select_split(bench: Benchmark, splits: dict[str, list[Path]], split: str | None
                  ) -> tuple[Table, str]:
     """The table of ``split`` (the benchmark's default when None) and the split's label.
@@ -286,10 +305,15 @@ def load_parquet_benchmark(
             from analyses.data.folders import load_vstar_folder
 
             return load_vstar_folder(root, split, limit, source=source)
-    table, label = select_split(bench, parquet_files(root, bench.default_split), split)
-    if limit is not None and limit < len(table):  # a row gives at least one sample
-        table = table.take(range(limit))
-    rows = bench.rows(table, name, label)[:limit]
+    splits = parquet_files(root, bench.default_split)
+    if name != "pope" and (split or DEFAULT_SPLIT.get(name)) == ALL:
+        table, rows = _every_split(bench, splits, name, limit)
+        label = ALL
+    else:
+        table, label = select_split(bench, splits, split)
+        if limit is not None and limit < len(table):  # a row gives at least one sample
+            table = table.take(range(limit))
+        rows = bench.rows(table, name, label)[:limit]
     image_rows, records = [row for row, _ in rows], [record for _, record in rows]
 
     def read_image(index: int) -> PIL.Image.Image:
