@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import json
 import math
 from pathlib import Path
 
@@ -470,6 +471,24 @@ def test_box_outside_its_image_is_refused_at_load_without_decoding(tmp_path, mon
     bad = [{"image": "images/a.png", "question": "q?", "answer": "a", "boxes": [[5, 5, 2, 9]]}]
     with pytest.raises(UserError, match=r"is not \[x0, y0, x1, y1\] with x0 < x1"):
         load_dataset(str(build_own_jsonl(tmp_path, rows=bad, name="bad.jsonl")))
+
+
+def test_gqa_drops_unnamed_objects_off_the_image_and_names_the_sample_of_a_bad_target(
+        tmp_path):
+    folder = build_gqa(tmp_path)
+    graphs, questions = gqa_scene_graphs(), gqa_questions()
+    first = next(iter(questions.values()))
+    graph = graphs[first["imageId"]]
+    graph["objects"]["stray"] = {"name": "x", "x": graph["width"] + 5, "y": 0, "w": 4, "h": 4,
+                                 "attributes": [], "relations": []}
+    (folder / "val_sceneGraphs.json").write_text(json.dumps(graphs))
+    sample = load_dataset(f"gqa:{folder}")[0]
+    assert len(sample.boxes) == len(graph["objects"]) - 1  # the stray object is gone
+    named = sorted(set(first["annotations"]["question"].values()))[0]
+    graph["objects"][named].update(x=graph["width"] + 5)  # a target off the image
+    (folder / "val_sceneGraphs.json").write_text(json.dumps(graphs))
+    with pytest.raises(UserError, match=r"^the box .* of sample gqa/val/.* lies outside its "):
+        load_dataset(f"gqa:{folder}")[0]
 
 
 def test_gqa_needs_its_files(tmp_path):

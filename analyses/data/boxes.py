@@ -41,17 +41,18 @@ def _covering(box: FloatBox) -> tuple[int, int, int, int]:
     return x0, y0, max(math.ceil(box[2]), x0 + 1), max(math.ceil(box[3]), y0 + 1)
 
 
-def clipped_box(box: FloatBox, size: tuple[int, int]) -> Box:
+def clipped_box(box: FloatBox, size: tuple[int, int], where: str = "the sample") -> Box:
     """The integer box covering ``box``, clipped to an image of ``size`` = (width, height).
 
-    Raises UserError when nothing of the box lies in the image.
+    Raises UserError, naming ``where``, when nothing of the box lies in the image.
     """
     width, height = size
     x0, y0, x1, y1 = _covering(box)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if x0 >= x1 or y0 >= y1:
         raise UserError(
-            f"the box {[round(v, 2) for v in box]} lies outside its {width}x{height} image."
+            f"the box {[round(v, 2) for v in box]} of {where} lies outside its {width}x{height} "
+            "image."
         )
     return Box(x0, y0, x1, y1)
 

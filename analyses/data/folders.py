@@ -139,6 +139,12 @@ def named_objects(question: dict) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _inside(obj: dict, width: float, height: float) -> bool:
+    """Whether a scene-graph object's box has some area inside a width x height image."""
+    return (obj["x"] < width and obj["y"] < height and obj["x"] + obj["w"] > 0
+            and obj["y"] + obj["h"] > 0 and obj["w"] > 0 and obj["h"] > 0)
+
+
 def load_gqa(split: str | None = None, limit: int | None = None, path: str | None = None
              ) -> Dataset:
     """GQA questions of ``split`` (default val) with the boxes of the objects they name."""
@@ -163,10 +169,14 @@ def load_gqa(split: str | None = None, limit: int | None = None, path: str | Non
         if limit is not None and len(records) >= limit:
             break
         image_id = str(question["imageId"])
-        objects = (graphs.get(image_id) or {}).get("objects", {})
+        graph = graphs.get(image_id) or {}
+        objects = graph.get("objects", {})
+        named = [i for i in named_objects(question) if i in objects]
+        if "width" in graph and "height" in graph:  # an unnamed object off the image is noise
+            objects = {i: o for i, o in objects.items()
+                       if i in named or _inside(o, graph["width"], graph["height"])}
         order = list(objects)
         boxes = tuple(xywh_to_xyxy([o["x"], o["y"], o["w"], o["h"]]) for o in objects.values())
-        named = [i for i in named_objects(question) if i in objects]
         types = question.get("types") or {}
         meta = {"question_id": qid, "image_id": image_id, "types": types, "split": split,
                 "full_answer": question.get("fullAnswer", ""), "objects": named,

@@ -94,7 +94,7 @@ def records_dataset(
         if strict_boxes:
             boxes = tuple(strict_box(b, image.size, f"sample {record.id}") for b in record.boxes)
         else:
-            boxes = tuple(clipped_box(b, image.size) for b in record.boxes)
+            boxes = tuple(clipped_box(b, image.size, f"sample {record.id}") for b in record.boxes)
         return Sample(
             id=record.id,
             image=image,
