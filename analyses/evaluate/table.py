@@ -58,7 +58,9 @@ def _notes(summary: Mapping[str, Any], latex: bool = False) -> str:
     text = f"Scores in %, 95% CI in brackets; n per benchmark: {sizes}."
     table = headline_table(summary)
     if any(significant(row) for rows in table.values() for row in rows.values()):
-        text += (" \\dag" if latex else " †") + f": paired test vs clean, p < {ALPHA}."
+        text += ((" \\dag" if latex else " †") + f": paired test vs clean, p < {ALPHA} (of "
+                 "per-sample scores; for an F1 or macro-mean headline the change's paired "
+                 "bootstrap CI in summary.json is the test of the headline).")
     excluded = [f"{label(method)} on {name}: {row['n']} with a region, {row['excluded']} excluded"
                 for method, rows in table.items() for name, row in rows.items()
                 if row.get("excluded")]
