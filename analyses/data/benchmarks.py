@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import glob
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import PIL.Image
 from analyses.data.boxes import xywh_to_xyxy
 from analyses.data.dataset import Dataset
 from analyses.data.hub import find_snapshot, parquet_splits, parquet_splits_of
+from analyses.data.options import lettered_lines, mmstar_options, split_options
 from analyses.data.records import Record, records_dataset
 from analyses.data.tabular import Table, concat, decode_image, read_parquet
 from probes.errors import UserError
@@ -40,26 +40,6 @@ Rows = list[tuple[int, Record]]  # (table row holding the image, record)
 def _hub_ids(*names: str) -> tuple[str, ...]:
     """Both lmms-eval namespaces for each name."""
     return tuple(f"{space}/{name}" for name in names for space in ("lmms-lab", "lmms-lab-encoder"))
-
-
-def split_options(text: str) -> tuple[str, tuple[str, ...]]:
-    """A V* question ``"Q? (A) x (B) y\\nAnswer ..."`` -> ``("Q?", ("x", "y"))``."""
-    found = re.findall(r"\(([A-Z])\)\s*(.*?)\s*(?=\([A-Z]\)|\nAnswer|$)", text, flags=re.S)
-    if not found:
-        return text.strip(), ()
-    return text.split("(A)")[0].strip(), tuple(option for _, option in found)
-
-
-def mmstar_options(question: str) -> tuple[str, ...]:
-    """The option texts of an MMStar question (``"...\\nOptions: A: x, B: y"``)."""
-    _, _, listed = question.rpartition("Options:")
-    parts = re.split(r"(?:^|,\s*)([A-Z]):\s*", listed.strip())
-    return tuple(text.strip() for text in parts[2::2])
-
-
-def lettered_lines(question: str) -> tuple[str, ...]:
-    """Options written one per line as ``A. x`` (RealWorldQA)."""
-    return tuple(m[1].strip() for m in re.finditer(r"^[A-Z]\.\s+(.+)$", question, flags=re.M))
 
 
 def _row_id(table: Table, column: str, index: int) -> str:

@@ -32,9 +32,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from analyses.data.benchmarks import split_options
 from analyses.data.boxes import xywh_to_xyxy
 from analyses.data.dataset import Dataset
+from analyses.data.options import split_options
 from analyses.data.records import Record, records_dataset
 from analyses.data.tabular import decode_image, read_jsonl
 from probes.errors import UserError

@@ -12,8 +12,9 @@ writes ``summary.json``, ``arrays.npz``, ``table.md``, ``table.tex`` and the fig
 """
 
 from analyses.data.suite import Suite, benchmark_of, concatenate
+from analyses.evaluate.config import EvaluateConfig, max_new_tokens
 from analyses.evaluate.methods import METHODS, parse_methods
-from analyses.evaluate.run import Evaluate, EvaluateConfig, max_new_tokens
+from analyses.evaluate.run import Evaluate
 
 __all__ = ["METHODS", "Evaluate", "EvaluateConfig", "Suite", "benchmark_of", "concatenate",
            "max_new_tokens", "parse_methods"]

@@ -8,8 +8,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from analyses.evaluate import Evaluate, EvaluateConfig
 from analyses.evaluate.methods import METHODS, check_vif_paths, parse_methods
-from analyses.evaluate.run import Evaluate, EvaluateConfig
 from analyses.runner.cli import add_analysis_arguments, run_from_args
 from probes.cli import run_cli
 

@@ -11,10 +11,8 @@ model's input (:func:`analyses.scoring.frame_for`).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,7 @@ from analyses.contrastive_attention.contrast import early_candidates, last_quart
 from analyses.data import Sample
 from analyses.data.suite import benchmark_of
 from analyses.evaluate import methods as m
+from analyses.evaluate.config import EvaluateConfig, max_new_tokens, stub
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, Pass, Plan, RunInfo
 from analyses.runner.spec import Records
@@ -32,57 +31,6 @@ from probes.errors import UserError
 ANALYSIS = "evaluate"
 EARLY_PASS, SAMPLES = "early", "samples"
 BOX_SCORERS = ("refcoco",)  # replies that are boxes: graded in the model's frame
-
-
-def max_new_tokens(sample, override: int | None = None) -> int:
-    """The reply's token budget: ``override``, else its rule's (:func:`scoring.reply_tokens`)."""
-    return override or scoring.reply_tokens(sample)
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """What decides the numbers (all of it goes into ``summary.json``)."""
-
-    methods: tuple[str, ...] = ("clean", "aif")
-    max_new_tokens: int | None = None  # None: per benchmark (:func:`max_new_tokens`)
-    batch_size: int = 8  # clean replies per batch
-    n_bootstrap: int = 2000
-    seed: int = 0
-    vif_sha256: dict[str, str] = field(default_factory=dict)  # vif:PATH -> the file's hash
-
-    def validate(self) -> None:
-        m.parse_methods(self.methods)
-        m.check_vif_paths(self.methods)
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise UserError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}.")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, not {self.batch_size}.")
-        if self.n_bootstrap < 1:
-            raise UserError(f"--bootstrap must be at least 1, not {self.n_bootstrap}.")
-
-    def recorded(self) -> dict[str, Any]:
-        return {**asdict(self), "methods": list(self.methods),
-                "contrastive": dict(m.CONTRASTIVE),
-                "max_new_tokens_rule": {**scoring.REPLY_TOKENS,
-                                        "other": scoring.DEFAULT_REPLY_TOKENS}
-                if self.max_new_tokens is None else self.max_new_tokens}
-
-
-def stub(sample: Sample) -> str:
-    """What grading and summaries read of a sample, as JSON (no image)."""
-    return json.dumps({"id": sample.id, "question": sample.question, "answer": sample.answer,
-                       "kind": sample.kind, "dataset": sample.dataset,
-                       "answers": list(sample.answers), "choices": list(sample.choices),
-                       "scorer": sample.scorer, "meta": dict(sample.meta)}, default=str)
-
-
-def unstub(text: str) -> Sample:
-    """A sample of :func:`stub` (no image, no regions): enough to summarize its verdict."""
-    values = json.loads(text)
-    return Sample(values["id"], None, values["question"], values["answer"], values["kind"],
-                  (), (), None, values["dataset"], answers=tuple(values["answers"]),
-                  choices=tuple(values["choices"]), scorer=values["scorer"],
-                  meta=values["meta"])
 
 
 def grade(reply: str | None, sample: Sample, loaded) -> tuple[float, str, float]:
@@ -101,8 +49,8 @@ class Evaluate(Analysis):
 
     name = ANALYSIS
 
-    def __init__(self, config: EvaluateConfig = EvaluateConfig()) -> None:
-        self.config = config
+    def __init__(self, config: EvaluateConfig | None = None) -> None:
+        self.config = config or EvaluateConfig()
         self.num_layers: int | None = None
         main = Pass(SAMPLES, batch=config.batch_size, description="evaluate")
         self.passes = ((Pass(EARLY_PASS, scope="all", description="maps (early layer rule)"),

@@ -21,7 +21,7 @@ import numpy as np
 
 from analyses import scoring
 from analyses.evaluate import stats
-from analyses.evaluate.run import EvaluateConfig, unstub
+from analyses.evaluate.config import EvaluateConfig, unstub
 from analyses.results import RunResult
 from analyses.runner.spec import Records
 from analyses.stats import method_rows
