@@ -1,9 +1,11 @@
-"""Test helpers shared by the adapter tests (painting boxes and finding them in pixel values)
-and the analyses' resume tests (interrupting a run, comparing two runs' results)."""
+"""Test helpers shared by the adapter tests (painting boxes and finding them in pixel values,
+the tiny Qwen checkpoint in the hub's layout) and the analyses' resume tests (interrupting a run, comparing two runs' results)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,3 +74,28 @@ def assert_same_run(a, b) -> None:
     for name in a.arrays:
         assert a.arrays[name].dtype == b.arrays[name].dtype, name
         np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
+
+
+def qwen_hub_layout(tmp_path: Path) -> Path:
+    """The tiny Qwen checkpoint laid out as Qwen/Qwen2.5-VL-7B-Instruct is on the hub: a
+    preprocessor_config.json naming the stock Qwen2_5_VLProcessor."""
+    from probes.models.zoo import BUILTIN_MODELS
+
+    checkpoint = tmp_path / "qwen-hub-layout"
+    shutil.copytree(BUILTIN_MODELS["tiny-random-qwen2.5-vl"].directory(), checkpoint)
+    saved = json.loads((checkpoint / "processor_config.json").read_text())
+    (checkpoint / "processor_config.json").unlink()
+    hub_style = {**saved["image_processor"], "processor_class": "Qwen2_5_VLProcessor"}
+    hub_style["min_pixels"] = hub_style["size"]["shortest_edge"]
+    hub_style["max_pixels"] = hub_style["size"]["longest_edge"]
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps(hub_style))
+    return checkpoint
+
+
+def consistency_inputs(loaded):
+    """The engine consistency tests' input: a red image and a colour question, on which greedy
+    continuations of the tiny random models never emit the image placeholder token (the
+    no-cache reference loop feeds generated ids back as input_ids, where a placeholder would be
+    taken for an image token)."""
+    return loaded.adapter.build_inputs([Image.new("RGB", (90, 60), (200, 30, 30))],
+                                       ["what color is the shape ?"])

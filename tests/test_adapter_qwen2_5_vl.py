@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import image_with_box, red_cells, unnormalise
+from helpers import image_with_box, qwen_hub_layout, red_cells, unnormalise
 from PIL import Image
 from transformers import (
     AutoProcessor,
@@ -270,21 +270,9 @@ def test_refuses_processor_settings_it_does_not_understand(processor, needle):
 def test_checkpoint_in_hub_layout_loads_without_torchvision(tmp_path):
     """Qwen/Qwen2.5-VL-7B-Instruct ships a preprocessor_config.json naming the stock
     Qwen2_5_VLProcessor, whose video processor needs torchvision: loading must still work."""
-    import json
-    import shutil
-
     from probes.models.loading import load_model
-    from probes.models.zoo import BUILTIN_MODELS
 
-    checkpoint = tmp_path / "qwen-hub-layout"
-    shutil.copytree(BUILTIN_MODELS["tiny-random-qwen2.5-vl"].directory(), checkpoint)
-    saved = json.loads((checkpoint / "processor_config.json").read_text())
-    (checkpoint / "processor_config.json").unlink()
-    hub_style = {**saved["image_processor"], "processor_class": "Qwen2_5_VLProcessor"}
-    hub_style["min_pixels"] = hub_style["size"]["shortest_edge"]
-    hub_style["max_pixels"] = hub_style["size"]["longest_edge"]
-    (checkpoint / "preprocessor_config.json").write_text(json.dumps(hub_style))
-    loaded = load_model(str(checkpoint))
+    loaded = load_model(str(qwen_hub_layout(tmp_path)))
     assert isinstance(loaded.processor, QwenImageOnlyProcessor)
     [answer] = answer_questions(loaded, [Image.new("RGB", (90, 60))], ["what shape?"], 2)
     assert 0.0 <= answer.probability <= 1.0

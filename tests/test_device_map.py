@@ -16,7 +16,7 @@ import pytest
 import torch
 from accelerate import dispatch_model
 from accelerate.hooks import AlignDevicesHook
-from PIL import Image
+from helpers import consistency_inputs
 from test_run import _eager_attentions, _reference_generate
 
 from probes import attention
@@ -60,12 +60,6 @@ def split_device_map(loaded, first: str, second: str) -> dict[str, str]:
     return mapping
 
 
-def _inputs(loaded):
-    # as tests/test_run.py: greedy continuations never emit the image placeholder token
-    return loaded.adapter.build_inputs([Image.new("RGB", (90, 60), (200, 30, 30))],
-                                       ["what color is the shape ?"])
-
-
 @pytest.fixture(scope="module", params=MODELS)
 def pair(request):
     """(plain model, the same weights dispatched with hooks in two groups, inputs)."""
@@ -75,7 +69,7 @@ def pair(request):
                    skip_keys=dispatched.model._skip_keys_device_placement)
     for loaded in (plain, dispatched):
         loaded.model.generation_config.eos_token_id = -1  # decode every step asked for
-    return plain, dispatched, _inputs(plain)
+    return plain, dispatched, consistency_inputs(plain)
 
 
 def test_every_layer_runs_behind_its_own_hook_in_two_groups(pair):
@@ -227,7 +221,7 @@ def test_split_over_two_gpus_equals_one_gpu(name):
         loaded.model.generation_config.eos_token_id = -1
     # the split model takes inputs on the CPU (its top-level hook moves them and brings the
     # outputs back), as the no-cache reference loop needs; the single one takes them on its GPU
-    inputs = {id(single): _inputs(single).to("cuda:0"), id(split): _inputs(split)}
+    inputs = {id(single): consistency_inputs(single).to("cuda:0"), id(split): consistency_inputs(split)}
     n = split.adapter.num_layers
     groups = token_groups(split.adapter, inputs[id(split)])
     sweep = [Knockout.window("image->question,last", layer, 1, n) for layer in range(n)]

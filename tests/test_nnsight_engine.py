@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import consistency_inputs
 from PIL import Image
 
 from probes import attention
@@ -27,9 +28,7 @@ TOLERANCE = 1e-6
 @pytest.fixture(scope="module", params=MODELS)
 def setup(request):
     loaded = load_model(request.param)
-    inputs = loaded.adapter.build_inputs([Image.new("RGB", (90, 60), (200, 30, 30))],
-                                         ["what color is the shape ?"])
-    return loaded, inputs
+    return loaded, consistency_inputs(loaded)
 
 
 def _fast(loaded, implementation):

@@ -15,13 +15,12 @@ and the mean by at most ``MEAN_PIXEL_DIFF``; the tiny models' logits agree withi
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from helpers import qwen_hub_layout
 from PIL import Image
 from transformers import AutoProcessor
 from transformers.utils import is_torchvision_available
@@ -29,7 +28,6 @@ from transformers.utils import is_torchvision_available
 from probes.models.adapters import adapter_for
 from probes.models.adapters.qwen2_5_vl import QwenImageOnlyProcessor
 from probes.models.loading import load_model
-from probes.models.zoo import BUILTIN_MODELS
 
 MAX_PIXEL_DIFF = 0.4  # measured: at most 0.35 (uniform noise images, 1024x768)
 MEAN_PIXEL_DIFF = 0.01  # measured: at most 0.0057
@@ -49,20 +47,6 @@ def _torchvision():
 def _images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in SIZES]
-
-
-def _qwen_hub_layout(tmp_path):
-    """The tiny Qwen checkpoint laid out as Qwen/Qwen2.5-VL-7B-Instruct is on the hub: a
-    preprocessor_config.json naming the stock Qwen2_5_VLProcessor."""
-    checkpoint = tmp_path / "qwen-hub-layout"
-    shutil.copytree(BUILTIN_MODELS["tiny-random-qwen2.5-vl"].directory(), checkpoint)
-    saved = json.loads((checkpoint / "processor_config.json").read_text())
-    (checkpoint / "processor_config.json").unlink()
-    hub_style = {**saved["image_processor"], "processor_class": "Qwen2_5_VLProcessor"}
-    hub_style["min_pixels"] = hub_style["size"]["shortest_edge"]
-    hub_style["max_pixels"] = hub_style["size"]["longest_edge"]
-    (checkpoint / "preprocessor_config.json").write_text(json.dumps(hub_style))
-    return checkpoint
 
 
 def _assert_same_inputs(stock, free) -> None:
@@ -94,7 +78,7 @@ def test_llava_stock_and_pil_processors_give_the_same_inputs(name):
 
 
 def test_qwen_stock_processor_is_used_and_matches_the_image_only_one(tmp_path):
-    checkpoint = _qwen_hub_layout(tmp_path)
+    checkpoint = qwen_hub_layout(tmp_path)
     loaded = load_model(str(checkpoint))
     stock = loaded.processor
     assert type(stock).__name__ == "Qwen2_5_VLProcessor"

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import consistency_inputs
 
 from probes.masking import Knockout, parse_flows
 from probes.models.loading import load_model
@@ -19,12 +19,7 @@ MODELS = ["tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl
 @pytest.fixture(scope="module", params=MODELS)
 def setup(request):
     loaded = load_model(request.param)
-    # an input whose greedy continuations never emit the image placeholder token (random
-    # weights may): the no-cache reference loop feeds generated ids back as input_ids, where
-    # a placeholder would be taken for an image token
-    inputs = loaded.adapter.build_inputs([Image.new("RGB", (90, 60), (200, 30, 30))],
-                                         ["what color is the shape ?"])
-    return loaded, inputs
+    return loaded, consistency_inputs(loaded)
 
 
 def _sweep(n, flows, window):

@@ -69,19 +69,24 @@ def _notes(summary: Mapping[str, Any], latex: bool = False) -> str:
     return text
 
 
+def _body(summary: Mapping[str, Any], cell, missing: str) -> list[tuple[str, list[str]]]:
+    """Per method, its label and one cell per benchmark (``missing`` where it has no row)."""
+    names = summary["benchmarks"]
+    return [(label(method), [missing if rows.get(n) is None else cell(rows[n]) for n in names])
+            for method, rows in headline_table(summary).items()]
+
+
 def markdown_table(summary: Mapping[str, Any]) -> str:
-    table = headline_table(summary)
     names = summary["benchmarks"]
     lines = ["| method | " + " | ".join(column(n, summary) for n in names) + " |",
              "|---|" + "---|" * len(names)]
-    for method, rows in table.items():
-        cells = []
-        for name in names:
-            row = rows.get(name)
-            cells.append("-" if row is None else
-                         f"{percent(row['accuracy'])} [{percent(row['ci_low'])}, "
-                         f"{percent(row['ci_high'])}]" + ("†" if significant(row) else ""))
-        lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+
+    def cell(row) -> str:
+        return (f"{percent(row['accuracy'])} [{percent(row['ci_low'])}, "
+                f"{percent(row['ci_high'])}]" + ("†" if significant(row) else ""))
+
+    lines += [f"| {method} | " + " | ".join(cells) + " |"
+              for method, cells in _body(summary, cell, "-")]
     return "\n".join(lines) + "\n\n" + _notes(summary) + "\n"
 
 
@@ -94,20 +99,18 @@ def _latex_escape(text: str) -> str:
 
 
 def latex_table(summary: Mapping[str, Any]) -> str:
-    table = headline_table(summary)
     names = summary["benchmarks"]
     lines = ["\\begin{tabular}{l" + "c" * len(names) + "}", "\\toprule",
              "Method & " + " & ".join(_latex_escape(column(n, summary)) for n in names)
              + " \\\\", "\\midrule"]
-    for method, rows in table.items():
-        cells = []
-        for name in names:
-            row = rows.get(name)
-            cells.append("--" if row is None else
-                         f"{percent(row['accuracy'])}{{\\scriptsize\\,[{percent(row['ci_low'])}, "
-                         f"{percent(row['ci_high'])}]}}"
-                         + ("\\textsuperscript{\\dag}" if significant(row) else ""))
-        lines.append(_latex_escape(label(method)) + " & " + " & ".join(cells) + " \\\\")
+
+    def cell(row) -> str:
+        return (f"{percent(row['accuracy'])}{{\\scriptsize\\,[{percent(row['ci_low'])}, "
+                f"{percent(row['ci_high'])}]}}"
+                + ("\\textsuperscript{\\dag}" if significant(row) else ""))
+
+    lines += [_latex_escape(method) + " & " + " & ".join(cells) + " \\\\"
+              for method, cells in _body(summary, cell, "--")]
     lines += ["\\bottomrule", "\\end{tabular}", "% " + _notes(summary, latex=True)]
     return "\n".join(lines) + "\n"
 
