@@ -24,6 +24,19 @@ def is_correct(answer: str, sample) -> bool:
     return scoring.is_correct(answer, sample)
 
 
+def replies(loaded: LoadedModel, samples: Sequence, max_new_tokens: Sequence[int]) -> list[str]:
+    """Each sample's greedy reply decoded with its own token budget, one batch per distinct
+    budget (greedy, so a row's reply does not depend on its batch)."""
+    texts = [""] * len(samples)
+    for budget in sorted(set(max_new_tokens)):
+        rows = [k for k, b in enumerate(max_new_tokens) if b == budget]
+        answers = answer_questions(loaded, [samples[k].image for k in rows],
+                                   [samples[k].ask for k in rows], max_new_tokens=budget)
+        for k, answer in zip(rows, answers):
+            texts[k] = answer.text
+    return texts
+
+
 def grade(loaded: LoadedModel, samples: Sequence, batch_size: int = 128,
           progress: bool = False, max_new_tokens: int | None = None) -> list[bool]:
     """Per sample, whether the greedy answer is right (:func:`is_correct`), each decoded with
@@ -34,11 +47,5 @@ def grade(loaded: LoadedModel, samples: Sequence, batch_size: int = 128,
     for start in tqdm(batches, disable=not progress, desc="answering", unit="batch"):
         chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
         budgets = [max_new_tokens or scoring.reply_tokens(s) for s in chunk]
-        verdicts: dict[int, bool] = {}
-        for budget in sorted(set(budgets)):  # one batch per budget: greedy, so rows agree
-            rows = [k for k, b in enumerate(budgets) if b == budget]
-            answers = answer_questions(loaded, [chunk[k].image for k in rows],
-                                       [chunk[k].ask for k in rows], max_new_tokens=budget)
-            verdicts.update((k, is_correct(a.text, chunk[k])) for k, a in zip(rows, answers))
-        correct += [verdicts[k] for k in range(len(chunk))]
+        correct += [is_correct(text, s) for text, s in zip(replies(loaded, chunk, budgets), chunk)]
     return correct

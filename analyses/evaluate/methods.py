@@ -1,6 +1,6 @@
 """The decoding methods ``python -m analyses.evaluate`` compares, each one reply per sample.
 
-- ``clean``: greedy decoding (:func:`probes.models.answer.answer_questions`), batched;
+- ``clean``: greedy decoding (:func:`analyses.grading.replies`), batched;
 - ``aif``: Adaptive Information Flow (:func:`analyses.token_importance.aif.aif_generate`):
   the highest-entropy image tokens cut from the text at the adaptive ratio;
 - ``contrastive``: the training-free refinement of contrastive attention
@@ -34,7 +34,7 @@ from analyses.contrastive_attention.contrast import contrastive_map, least_shift
 from analyses.contrastive_attention.refine import Suppression, refined_generate
 from analyses.token_importance.aif import AIFConfig, aif_generate, knockout
 from probes.errors import UserError
-from probes.models.answer import answer_questions, answer_text
+from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
 from probes.run import masked_generate
 from probes.tokens import TokenGroups, token_groups
@@ -67,19 +67,6 @@ def check_vif_paths(methods: Sequence[str]) -> None:
         if method.startswith("vif:") and not Path(method[4:]).is_file():
             raise UserError(f"no VIF module at {method[4:]}; python -m analyses.train_vif "
                             "--out DIR trains one into DIR/vif.safetensors.")
-
-
-def clean_replies(loaded: LoadedModel, samples: Sequence, max_new_tokens: Sequence[int]
-                  ) -> list[str]:
-    """Greedy replies, one batch per distinct token budget."""
-    replies = [""] * len(samples)
-    for budget in sorted(set(max_new_tokens)):
-        chosen = [k for k, b in enumerate(max_new_tokens) if b == budget]
-        answers = answer_questions(loaded, [samples[k].image for k in chosen],
-                                   [samples[k].ask for k in chosen], max_new_tokens=budget)
-        for k, answer in zip(chosen, answers):
-            replies[k] = answer.text
-    return replies
 
 
 def aif_reply(loaded: LoadedModel, sample, max_new_tokens: int) -> str:

@@ -23,6 +23,7 @@ from analyses.data import Sample
 from analyses.data.suite import benchmark_of
 from analyses.evaluate import methods as m
 from analyses.evaluate.config import EvaluateConfig, max_new_tokens, stub
+from analyses.grading import replies as greedy_replies
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, Pass, Plan, RunInfo
 from analyses.runner.spec import Records
@@ -120,7 +121,7 @@ class Evaluate(Analysis):
         methods = self.config.methods
         budgets = [max_new_tokens(s, self.config.max_new_tokens) for s in samples]
         started = time.perf_counter()
-        clean = m.clean_replies(loaded, samples, budgets)
+        clean = greedy_replies(loaded, samples, budgets)
         clean_seconds = (time.perf_counter() - started) / len(samples)
         layers = (m.ContrastiveLayers(context["late"], context["early"],
                                       tuple(context["refine"])) if context else None)
