@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-fusionlens
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test demo bench gpu-check clean test-compat compat-envs
+.PHONY: install test notebooks demo bench gpu-check clean test-compat compat-envs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,12 @@ $(LMMS_EVAL_WHEEL): | $(STAMP)
 
 test: install $(LMMS_EVAL_WHEEL)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --nbmake tests notebooks --ignore=tests/test_processors_torchvision.py
+	$(PY) -m pytest -q tests --ignore=tests/test_processors_torchvision.py
+
+# run the notebooks top to bottom and save them with their outputs (figures included); the
+# test tests/test_notebooks.py runs them again and compares
+notebooks: install
+	$(PY) -m tests.test_notebooks --write
 
 # the main job on the embedded defaults: where does the image reach the answer in tiny-llava?
 demo: install

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from analyses import scoring
 from probes.models.answer import answer_questions

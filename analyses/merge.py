@@ -16,6 +16,7 @@ from analyses.runner.execute import RECORDS
 from analyses.runner.registry import rebuild
 from analyses.runner.spec import RunInfo
 from analyses.runner.store import KEY_FILE, RecordStore
+from figures.style import use_file_backend
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -94,6 +95,7 @@ def merge(directories: Sequence[Path]) -> RunResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_file_backend()
     parser = argparse.ArgumentParser(prog="python -m analyses.merge",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("shards", nargs="+", type=Path, help="the shard runs' --out directories")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analyses.results import RunResult
 from figures import attention_evolution, attenuation, evaluate, layer_masking, token_importance, vif
-from figures.style import save
+from figures.style import save, use_file_backend
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -49,6 +49,7 @@ def redraw(directory: Path, out: Path | None = None) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_file_backend()
     parser = argparse.ArgumentParser(prog="python -m figures.paper", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (with summary.json)")
     parser.add_argument("--out", type=Path, default=None,

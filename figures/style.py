@@ -3,6 +3,8 @@ PNG + PDF output with embedded (Type 42) fonts.
 
 Figures are pure functions from results to a :class:`matplotlib.figure.Figure`; they never
 call ``show()`` and never write files. Only :func:`save` writes, and only where it is told.
+Importing them picks no matplotlib backend: in Jupyter a figure returned by a cell shows as an
+image; a command-line program calls :func:`use_file_backend` before it draws.
 
 >>> figure = new_figure(columns=1, height=2.0)
 >>> float(figure.get_figwidth()), PALETTE["flow"]
@@ -12,15 +14,14 @@ call ``show()`` and never write files. Only :func:`save` writes, and only where 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # figures are files: no display needed, none opened
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 # Okabe & Ito (2008), the palette most journals point to for colour-vision deficiency
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
@@ -36,6 +37,8 @@ DIVERGING = "RdBu_r"  # heatmaps of signed changes, centred on zero
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
 PAGE_WIDTH = 7.0  # inches: the full text width
 DPI = 200
+# the backend ipykernel names in MPLBACKEND for every Jupyter kernel (unless the user named one)
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 RC = {
     "font.family": "DejaVu Sans",
@@ -59,6 +62,22 @@ RC = {
 }
 
 
+def use_file_backend() -> None:
+    """Draw into files only (Agg): what every command-line program that draws calls first, so
+    that it never opens, or needs, a display. Never called on import: a notebook keeps its own
+    backend."""
+    matplotlib.use("Agg")
+
+
+def _show_in_notebook() -> None:
+    """In a Jupyter kernel whose backend is the inline one, load that backend's module: that
+    registers IPython's image display of figures, which pyplot does at its first figure but a
+    figure made without pyplot (all of ours) never triggers. Chooses no backend: the module
+    activates itself only when it is the backend in force (not after ``matplotlib.use``)."""
+    if os.environ.get("MPLBACKEND") in (INLINE_BACKEND, "inline"):
+        importlib.import_module(INLINE_BACKEND.removeprefix("module://"))
+
+
 @contextlib.contextmanager
 def house_style() -> Iterator[None]:
     """The house rc parameters for the duration of the block (global state left as it was)."""
@@ -69,7 +88,9 @@ def house_style() -> Iterator[None]:
 def new_figure(columns: int = 1, height: float = 2.2, ncols: int = 1, nrows: int = 1,
                **kwargs) -> Figure:
     """An empty figure one column (3.4 in) or the page (7.0 in) wide, in the house style,
-    with ``nrows x ncols`` axes. Not attached to pyplot's global figure list."""
+    with ``nrows x ncols`` axes. Not attached to pyplot's global figure list; in Jupyter it
+    shows as an image when a cell returns it."""
+    _show_in_notebook()
     with house_style():
         figure = Figure(figsize=(COLUMN_WIDTH if columns == 1 else PAGE_WIDTH, height),
                         layout="constrained")

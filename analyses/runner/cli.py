@@ -12,6 +12,7 @@ from analyses.results import RunResult
 from analyses.runner.execute import LocalBackend, RunOptions, parse_shard, run
 from analyses.runner.spec import Analysis
 from analyses.runner.store import KEY_FILE, PARTIAL, check_finished, check_out
+from figures.style import use_file_backend
 from probes.cli import add_model_arguments
 from probes.errors import UserError
 
@@ -108,6 +109,7 @@ def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) ->
     """Run ``analysis`` as its CLI's options say on the data prompted for the model's family
     (:func:`analyses.common.prompt_data`), save the result with its figures into ``--out``
     and print its table."""
+    use_file_backend()
     options = options_from_args(args)
     check_out_from_args(args)  # before any loading: a bad --out costs nothing
     if dataset is None:

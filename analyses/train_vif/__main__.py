@@ -27,6 +27,7 @@ from analyses.runner.cli import (
 from analyses.runner.store import KEY_FILE
 from analyses.train_vif.run import WEIGHTS, VIFEvaluation, train_module, training_record
 from analyses.train_vif.train import TrainConfig
+from figures.style import use_file_backend
 from probes.cli import run_cli
 from probes.errors import UserError
 from probes.vif import VIF, VIFConfig
@@ -44,6 +45,7 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_file_backend()
     parser = argparse.ArgumentParser(prog="python -m analyses.train_vif",
                                      description=__doc__.split("\n")[0])
     add_analysis_arguments(parser, DEFAULT_OUT, default_batch_size=32)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from analyses.attenuation.measure import answer_token
 from analyses.grading import grade, is_correct
