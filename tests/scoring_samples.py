@@ -41,12 +41,15 @@ def image_cell(size: tuple[int, int] = (8, 8)) -> dict[str, Any]:
     return _IMAGES[size]
 
 
-def load_rows(root: Path, name: str, rows: Sequence[dict[str, Any]]) -> list[Sample]:
+def load_rows(root: Path, name: str, rows: Sequence[dict[str, Any]],
+              split: str | None = None) -> list[Sample]:
     """``rows`` of benchmark ``name`` (its own columns) written in its layout under a fresh
-    folder of ``root`` and read back by ``load_dataset("NAME:FOLDER")``, in order."""
+    folder of ``root`` (as the file of ``split``, None: the benchmark's default) and read back
+    by ``load_dataset("NAME:FOLDER")``, in order."""
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
-    write_parquet(folder / LAYOUT.get(name, TEST_SHARD), list(rows))
-    return list(load_dataset(f"{name}:{folder}"))
+    shard = f"data/{split}-00000-of-00001.parquet" if split else LAYOUT.get(name, TEST_SHARD)
+    write_parquet(folder / shard, list(rows))
+    return list(load_dataset(f"{name}:{folder}", split=split))
 
 
 def mmstar_row(answer: str, options: Sequence[str], l2_category: str = "l2", index: int = 0,

@@ -31,18 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from scoring_samples import (
-    countbench_row,
-    gqa_samples,
-    load_rows,
-    mmstar_row,
-    own_samples,
-    pope_row,
-    realworldqa_row,
-    refcoco_row,
-    textvqa_row,
-    vstar_row,
-)
+import scoring_samples as real
 
 from analyses.scoring import BoxFrame, judge, summarize
 from analyses.scoring.base import Verdict
@@ -204,13 +193,13 @@ def data(tmp_path_factory):
     """Samples of every benchmark, built by their loaders from rows in the real layouts."""
     root = tmp_path_factory.mktemp("benchmarks")
     golds = [(n, gold) for n in (2, 3, 4) for gold in LETTERS[:n]]
-    mmstar = load_rows(root, "mmstar", [mmstar_row(g, OPTIONS[:n], index=i)
+    mmstar = real.load_rows(root, "mmstar", [real.mmstar_row(g, OPTIONS[:n], index=i)
                                         for i, (n, g) in enumerate(golds)])
-    vstar = load_rows(root, "vstar", [vstar_row(g, OPTIONS[:n], question_id=i)
+    vstar = real.load_rows(root, "vstar", [real.vstar_row(g, OPTIONS[:n], question_id=i)
                                       for i, (n, g) in enumerate(golds) if n != 3])
     opens = ["0", "2", "Downhill", "left", "yes"]
-    rwqa = load_rows(root, "realworldqa", [realworldqa_row(g, OPTIONS[:n]) for n, g in golds]
-                     + [realworldqa_row(g) for g in opens])
+    rwqa = real.load_rows(root, "realworldqa", [real.realworldqa_row(g, OPTIONS[:n]) for n, g in golds]
+                     + [real.realworldqa_row(g) for g in opens])
     return SimpleNamespace(root=root, mmstar=mmstar, vstar=vstar, realworldqa=rwqa)
 
 
@@ -331,8 +320,8 @@ def test_class_letter_in_word(harness, data):
     fallback), "The answer is Blue" as B (phrase rule), "DNA." as A; ours reads nothing.
     The other way round, "CA" (no standalone letter) is A to lmms-eval, nothing to ours."""
     plain = ("w", "x", "y", "z")  # option texts that are no reply below
-    samples = {s.answer: s for s in load_rows(data.root, "mmstar", [
-        mmstar_row(letter, plain, index=i) for i, letter in enumerate(LETTERS)])}
+    samples = {s.answer: s for s in real.load_rows(data.root, "mmstar", [
+        real.mmstar_row(letter, plain, index=i) for i, letter in enumerate(LETTERS)])}
     for reply, theirs in [("Cotton", "C"), ("Blue", "B"), ("The answer is Blue", "B"),
                           ("DNA.", "A"), ("CA", "A")]:
         assert harness.mcq.extract_mcq_answer(reply, list(LETTERS)) == theirs
@@ -351,7 +340,7 @@ def test_class_option_text(harness, data):
     dark_green = next(s for s in data.mmstar if len(s.choices) == 4 and s.answer == "D")
     assert mmstar_score(harness, "dark green.", dark_green) == 0.0
     assert judge("dark green.", dark_green) == Verdict(1.0, "D")
-    (ambiguous,) = own_samples(data.root, [{"question": "Which?", "choices": ["red", "Red"],
+    (ambiguous,) = real.own_samples(data.root, [{"question": "Which?", "choices": ["red", "Red"],
                                             "answer": "A"}])
     assert judge("red", ambiguous).prediction == ""
 
@@ -374,7 +363,7 @@ def test_class_outside_options(harness, data):
 def test_class_letter_beyond_d(harness, data):
     """RealWorldQA with five or more options and the answer E..: lmms-eval takes a letter
     beyond D for an open answer (only the reply "e" counts); ours reads it as the letter."""
-    (five,) = load_rows(data.root, "realworldqa", [realworldqa_row("E", ("a", "b", "c", "d",
+    (five,) = real.load_rows(data.root, "realworldqa", [real.realworldqa_row("E", ("a", "b", "c", "d",
                                                                          "e"))])
     assert five.choices == ("a", "b", "c", "d", "e")
     for reply, theirs in [("E", 1.0), ("(E)", 0.0), ("The answer is E.", 0.0)]:
@@ -386,8 +375,8 @@ def test_class_letter_beyond_d(harness, data):
 def test_mmstar_macro_mean_equals_harness_aggregate(harness, data):
     rng = random.Random(1)
     kinds = ["coarse", "math", "logic", "science"]
-    rows = [mmstar_row("A", OPTIONS, l2_category=rng.choice(kinds), index=i) for i in range(200)]
-    samples = load_rows(data.root, "mmstar", rows)
+    rows = [real.mmstar_row("A", OPTIONS, l2_category=rng.choice(kinds), index=i) for i in range(200)]
+    samples = real.load_rows(data.root, "mmstar", rows)
     replies = [rng.choice("AB") for _ in samples]
     verdicts = [judge(r, s) for r, s in zip(replies, samples)]
     theirs = harness.mmstar.mmstar_aggregate_results(
@@ -488,7 +477,7 @@ def test_textvqa_agrees_on_every_reply(harness, data):
     pool = OCR_WORDS + [w.upper() for w in OCR_WORDS]
     answer_sets = [[reply if rng.random() < 0.3 else rng.choice(pool) for _ in range(10)]
                    for reply in replies]
-    samples = load_rows(data.root, "textvqa", [textvqa_row(a, i)
+    samples = real.load_rows(data.root, "textvqa", [real.textvqa_row(a, i)
                                                for i, a in enumerate(answer_sets)])
     differ = fractional = 0
     for reply, sample, answers in zip(replies, samples, answer_sets):
@@ -512,7 +501,7 @@ def count_replies() -> list[str]:
 
 
 def test_countbench_agrees_but_for_the_documented_classes(harness, data):
-    samples = load_rows(data.root, "countbench", [countbench_row(n) for n in (0, 3, 11, 20)])
+    samples = real.load_rows(data.root, "countbench", [real.countbench_row(n) for n in (0, 3, 11, 20)])
     def theirs(sample, reply: str, undo: bool = False) -> float:
         seen = harness_sees(reply)
         seen = seen.lower().rstrip(".") if undo else seen  # undone: trailing periods dropped
@@ -524,7 +513,7 @@ def test_countbench_agrees_but_for_the_documented_classes(harness, data):
 
 
 def test_class_count_period(harness, data):
-    (three,) = load_rows(data.root, "countbench", [countbench_row(3)])
+    (three,) = real.load_rows(data.root, "countbench", [real.countbench_row(3)])
     for reply in ["3.", "Three.", "3 ."]:
         assert harness.countbench.countbench_process_results({"number": 3}, [reply])["acc"] == 0
         assert judge(reply, three) == Verdict(1.0, "3")
@@ -551,7 +540,7 @@ def pope_replies() -> list[str]:
 
 
 def pope_samples(root, labels, split="random") -> list:
-    return load_rows(root, "pope", [pope_row(label, split, i) for i, label in enumerate(labels)])
+    return real.load_rows(root, "pope", [real.pope_row(label, split, i) for i, label in enumerate(labels)])
 
 
 def test_pope_agrees_but_for_the_documented_classes(harness, data):
@@ -681,14 +670,14 @@ def test_gqa_agrees_but_for_the_documented_classes(harness, data):
         return gqa_theirs(harness, seen, sample.answer)
 
     agree_but_for("gqa", "gqa-space-after-punctuation",
-                  itertools.product(gqa_samples(data.root, GQA_GOLDS), gqa_replies()), theirs)
+                  itertools.product(real.gqa_samples(data.root, GQA_GOLDS), gqa_replies()), theirs)
 
 
 def test_class_gqa_space_after_punctuation(harness, data):
     """lmms-eval strips the reply, then deletes punctuation: a space next to a mark stays
     ("yes ." -> "yes "); ours deletes punctuation, then strips. Plain surrounding whitespace
     is stripped by both."""
-    (yes,) = gqa_samples(data.root, ["yes"])
+    (yes,) = real.gqa_samples(data.root, ["yes"])
     for reply in ["yes .", "( yes )", "- yes", "Yes !"]:
         assert gqa_theirs(harness, reply, "yes") == 0.0
         assert judge(reply, yes) == Verdict(1.0, "yes")
@@ -745,8 +734,8 @@ def test_refcoco_agrees_but_for_the_documented_classes(harness, data):
     """Ours with the model answering in original-image pixels (the frame's identity) against
     lmms-eval's refcoco_grounding task."""
     rng = random.Random(5)
-    samples = load_rows(data.root, "refcoco", [refcoco_row([50, 20, 100, 40], (200, 100), 0),
-                                               refcoco_row([0, 10, 60, 80], (200, 100), 1)])
+    samples = real.load_rows(data.root, "refcoco", [real.refcoco_row([50, 20, 100, 40], (200, 100), 0),
+                                               real.refcoco_row([0, 10, 60, 80], (200, 100), 1)])
     pairs = differ = 0
     by_class = Counter()
     for sample in samples:
@@ -774,7 +763,7 @@ def test_class_box_best_candidate(harness, data):
     """lmms-eval reads every box of a reply, each as given and as 0..1000, and keeps the one
     that best overlaps the target (the answer picks the box); ours reads the first box in the
     model's own coordinates."""
-    (sample,) = load_rows(data.root, "refcoco", [refcoco_row([50, 20, 100, 40], (200, 100))])
+    (sample,) = real.load_rows(data.root, "refcoco", [real.refcoco_row([50, 20, 100, 40], (200, 100))])
     two = '[{"bbox_2d": [0, 0, 10, 10]}, {"bbox_2d": [50, 20, 150, 60]}]'
     scaled = '[{"bbox_2d": [250, 200, 750, 600]}]'  # (50, 20, 150, 60) as 0..1000
     for reply in (two, scaled):
@@ -787,7 +776,7 @@ def test_class_box_best_candidate(harness, data):
 def test_class_box_resized_input(harness, data):
     """Qwen2.5-VL answers in pixels of its resized input: ours maps them to the image (the
     frame); lmms-eval reads them as image pixels (or 0..1000) and misses."""
-    (sample,) = load_rows(data.root, "refcoco", [refcoco_row([320, 240, 640, 480], (1280, 960))])
+    (sample,) = real.load_rows(data.root, "refcoco", [real.refcoco_row([320, 240, 640, 480], (1280, 960))])
     frame = BoxFrame((640, 480), (1280, 960))  # the model saw the image at half size
     reply = '[{"bbox_2d": [160, 120, 480, 360]}]'
     assert refcoco_theirs(harness, reply, sample)[0] == 0.0
@@ -796,7 +785,7 @@ def test_class_box_resized_input(harness, data):
 
 def test_class_box_clipped(harness, data):
     """Ours clips the box to the image before the overlap; lmms-eval does not."""
-    (sample,) = load_rows(data.root, "refcoco", [refcoco_row([0, 0, 60, 100], (200, 100))])
+    (sample,) = real.load_rows(data.root, "refcoco", [real.refcoco_row([0, 0, 60, 100], (200, 100))])
     reply = "[-60, -40, 60, 140]"
     assert refcoco_theirs(harness, reply, sample)[0] == 0.0
     assert judge(reply, sample) == Verdict(1.0, "[0.0, 0.0, 60.0, 100.0]", iou=1.0)
@@ -805,7 +794,7 @@ def test_class_box_clipped(harness, data):
 def test_class_box_no_brackets(harness, data):
     """lmms-eval also reads four numbers without brackets ("50 20 150 60"); ours needs a box
     in brackets (JSON or a list), so numbers in prose are no box."""
-    (sample,) = load_rows(data.root, "refcoco", [refcoco_row([50, 20, 100, 40], (200, 100))])
+    (sample,) = real.load_rows(data.root, "refcoco", [real.refcoco_row([50, 20, 100, 40], (200, 100))])
     for reply in ["50 20 150 60", "(50, 20, 150, 60)"]:
         assert refcoco_theirs(harness, reply, sample)[0] == 1.0
         assert judge(reply, sample) == Verdict(0.0, "", iou=0.0)
