@@ -24,18 +24,23 @@ Correct (:func:`is_correct`) means full credit, ``score == 1``; for TextVQA that
 matching at least 4 of the 10 human answers (3 matches score 0.9), so a TextVQA accuracy is
 the mean of :attr:`Verdict.score`, not the share of correct replies.
 
-Where fusionlens deviates from lmms-eval 0.7.3, on purpose:
+Where fusionlens deviates from lmms-eval 0.7.3, on purpose (docs/scoring.md lists every class
+of reply graded differently, each with its reason and its test):
 
 - letters inside words are never read as a choice ("Cotton" is not C, "Blue" not B, "The
-  answer is Blue" not B), and a reply equal to exactly one option's text names that option;
-  V* is graded by this rule, not by lmms-eval's V* extractor, which reads any reply starting
-  with A-D (and many with a lone a-d anywhere) as that letter;
+  answer is Blue" not B), a reply equal to exactly one option's text names that option, and
+  only the question's own letters are read (lmms-eval's MMStar and RealWorldQA read A-D
+  whatever the options); V* is graded by this rule, not by lmms-eval's V* extractor, which
+  reads any reply starting with A-D (and many with a lone a-d anywhere) as that letter;
 - CountBench: trailing periods are dropped ("3." counts as 3);
 - POPE: every reply is read as yes or no by LLaVA's rule (lmms-eval counts only an exact
   "yes"/"no" and scores anything else wrong on both sides), words compared ignoring case
   (LLaVA's script reads "NO" as yes); the yes share counts predicted yes (lmms-eval's counts
   the gold labels, always 0.5);
-- GQA: surrounding whitespace is ignored (lmms-eval compares the raw reply).
+- GQA: whitespace left where punctuation was deleted is ignored (lmms-eval strips the reply
+  before it deletes punctuation, so "yes ." is wrong there);
+- RefCOCO: the first box in the model's own coordinates, clipped to the image (lmms-eval keeps
+  whichever box of the reply, read as pixels or as 0..1000, best overlaps the target).
 
 A reply is decoded with its rule's token budget (:func:`reply_tokens`): 16 new tokens, as
 lmms-eval gives letters, numbers, words and short phrases; 128 for RefCOCO's JSON boxes; 4 for

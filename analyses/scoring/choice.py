@@ -1,7 +1,9 @@
 """Multiple choice: which option letter a reply names (V*, MMStar, own data with choices) and
 RealWorldQA's mix of letter and open-ended answers.
 
-The letter is read by lmms-eval's 2026 extraction rule (``mcq_extract``), with two changes:
+The letter is read by lmms-eval's 2026 extraction rule (``mcq_extract``) over the question's own
+letters (:func:`choice_letters`; lmms-eval's MMStar and RealWorldQA tasks pass A-D whatever the
+options, so there "It is A, not C." to a two-option question reads C), with two changes:
 
 - a choice letter inside a word is never a candidate (lmms-eval reads "Cotton" as C and "Blue"
   as B through its any-occurrence fallback, and "The answer is Blue" as B through its phrase
