@@ -52,8 +52,10 @@ def raster(values: np.ndarray, boxes: np.ndarray, size: tuple[int, int], combine
     total = np.zeros((height, width))
     count = np.zeros((height, width))
     best = np.full((height, width), -np.inf)
-    # raster pixel j holds image x in [j, j+1) / scale; it is inside [x0, x1) when its centre is
-    edges = np.ceil(boxes * scale - 0.5)
+    # raster pixel j holds image x in [j, j+1) / scale; it is inside [x0, x1) when its centre
+    # is. Rounded first: neighbouring cells' shared edge, computed as two sums, may differ in
+    # the last bit (312.5 and 312.50000000000006), which would leave a pixel column between them
+    edges = np.ceil(np.round(boxes * scale - 0.5, 6))
     for value, (x0, y0, x1, y1) in zip(values, edges):
         if np.isnan(value) or np.isnan(x0):
             continue

@@ -6,17 +6,25 @@ adapter's layout), and on the rendered pixels of the figure."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from test_adapter_llava import _llava_config, _llava_processor
+from test_adapter_llava_next import _real_config, _real_image_processor
+from test_adapter_qwen2_5_vl import _qwen2_5_vl_7b_config, _qwen_processor
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 import figures
 from figures.attention_evolution import cell_boxes
 from figures.overlay import raster
 from probes.inputs import build_inputs, token_boxes
+from probes.models.adapters import LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter
+from probes.models.adapters.grids import ImageTokens
 from probes.models.loading import load_model
 from probes.quick import record_attention
 
@@ -81,6 +89,43 @@ def test_object_map_is_drawn_over_the_box(models, name, size):
         cx0, cy0, cx1, cy1 = layout.token_box(k)
         union |= (x >= cx0) & (x < cx1) & (y >= cy0) & (y < cy1)
     np.testing.assert_array_equal(lit, union)
+
+
+def _real_7b(family: str, size):
+    """(adapter, largest token cell (w, h) in original pixels) at the 7B checkpoints' settings;
+    the bound comes from the processor's settings or output alone."""
+    width, height = size
+    if family == "llava":  # CLIP 336: shortest edge to 336, centre crop
+        return LlavaAdapter(_llava_config(), _llava_processor()), (min(size) * 14 / 336,) * 2
+    if family == "llava-pad":  # padded to a square first, then resized to 336
+        processor = LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": 336},
+                                           crop_size={"height": 336, "width": 336})
+        return LlavaAdapter(_llava_config(), processor), (max(size) * 14 / 336,) * 2
+    if family == "llava-next":  # base view squashed to 336, tiles at least as fine
+        return LlavaNextAdapter(_real_config(), _real_image_processor()), (max(size) * 14 / 336,) * 2
+    processor = _qwen_processor()
+    _, rows, cols = processor(Image.new("RGB", size), return_tensors="pt")["image_grid_thw"][0].tolist()
+    return Qwen2_5_VLAdapter(_qwen2_5_vl_7b_config(), processor), (width / (cols / 2), height / (rows / 2))
+
+
+@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2_5_vl"])
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (500, 333)])
+def test_real_7b_geometries_draw_over_the_box(family, size):
+    box = (200, 150, 330, 300)
+    adapter, (cell_w, cell_h) = _real_7b(family, size)
+    layout = adapter.image_layout(size)
+    tokens = ImageTokens(positions=np.arange(layout.n_tokens), layout=layout)
+    values = np.zeros(layout.n_tokens)
+    values[layout.tokens_in_box(box)] = 1.0
+    boxes = token_boxes(SimpleNamespace(images=(tokens,)))
+    # NaN: LLaVA-NeXT's row newlines and cells wholly in padding; none for a crop or Qwen
+    assert np.isnan(boxes).any() == (family in ("llava-pad", "llava-next"))
+    lit = np.nan_to_num(raster(values, boxes, size)) > 0
+    x, y = _centres(size)
+    x0, y0, x1, y1 = box
+    assert lit[(x > x0) & (x < x1) & (y > y0) & (y < y1)].all()
+    near = (x > x0 - cell_w) & (x < x1 + cell_w) & (y > y0 - cell_h) & (y < y1 + cell_h)
+    assert not (lit & ~near).any()
 
 
 def _rendered(image_size, values, boxes, scale: int = 2) -> np.ndarray:
