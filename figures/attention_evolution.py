@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from figures.overlay import overlay
 from figures.style import DIVERGING, PALETTE, SEQUENTIAL, SERIES_COLORS, house_style, new_figure
 
 METRIC_LABELS = {
@@ -45,33 +46,26 @@ def grid_values(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
     return grid
 
 
-def _extent(geometry: np.ndarray, pixels: int) -> tuple[float, float, float, float]:
-    """imshow extent (left, right, bottom, top) of the grid on an image of ``pixels``."""
-    rows, cols, x0, y0, width, height = geometry
-    return (x0 * pixels, (x0 + cols * width) * pixels, (y0 + rows * height) * pixels, y0 * pixels)
-
-
-def _cell_centres(cells: np.ndarray, patches: Sequence[int], geometry: np.ndarray, pixels: int):
+def cell_boxes(cells: np.ndarray, geometry: np.ndarray, pixels: int) -> np.ndarray:
+    """[patches, 4] pixel boxes, on a square image of ``pixels``, of the patches of the first
+    grid placed by ``geometry`` = [rows, cols, x0, y0, cell width, cell height] (fractions of
+    the image); NaN for the other grids' patches. The geometry :func:`figures.overlay` takes."""
     _, _, x0, y0, width, height = geometry
-    chosen = cells[np.asarray(patches, dtype=int)]
-    chosen = chosen[chosen[:, 0] == 0]
-    return ((x0 + (chosen[:, 2] + 0.5) * width) * pixels, (y0 + (chosen[:, 1] + 0.5) * height) * pixels)
+    cells = np.asarray(cells)
+    boxes = np.full((len(cells), 4), np.nan)
+    first = cells[:, 0] == 0
+    left, top = x0 + cells[first, 2] * width, y0 + cells[first, 1] * height
+    boxes[first] = np.clip(np.stack([left, top, left + width, top + height], 1) * pixels,
+                           0, pixels)
+    return boxes
 
 
 def _overlay(axes, image, values, cells, geometry, cmap=SEQUENTIAL, vmin=None, vmax=None,
              marked: Sequence[int] = (), alpha: float = 0.6):
-    pixels = image.shape[0]
-    axes.imshow(image, extent=(0, pixels, pixels, 0))
-    shown = axes.imshow(grid_values(values, cells), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax,
-                        extent=_extent(geometry, pixels), interpolation="nearest")
-    if len(marked):
-        x, y = _cell_centres(cells, marked, geometry, pixels)
-        axes.plot(x, y, "x", color=PALETTE["highlight"], markersize=4, markeredgewidth=1.0)
-    axes.set_xlim(0, pixels)
-    axes.set_ylim(pixels, 0)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    return shown
+    boxes = cell_boxes(cells, geometry, image.shape[0])
+    marked = [p for p in marked if not np.isnan(boxes[p, 0])]
+    overlay(image, values, boxes, ax=axes, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax,
+            marked=marked)
 
 
 def map_grid(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray], series: str = "last",

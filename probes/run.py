@@ -235,7 +235,8 @@ def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
                   record: AttentionRecorder | None = None) -> KnockoutResult:
     """Logits at ``last`` under each knockout, equal (to float rounding) to one full masked
     forward per condition, computed with a shared prefix and conditions joining the batch at
-    their first blocked layer.
+    their first blocked layer. ``groups`` defaults to the inputs' own (with the box they were
+    built with, :func:`probes.inputs.build_inputs`; see :func:`~probes.tokens.token_groups`).
 
     ``hidden_states=True`` also returns each condition's hidden states at ``last``. ``record``
     (an :class:`AttentionRecorder`, used as a template: its queries, keys, layers and
@@ -365,7 +366,9 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
                     donate: bool = False) -> Generation:
     """Greedy decoding of one input under ``knockout`` (generated tokens are queries too when a
     flow names ``generated`` or ``text``), reusing the clean pass's keys and values for every
-    position before the first blocked query. ``knockout=None`` decodes clean.
+    position before the first blocked query. ``knockout=None`` decodes clean. ``groups``
+    defaults to the inputs' own, as in :func:`run_knockouts`; :func:`probes.quick.decode`
+    gives the reply as text.
 
     ``donate=True``: a clean pass made with room to spare (``clean_pass(..., reserve=...)``)
     hands its buffers over, and the decode writes in them instead of copying the prefix; the

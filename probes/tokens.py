@@ -139,7 +139,10 @@ def token_groups(
 ) -> TokenGroups:
     """The token groups of row ``row`` of ``inputs`` (built by ``adapter.build_inputs``), with
     ``object`` / ``background`` from ``box`` (x0, y0, x1, y1 in original-image pixels) or a
-    boolean ``mask`` [H, W] of the original image, if given."""
+    boolean ``mask`` [H, W] of the original image, if given. Without a region, the groups the
+    inputs carry (``inputs.groups``, with the region they were built with) are returned."""
+    if box is None and mask is None and inputs.groups is not None:
+        return inputs.groups[row]
     ids = inputs.input_ids[row].cpu().numpy().astype(np.int64)
     attention = inputs.attention_mask[row].cpu().numpy()
     start = int(np.argmax(attention)) if attention.any() else ids.size

@@ -29,11 +29,16 @@ class VLInputs:
     ``batch`` is exactly what ``model(**batch)`` and ``model.generate(**batch)`` take;
     ``images[b]`` says where row b's image tokens are and which patch each one is.
     Rows are left-padded, so position ``-1`` of every row is the last prompt token.
+    ``groups[b]``, when set (:func:`probes.inputs.build_inputs` sets it, with the box or mask
+    given there), are row b's token groups: :func:`probes.tokens.token_groups` asked for that
+    row without a region returns them, so every later call sees the same ``object`` /
+    ``background``.
     """
 
     batch: Any  # transformers.BatchFeature
     images: tuple[ImageTokens, ...]
     prompts: tuple[str, ...]
+    groups: tuple[Any, ...] | None = None  # probes.tokens.TokenGroups per row
 
     @property
     def input_ids(self) -> torch.Tensor:
