@@ -43,9 +43,17 @@ bench: install
 	$(PY) tests/bench_ray.py
 
 # the engine against its references and the benchmark table on the real 7B architectures (random
-# bf16 weights) on one CUDA GPU; never part of `make test`; without CUDA: one sentence, exit 2
-gpu-check: install
-	$(PY) -m tests.gpu_check
+# bf16 weights) on one CUDA GPU; never part of `make test`; without CUDA: one sentence, exit 2.
+# It installs nothing (constraints.txt pins a CPU torch): it runs in the first Python whose torch
+# sees CUDA, of PY if given (`make gpu-check PY=python3`), else python3, else $(VENV)'s; options
+# through GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--family llava --out runs/gpu-check"
+gpu-check:
+	@py="$(PY)"; has_cuda='import sys, torch; sys.exit(not torch.cuda.is_available())'; \
+	if [ "$(origin PY)" != "command line" ]; then \
+	  if python3 -c "$$has_cuda" 2>/dev/null || [ ! -x "$$py" ]; then py=python3; fi; \
+	fi; \
+	echo "PYTHONPATH=$(CURDIR) $$py -m tests.gpu_check $(GPU_CHECK_ARGS)"; \
+	PYTHONPATH=$(CURDIR) $$py -m tests.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-lowest .venv-torchvision .pytest_cache .ruff_cache

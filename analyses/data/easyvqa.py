@@ -29,7 +29,6 @@ import json
 import re
 from collections.abc import Callable
 
-import easy_vqa
 import numpy as np
 from PIL import Image
 
@@ -39,10 +38,16 @@ from analyses.data.sample import Box, Sample
 
 NAME = "easy-vqa"
 ANSWERS: frozenset[str] = frozenset({"yes", "no", *SHAPES, *COLORS})
-_SOURCES: dict[str, tuple[Callable, Callable]] = {
-    "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
-    "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
-}
+SPLITS = ("train", "test")
+
+
+def _sources(split: str) -> tuple[Callable, Callable]:
+    """easy_vqa's question and image-path readers of ``split``; imported only when read, so
+    importing fusionlens needs no easy_vqa (a bare GPU machine's Python runs make gpu-check)."""
+    import easy_vqa
+
+    return (getattr(easy_vqa, f"get_{split}_questions"),
+            getattr(easy_vqa, f"get_{split}_image_paths"))
 
 
 def normalize_question(text: str) -> str:
@@ -88,9 +93,9 @@ class _ImageCache:
 
 def load_easy_vqa(split: str = "test", limit: int | None = None) -> Dataset:
     """The first ``limit`` questions (all when None) of easy-VQA's ``split`` (train or test)."""
-    if split not in _SOURCES:
+    if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {NAME}; known splits: train, test.")
-    read_questions, read_paths = _SOURCES[split]
+    read_questions, read_paths = _sources(split)
     texts, answers, image_ids = read_questions()
     records = list(zip(texts, answers, image_ids, strict=True))[:limit]
     images = _ImageCache(read_paths())

@@ -1,0 +1,141 @@
+"""The models the check runs: the real 7B architectures with random bfloat16 weights built on
+the device (nothing downloaded), or the tiny zoo models (``--tiny``) in float32."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import transformers
+
+from probes.errors import UserError
+from probes.models.adapters import adapter_class
+from probes.models.loading import LoadedModel, load_model
+from probes.models.registry import ModelSource
+from probes.models.zoo.checkpoint import greedy_generation_config
+
+TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
+        "qwen2_5_vl": "tiny-random-qwen2.5-vl"}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The images each part runs on: the checks, the sweep / AIF benchmarks, the recording
+    benchmark."""
+
+    check: tuple[int, int]
+    bench: tuple[int, int]
+    record: tuple[int, int]
+    steps: int = 8  # tokens decoded by the generate check and the AIF benchmark
+
+
+@dataclass(frozen=True)
+class RealModel:
+    label: str
+    hub_id: str
+    shapes: Shapes
+
+
+REAL = {
+    "llava": RealModel("LLaVA-1.5-7B", "llava-hf/llava-1.5-7b-hf",
+                       Shapes((336, 336), (336, 336), (336, 336))),
+    "llava_next": RealModel("LLaVA-NeXT-7B", "llava-hf/llava-v1.6-mistral-7b-hf",
+                            Shapes((644, 476), (644, 476), (644, 476))),
+    "qwen2_5_vl": RealModel("Qwen2.5-VL-7B", "Qwen/Qwen2.5-VL-7B-Instruct",
+                            Shapes((644, 476), (644, 476), (1764, 1764))),
+}
+
+
+def real_config_and_processor(family: str):
+    """The published config (the adapter tests' facts) and a zoo processor with the real image
+    settings; the config's special token ids become the processor's tokenizer's."""
+    from probes.models.zoo import tiny_llava, tiny_qwen2_5_vl
+    from probes.models.zoo.tiny_llava import BASIC_WORDS
+
+    if family == "llava":
+        from test_adapter_llava import _llava_config
+
+        config = _llava_config()
+        processor = tiny_llava.build_processor(BASIC_WORDS, image_size=336, patch_size=14)
+        special = {"image_token_id": tiny_llava.IMAGE_TOKEN}
+    elif family == "llava_next":
+        from test_adapter_llava_next import _real_config, _real_image_processor
+        from transformers import LlavaNextProcessor
+
+        from probes.models.zoo.vocab import word_tokenizer
+
+        config = _real_config()
+        tokenizer = word_tokenizer([*BASIC_WORDS, *tiny_llava.TEMPLATE_WORDS],
+                                   special_tokens=(tiny_llava.IMAGE_TOKEN,))
+        processor = LlavaNextProcessor(
+            image_processor=_real_image_processor(), tokenizer=tokenizer, patch_size=14,
+            vision_feature_select_strategy="default", num_additional_image_tokens=1,
+            chat_template=tiny_llava.CHAT_TEMPLATE)
+        special = {"image_token_id": tiny_llava.IMAGE_TOKEN}
+    elif family == "qwen2_5_vl":
+        from test_adapter_qwen2_5_vl import _qwen2_5_vl_7b_config
+
+        config = _qwen2_5_vl_7b_config()
+        # Qwen/Qwen2.5-VL-7B-Instruct's preprocessor_config.json: 56 x 56 to 3584 x 3584 pixels
+        processor = tiny_qwen2_5_vl.build_processor(BASIC_WORDS, min_pixels=3136,
+                                                    max_pixels=12845056)
+        q = tiny_qwen2_5_vl
+        special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
+                   "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
+    else:
+        raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
+    tokenizer = processor.tokenizer
+    for name, token in special.items():
+        setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+    text = config.text_config
+    text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+    text.eos_token_id = (tokenizer.convert_tokens_to_ids(tiny_qwen2_5_vl.IM_END)
+                         if family == "qwen2_5_vl" else tokenizer.eos_token_id)
+    return config, processor
+
+
+def build_real(family: str, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
+               seed: int = 0) -> LoadedModel:
+    """The real 7B architecture of ``family`` with random weights, built on ``device`` (no
+    weights anywhere else; ``"meta"`` builds the architecture without a byte of weights)."""
+    config, processor = real_config_and_processor(family)
+    adapter_type = adapter_class(config.model_type)
+    model_class = getattr(transformers, adapter_type.model_class_name)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = model_class._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.eval().requires_grad_(False)
+    model.generation_config = greedy_generation_config(model.config.text_config)
+    adapter = adapter_type(model.config, processor)
+    spec = REAL[family]
+    source = ModelSource(f"{spec.label} (random weights)", "builtin", spec.hub_id,
+                         f"{spec.hub_id}'s config, random {dtype} weights")
+    return silence_placeholders(LoadedModel(model=model, processor=processor, adapter=adapter,
+                                            source=source))
+
+
+PLACEHOLDERS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def silence_placeholders(loaded: LoadedModel) -> LoadedModel:
+    """A random model that emitted an image placeholder would make the no-cache reference read
+    an image token where the engine decodes text: those tokens' logits become 0 (never the
+    argmax of a random model's logits)."""
+    config = loaded.model.config
+    ids = [getattr(config, name) for name in PLACEHOLDERS if getattr(config, name, None) is not None]
+    with torch.no_grad():
+        loaded.adapter.lm_head(loaded.model).weight[ids] = 0.0
+    return loaded
+
+
+# the tiny models' shapes: small images, a few decoded tokens
+TINY_SHAPES = Shapes((90, 60), (64, 64), (90, 60), steps=3)
+
+
+def load_family(family: str, device: torch.device, tiny: bool) -> tuple[LoadedModel, str, Shapes]:
+    """The model of ``family`` on ``device``, its label and its shapes."""
+    if tiny:
+        loaded = silence_placeholders(load_model(TINY[family], device=str(device), dtype="float32"))
+        return loaded, f"tiny {family}", TINY_SHAPES
+    spec = REAL[family]
+    return build_real(family, device), spec.label, spec.shapes
