@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-fusionlens
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test notebooks demo bench gpu-check clean test-compat compat-envs
+.PHONY: install test notebooks demo docs bench gpu-check clean test-compat compat-envs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,7 @@ $(LMMS_EVAL_WHEEL): | $(STAMP)
 
 test: install $(LMMS_EVAL_WHEEL)
 	$(VENV)/bin/ruff check .
+	$(MAKE) docs
 	$(PY) -m pytest -q tests --ignore=tests/test_processors_torchvision.py
 
 # run the notebooks top to bottom and save them with their outputs (figures included); the
@@ -34,6 +35,10 @@ notebooks: install
 # the main job on the embedded defaults: where does the image reach the answer in tiny-llava?
 demo: install
 	$(PY) -m analyses.layer_masking --limit 100 --out runs/demo --overwrite
+
+# the documentation site (mkdocs-material + mkdocstrings) into site/, every warning an error
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 bench: install
 	$(PY) tests/bench_engine.py

@@ -90,7 +90,8 @@ class Adapter(ABC):
     attention_name: ClassVar[str] = "self_attn"
 
     def __init__(self, config: Any, processor: Any = None) -> None:
-        self.check_config(config)
+        if config is not None:  # a processor-only adapter (prompts) has no model to check
+            self.check_config(config)
         self.config = config
         self.processor = processor
 
