@@ -12,6 +12,7 @@ from typing import Any
 
 from analyses.data import Dataset, load_dataset
 from analyses.data.suite import concatenate
+from probes.cli import set_threads
 from probes.errors import UserError
 from probes.models.loading import LoadedModel, load_model
 
@@ -48,6 +49,9 @@ def prompt_data(dataset: Dataset, family: str, template: str | None = None) -> D
 
 
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model the options name, on the CPU threads ``--threads`` gives
+    (:func:`probes.cli.set_threads`)."""
+    set_threads(getattr(args, "threads", None))
     return load_model(args.model, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                       device_map=getattr(args, "device_map", None),

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -32,12 +33,23 @@ ARRAYS = "arrays.npz"
 _PACKAGES = ("fusionlens", "torch", "transformers", "numpy", "nnsight")
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory + rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory + rename; the
+    file gets the mode of any file the user makes (0666 less the umask: 0644 under umask 022),
+    not mkstemp's private 0600, so others sharing the results (a cluster's file system) can
+    read them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.chmod(temporary, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as file:
             file.write(data)
         os.replace(temporary, path)
@@ -105,14 +117,18 @@ class RunResult:
         return cls(summary, arrays)
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries that decide the numbers, and Python's."""
-    found = {"python": platform.python_version()}
+def versions() -> dict[str, Any]:
+    """Versions of the libraries that decide the numbers, and Python's; with torch loaded, the
+    CPU threads it computes with (``torch_threads``: float rounding may depend on them)."""
+    found: dict[str, Any] = {"python": platform.python_version()}
     for package in _PACKAGES:
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = "not installed"
+    torch = sys.modules.get("torch")  # never imported for this: results load without torch
+    if torch is not None:
+        found["torch_threads"] = torch.get_num_threads()
     return found
 
 

@@ -311,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("probes/models/zoo/checkpoints/tiny-llava"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="CPU threads torch trains with (default 1)")
     parser.add_argument("--shape-only-fraction", type=float, default=TrainConfig.shape_only_fraction)
     parser.add_argument("--fine-grained-share", type=float, default=TrainConfig.fine_grained_share)
     parser.add_argument("--shape-oversample", type=float, default=TrainConfig.shape_oversample)

@@ -204,7 +204,9 @@ def test_resume_state_keeps_ragged_samples_and_refuses_another_key(tmp_path):
     for other in (dict(key, config={"seed": 1}), dict(key, model={"id": "n"})):
         with pytest.raises(UserError, match="used another (config|model)"):
             RecordStore.open(tmp_path, other, resume=True)
-    fresh = RecordStore.open(tmp_path, key)  # without --resume: start over
+    with pytest.raises(UserError, match="holds an unfinished run"):
+        RecordStore.open(tmp_path, key)  # neither --resume nor --overwrite: refused
+    fresh = RecordStore.open(tmp_path, key, overwrite=True)  # start over
     assert fresh.records("samples") == {} and fresh.records("first") == {}
     assert fresh.failures() == []
     fresh.clear()

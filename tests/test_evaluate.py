@@ -83,6 +83,27 @@ def test_tables_show_the_numbers_of_summary_json(run):
                           tex) == expected
 
 
+def test_the_printed_table_has_a_header_over_its_columns(run, capsys):
+    from analyses.evaluate.table import text_table
+
+    _, out = run
+    summary = json.loads((out / "summary.json").read_text())
+    lines = text_table(summary).splitlines()
+    assert "change = method - clean in points" in lines[0]
+    for name in BENCHMARKS:
+        start = next(i for i, line in enumerate(lines) if line.startswith(name))
+        header = lines[start + 1].split()
+        assert header == ["method", "score", "95%", "CI", "n", "change", "95%", "CI",
+                          "p", "vs", "clean"]
+        for row, line in zip(summary["results"][name]["methods"], lines[start + 2:]):
+            cells = line.split()
+            assert cells[0] == row["method"] and cells[1] == percent(row["accuracy"])
+            assert cells[4] == str(row["n"])
+            if row["method"] != "clean":  # a signed change, as its column says
+                assert cells[5] == f"{100 * row['delta']:+.1f}"
+                assert cells[-1] == f"{row['p_value_vs_clean']:.3f}"
+
+
 def test_scores_equal_an_independent_recomputation(run, loaded):
     _, out = run
     result = RunResult.load(out)

@@ -25,6 +25,7 @@ from analyses.merge import merge
 from analyses.results import RunResult
 from probes import attention
 from probes.cli import run_cli
+from probes.errors import UserError
 from probes.masking import EdgeKnockout, EdgeMaskPlan, Edges
 from probes.models.loading import load_model
 from probes.run import run_knockouts_naively
@@ -237,7 +238,7 @@ def test_region_flows_leave_out_samples_without_a_visible_target(trained):
 
 
 def test_fusion_layers_per_question_kind_on_planted_numbers():
-    from analyses.layer_masking.run import _fusion_by_kind
+    from analyses.layer_masking.run import _fusion_by_kind, kinds_below_minimum
 
     rng = np.random.default_rng(1)
     kinds = np.array(["colour"] * 25 + ["shape"] * 25 + ["rare"] * 5)
@@ -251,3 +252,75 @@ def test_fusion_layers_per_question_kind_on_planted_numbers():
     assert by_kind.keys() == {"colour", "shape"}  # "rare" has too few samples
     assert by_kind["colour"]["fusion_layers"] == [2] and by_kind["shape"]["fusion_layers"] == [0]
     assert by_kind["colour"]["n"] == 25
+    assert kinds_below_minimum(arrays, 20) == {"rare": 5}  # listed, not silently dropped
+    assert kinds_below_minimum(arrays, 26) == {"colour": 25, "rare": 5, "shape": 25}
+    fewer = _fusion_by_kind(arrays, LayerMaskingConfig(flows=("image->last",), n_bootstrap=300,
+                                                       min_kind_samples=5), 6)
+    assert fewer.keys() == {"colour", "shape", "rare"} and fewer["rare"]["n"] == 5
+
+
+def test_every_flow_is_in_the_table_the_headline_and_the_figures_as_a_drop(trained, easy):
+    from analyses.layer_masking.table import format_table
+    from figures.layer_masking import effect_curves, metric_panels, sample_heatmap
+
+    flows = ("image->question,last", "image->last", "question->last")
+    config = LayerMaskingConfig(flows=flows, n_bootstrap=100, min_kind_samples=8)
+    result = run_layer_masking(trained, load_dataset("easy-vqa", "test", limit=12), config)
+    summary = result.summary
+    table = format_table(summary)
+    for flow in flows:
+        assert f"block {flow}: effect = drop of p(answer) in %" in table
+        fusion = summary["fusion_layers_by_flow"][flow]
+        assert f"  {flow}: {fusion or 'none'}; review: " in table  # the headline, per flow
+    assert summary["config"]["min_kind_samples"] == 8
+    small = summary["kinds_below_minimum"]
+    counts = dict(zip(*np.unique(result.arrays["kind"].astype(str), return_counts=True)))
+    assert small == {k: int(n) for k, n in counts.items() if n < 8} and small
+    assert ", ".join(f"{k} n={n}" for k, n in small.items()) in table
+    assert set(summary["fusion_layers_by_kind"]) == {k for k, n in counts.items() if n >= 8}
+    curves = effect_curves(summary)
+    assert [a.get_title() for a in curves.axes] == list(flows)
+    for axes, flow in zip(curves.axes, flows):  # drawn as the table's drop: -mean change
+        change = [r["mean"] for r in summary["per_layer"]
+                  if r["series"] == flow and r["metric"] == "prob_change_pct"]
+        np.testing.assert_allclose(axes.lines[2].get_ydata(), -np.array(change))
+        effect = [r["effect"] for r in summary["tests"] if r["flow"] == flow]
+        np.testing.assert_allclose(axes.lines[2].get_ydata(), effect, atol=1e-9)
+    panels = metric_panels(summary)
+    for axes in panels.axes:
+        labels = [line.get_label() for line in axes.lines]
+        assert labels == [name for flow in flows for name in (f"control({flow})",
+                                                             f"block {flow}")]
+    assert panels.axes[0].get_ylabel() == "drop of p(answer) (%)"
+    heatmap = sample_heatmap(summary, result.arrays)
+    titles = [a.get_title() for a in heatmap.axes if a.get_title()]
+    assert titles == [f"block {flow}, per sample" for flow in flows]
+    order = np.lexsort((result.arrays["sample_index"], result.arrays["kind"].astype(str)))
+    for index, axes in enumerate(heatmap.axes[:3]):
+        shown = np.asarray(axes.collections[0].get_array()).reshape(len(order), -1)
+        np.testing.assert_allclose(shown, -result.arrays["prob_change_pct"][order, index])
+
+
+def test_a_region_flow_on_data_without_boxes_names_the_cause_before_the_model(
+        trained, easy, tmp_path, capsys, monkeypatch):
+    import analyses.runner.cli as runner_cli
+
+    rows = []
+    for index in range(4):
+        sample = easy[index]
+        sample.image.save(tmp_path / f"{index}.png")
+        rows.append({"image": f"{index}.png", "question": sample.question,
+                     "answer": sample.answer, "kind": sample.kind})
+    data = tmp_path / "noboxes.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setattr(runner_cli, "make_backend", lambda args: pytest.fail("model loaded"))
+    argv = ["--data", str(data), "--flows", "image->last;object->last", "--out",
+            str(tmp_path / "run")]
+    assert run_cli(cli_main, argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --flows 'image->last;object->last' blocks the 'object' tokens, but none of the "
+        "4 samples marks a region (boxes or a mask) to find them in; give data with boxes, or "
+        "flows without 'object'.")
+    config = LayerMaskingConfig(flows=("object->last",), samples="all", n_bootstrap=50)
+    with pytest.raises(UserError, match="none of the 4 samples marks a region"):
+        run_layer_masking(trained, load_dataset(str(data)), config)  # the library's sentence

@@ -227,3 +227,39 @@ def test_revision_of_a_sharded_checkpoint_reads_headers_not_weights(tmp_path):
     shard.write_bytes(shard.read_bytes() + bytes(4))  # another size: another revision
     assert weights_revision(tmp_path) != first
     assert weights_revision(tmp_path / "missing") is None
+
+
+def test_an_unfinished_run_with_records_is_resumed_or_overwritten_never_dropped(tmp_path):
+    def interrupt(done):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(Toy(), ToyDataset(12), out=tmp_path, on_sample=interrupt)
+    with pytest.raises(UserError, match=r"holds an unfinished run \(12 samples done in its "
+                                        r"square pass, 2 in its samples pass\); add --resume"):
+        toy_run(Toy(), ToyDataset(12), out=tmp_path)
+    assert len(list((tmp_path / ".partial" / "samples").glob("*.npz"))) == 2  # kept
+    again = Toy()
+    assert toy_run(again, ToyDataset(12), out=tmp_path, overwrite=True).summary["n_samples"] == 6
+    assert ("samples", (0,)) in again.calls  # started over
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_result_files_get_the_mode_of_the_users_umask(tmp_path, umask, mode):
+    import os
+    import stat
+
+    from analyses.results import write_atomic
+
+    before = os.umask(umask)
+    try:
+        RunResult({"analysis": "demo"}, {"x": np.arange(2.0)}).save(tmp_path)
+        write_atomic(tmp_path / "table.md", b"| a |\n")
+        reference = tmp_path / "plain.txt"  # a file made the ordinary way
+        reference.write_text("x")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(reference.stat().st_mode) == mode
+    for name in ("summary.json", "arrays.npz", "table.md"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name

@@ -116,22 +116,28 @@ def latex_table(summary: Mapping[str, Any]) -> str:
 
 
 def text_table(summary: Mapping[str, Any]) -> str:
-    """What ``python -m analyses.evaluate`` prints: per benchmark, each method's score, CI,
-    change from clean and p."""
+    """What ``python -m analyses.evaluate`` prints: per benchmark, a header, then each method's
+    score with its CI and n, and its change from clean (method - clean, in points: positive =
+    better than clean) with its CI and the paired test's p."""
     lines = [f"{summary['model']['id']} on {summary['data']['name']}: "
-             f"{summary['n_samples']} samples"]
+             f"{summary['n_samples']} samples; scores in %, change = method - clean in points"]
     width = max(len("method"), *(len(label(m)) for m in summary["method_names"])) + 2
     for name in summary["benchmarks"]:
-        lines.append(f"{column(name, summary)}")
+        lines += [f"{column(name, summary)}",
+                  f"  {'method':<{width}}{'score':>6} {'95% CI':>14} {'n':>5}  {'change':>6} "
+                  f"{'95% CI':>14}  {'p vs clean':>10}"]
         for row in summary["results"][name]["methods"]:
             p = row["p_value_vs_clean"]
             change = "" if row["method"] == "clean" or row["n"] == 0 else (
-                f"  {100 * row['delta']:+.1f} [{percent(row['delta_ci_low'])}, "
-                f"{percent(row['delta_ci_high'])}]  p={p:.3f}")
+                f"  {100 * row['delta']:+6.1f} {_ci(row, 'delta_ci'):>14}  "
+                + (f"{'-':>10}" if p is None else f"{p:10.3f}"))
             lines.append(f"  {label(row['method']):<{width}}{percent(row['accuracy']):>6} "
-                         f"[{percent(row['ci_low'])}, {percent(row['ci_high'])}] "
-                         f"n={row['n']}{change}")
+                         f"{_ci(row, 'ci'):>14} {row['n']:>5}{change}")
     return "\n".join(lines)
+
+
+def _ci(row: Mapping[str, Any], prefix: str) -> str:
+    return f"[{percent(row[prefix + '_low'])}, {percent(row[prefix + '_high'])}]"
 
 
 def table_files(summary: Mapping[str, Any]) -> dict[str, str]:

@@ -8,9 +8,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from analyses.common import load_data
 from analyses.layer_masking import DEFAULT_FLOWS, LayerMaskingConfig
-from analyses.layer_masking.run import LayerMasking
-from analyses.runner.cli import add_analysis_arguments, add_engine_argument, run_from_args
+from analyses.layer_masking.run import MIN_KIND_SAMPLES, LayerMasking, check_regions
+from analyses.runner.cli import (
+    add_analysis_arguments,
+    add_engine_argument,
+    check_out_from_args,
+    run_from_args,
+)
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/layer_masking"
@@ -32,14 +38,20 @@ def main_run(argv: Sequence[str] | None) -> int:
     parser.add_argument("--min-effect", type=float, default=LayerMaskingConfig.min_effect,
                         help="smallest mean drop of p(answer) in %% that can make a fusion layer "
                              "(default 2.0)")
+    parser.add_argument("--min-kind-samples", type=int, default=MIN_KIND_SAMPLES,
+                        help="fewest samples of a question kind for its own fusion layers; "
+                             f"smaller kinds are listed with their n (default {MIN_KIND_SAMPLES})")
     args = parser.parse_args(argv)
     flows = tuple(part.strip() for part in args.flows.split(";") if part.strip())
     config = LayerMaskingConfig(flows=flows, window=args.window,
                                 samples="all" if args.all_samples else "correct",
                                 batch_size=args.batch_size, seed=args.seed,
                                 n_bootstrap=args.bootstrap, min_effect=args.min_effect,
-                                engine=args.engine)
-    run_from_args(LayerMasking(config), args)
+                                engine=args.engine, min_kind_samples=args.min_kind_samples)
+    check_out_from_args(args)  # a bad --out before the data is read
+    dataset = load_data(args.data, args.split, args.limit)
+    check_regions(dataset, flows)  # a region flow on data without regions: before the model
+    run_from_args(LayerMasking(config), args, dataset)
     return 0
 
 

@@ -17,7 +17,13 @@ import numpy as np
 
 from analyses.grading import grade
 from analyses.layer_masking.findings import findings, series_names, significance
-from analyses.layer_masking.sweep import METRICS, has_region, needs_region, sweep_sample
+from analyses.layer_masking.sweep import (
+    METRICS,
+    has_region,
+    needs_region,
+    region_groups,
+    sweep_sample,
+)
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, LocalBackend, Pass, Plan, RunInfo, RunOptions, run
 from analyses.runner.cli import check_engine, recorded_engine
@@ -32,7 +38,7 @@ DEFAULT_FLOWS = ("image->question,last",)
 GRADED = "graded"  # the first pass: which samples the model answers correctly
 SAMPLES = "samples"  # the second: the sweeps
 GRADE_BATCH = 1  # one sample per unit: shards and Ray workers split the data finely, exactly
-MIN_KIND_SAMPLES = 20
+MIN_KIND_SAMPLES = 20  # the default of --min-kind-samples
 PER_SAMPLE = ("sample_index", "sample_id", "kind", "answer_token", "clean_probability",
               "flow_edges", "control_edges", *METRICS)
 
@@ -50,6 +56,7 @@ class LayerMaskingConfig:
     alpha: float = 0.05
     min_effect: float = 2.0  # smallest mean drop of p(answer), in %, that makes a fusion layer
     engine: str = "fast"  # "fast" (probes.run) or "nnsight" (probes.nnsight): the same numbers
+    min_kind_samples: int = MIN_KIND_SAMPLES  # a kind's fusion layers need this many samples
 
     def validate(self, num_layers: int) -> None:
         check_engine(self.engine)
@@ -65,6 +72,9 @@ class LayerMaskingConfig:
         Knockout.window(self.flows[0], 0, self.window, num_layers)  # the window must fit
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, not {self.batch_size}.")
+        if self.min_kind_samples < 1:
+            raise UserError(f"--min-kind-samples must be at least 1, not "
+                            f"{self.min_kind_samples}.")
 
     def recorded(self) -> dict[str, Any]:
         recorded = asdict(self)
@@ -99,7 +109,14 @@ class LayerMasking(Analysis):
         graded = earlier[GRADED]
         selected = [i for i in candidates if graded[i]["correct"]]
         if needs_region(self.config.flows):  # "how many circles?" with none: nothing to block
+            with_region = [i for i in candidates if graded[i]["has_region"]]
+            if not with_region:
+                raise no_region_error(self.config.flows, len(graded))
             selected = [i for i in selected if graded[i]["has_region"]]
+            if not selected:
+                raise UserError(f"the model answers none of the {len(with_region)} samples "
+                                "with a region correctly; use --all-samples to sweep them "
+                                "anyway, or more samples.")
         if not selected:
             raise UserError(f"the model answers none of the {len(graded)} samples correctly; "
                             "use --all-samples to sweep them anyway, or more samples.")
@@ -143,6 +160,28 @@ def run_layer_masking(
                           on_sample=on_sample))
 
 
+def no_region_error(flows, count: int) -> UserError:
+    """The flows block region tokens, and none of the ``count`` samples marks a region."""
+    used = " and ".join(f"'{group}'" for group in region_groups(flows))
+    return UserError(f"--flows {';'.join(flows)!r} blocks the {used} tokens, but none of the "
+                     f"{count} samples marks a region (boxes or a mask) to find them in; give "
+                     f"data with boxes, or flows without {used}.")
+
+
+def check_regions(dataset, flows) -> None:
+    """Before any model work: refuse flows that block a region when no sample marks one
+    (stops at the first sample that does; samples that cannot be read are passed over)."""
+    if not needs_region(flows):
+        return
+    for index in range(len(dataset)):
+        try:
+            if has_region(dataset[index]):
+                return
+        except Exception:  # noqa: BLE001 - an unreadable sample is the runner's to report
+            continue
+    raise no_region_error(flows, len(dataset))
+
+
 def _sample_values(loaded, sample, config: LayerMaskingConfig, index: int) -> dict[str, Any]:
     """One sample's sweep as the per-sample values of ``arrays.npz``."""
     sweep = sweep_sample(loaded, sample, config.flows, config.window, config.seed, index,
@@ -171,6 +210,7 @@ def summarize(arrays: dict[str, np.ndarray], config: LayerMaskingConfig, model: 
         **findings(arrays, flows, num_layers, config.n_bootstrap, config.seed, config.alpha,
                     config.min_effect),
         "fusion_layers_by_kind": _fusion_by_kind(arrays, config, num_layers),
+        "kinds_below_minimum": kinds_below_minimum(arrays, config.min_kind_samples),
         "timing": timing,
     })
     return RunResult(summary, arrays)
@@ -178,12 +218,12 @@ def summarize(arrays: dict[str, np.ndarray], config: LayerMaskingConfig, model: 
 
 def _fusion_by_kind(arrays, config: LayerMaskingConfig, num_layers: int) -> dict[str, Any]:
     """The fusion rule applied to each question kind's samples alone (kinds with at least
-    ``MIN_KIND_SAMPLES`` samples): kinds may read the image at different layers."""
+    ``config.min_kind_samples`` samples): kinds may read the image at different layers."""
     kinds = np.asarray(arrays["kind"]).astype(str)
     result = {}
     for kind in sorted(set(kinds.tolist())):
         rows = kinds == kind
-        if rows.sum() < MIN_KIND_SAMPLES:
+        if rows.sum() < config.min_kind_samples:
             continue
         subset = {name: arrays[name][rows] for name in METRICS}
         tests = significance(subset, list(config.flows), config.n_bootstrap, config.seed,
@@ -193,3 +233,9 @@ def _fusion_by_kind(arrays, config: LayerMaskingConfig, num_layers: int) -> dict
                                           if r["flow"] == config.flows[0] and r["significant"]],
                         "effect": [r["effect"] for r in tests if r["flow"] == config.flows[0]]}
     return result
+
+
+def kinds_below_minimum(arrays, minimum: int) -> dict[str, int]:
+    """The question kinds with too few samples for their own fusion layers, with their n."""
+    kinds, counts = np.unique(np.asarray(arrays["kind"]).astype(str), return_counts=True)
+    return {str(k): int(n) for k, n in zip(kinds, counts) if n < minimum}

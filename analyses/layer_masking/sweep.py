@@ -59,10 +59,15 @@ def has_region(sample) -> bool:
     return sample.has_region()
 
 
-def needs_region(flows: Sequence[str]) -> bool:
+def region_groups(flows: Sequence[str]) -> list[str]:
+    """The region token groups (``object``, ``background``) the flows name."""
     names = {name for flow in parse_flows(flows) for name in (*flow.source.split(","),
                                                              *flow.target.split(","))}
-    return bool(names & set(REGION_GROUPS))
+    return [group for group in REGION_GROUPS if group in names]
+
+
+def needs_region(flows: Sequence[str]) -> bool:
+    return bool(region_groups(flows))
 
 
 def causal_edge_count(queries: np.ndarray, keys: np.ndarray) -> int:

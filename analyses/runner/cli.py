@@ -4,6 +4,9 @@ data, run, save, draw and print (``run_from_args``)."""
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 from pathlib import Path
 
 from analyses.common import DEFAULT_DATA, load_data, load_model_from_args, prompt_data, write_run
@@ -11,7 +14,15 @@ from analyses.data import available_datasets
 from analyses.results import RunResult
 from analyses.runner.execute import LocalBackend, RunOptions, parse_shard, run
 from analyses.runner.spec import Analysis
-from analyses.runner.store import KEY_FILE, PARTIAL, check_finished, check_out
+from analyses.runner.store import (
+    KEY_FILE,
+    PARTIAL,
+    check_finished,
+    check_out,
+    check_unfinished,
+    describe_counts,
+    finished_counts,
+)
 from figures.style import use_file_backend
 from probes.cli import add_model_arguments
 from probes.errors import UserError
@@ -103,6 +114,7 @@ def check_out_from_args(args: argparse.Namespace) -> None:
     check_out(options.out)
     if not (args.resume and (options.out / PARTIAL / KEY_FILE).is_file()):
         check_finished(options.out, args.resume, args.overwrite)
+    check_unfinished(options.out, args.resume, args.overwrite)
 
 
 def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) -> RunResult:
@@ -120,10 +132,32 @@ def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) ->
         dataset = prompt_data(dataset, backend.model_record()["family"],
                               getattr(args, "prompt", None))
         result = run(analysis, backend, dataset, options)
+    except KeyboardInterrupt:  # run_cli says "interrupted: " and this
+        raise KeyboardInterrupt(interrupted_hint(options.out)) from None
     finally:
         backend.close()
     write_run(result, options.out, analysis.table(result.summary) + failed_line(result))
     return result
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command line that was run, without ``--overwrite`` and with ``--resume``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    main = sys.modules.get("__main__")
+    module = getattr(getattr(main, "__spec__", None), "name", None)
+    program = (["python", "-m", module.removesuffix(".__main__")] if module
+               else [os.path.basename(sys.executable), sys.argv[0]])
+    kept = [part for part in argv if part != "--overwrite"]
+    return shlex.join(program + kept + ([] if "--resume" in kept else ["--resume"]))
+
+
+def interrupted_hint(out: Path) -> str:
+    """What an interrupted run left in ``out`` and the command that continues it ("" when it
+    finished no sample)."""
+    counts = finished_counts(out)
+    if not counts:
+        return ""
+    return f"the run in {out} has {describe_counts(counts)}; continue it with: {resume_command()}"
 
 
 def failed_line(result: RunResult) -> str:

@@ -72,6 +72,36 @@ def check_finished(out: Path, resume: bool, overwrite: bool) -> None:
                         "it, --resume to continue an unfinished one, or another --out.")
 
 
+def finished_counts(out: Path) -> dict[str, int]:
+    """Per pass, the samples the unfinished run in ``out`` has finished (measured or failed),
+    most first; empty when there is no such run or it has finished none."""
+    partial = Path(out) / PARTIAL
+    if not partial.is_dir():
+        return {}
+    counts = {folder.name: sum(1 for p in folder.iterdir() if p.name.endswith((".npz", FAILED))
+                               and not p.name.startswith("."))
+              for folder in sorted(partial.iterdir()) if folder.is_dir()}
+    return dict(sorted(((k, n) for k, n in counts.items() if n), key=lambda kv: -kv[1]))
+
+
+def describe_counts(counts: Mapping[str, int]) -> str:
+    """``{"graded": 150, "samples": 127}`` -> "150 samples done in its graded pass, 127 in
+    its samples pass"."""
+    return ", ".join(f"{n}{' samples done' if i == 0 else ''} in its {name} pass"
+                     for i, (name, n) in enumerate(counts.items()))
+
+
+def check_unfinished(out: Path, resume: bool, overwrite: bool) -> None:
+    """An unfinished run in ``out`` with finished samples is continued (``resume``) or started
+    over (``overwrite``), never silently thrown away."""
+    if resume or overwrite:
+        return
+    counts = finished_counts(out)
+    if counts:
+        raise UserError(f"{out} holds an unfinished run ({describe_counts(counts)}); add "
+                        "--resume to continue it, or --overwrite to start over.")
+
+
 class RecordStore:
     """The records of one run (``directory``: its ``.partial`` folder, or None for memory)."""
 
@@ -84,8 +114,8 @@ class RecordStore:
     @classmethod
     def open(cls, out: str | Path | None, key: Mapping[str, Any], resume: bool = False,
              overwrite: bool = False) -> RecordStore:
-        """The store of a run in ``out``. Without ``resume``: a fresh one (an unfinished run's
-        state there is dropped; a finished run is replaced only with ``overwrite``). With it:
+        """The store of a run in ``out``. Without ``resume``: a fresh one (a finished run, or an
+        unfinished one with finished samples, is replaced only with ``overwrite``). With it:
         the unfinished run's state, refused when it was made with another key."""
         if out is None:
             return cls(None, key)
@@ -102,6 +132,7 @@ class RecordStore:
                                 "with the same model, data and options, or choose another --out.")
             return store
         check_finished(out, resume, overwrite)
+        check_unfinished(out, resume, overwrite)
         store.clear()
         write_atomic(key_path, to_json(store.key).encode())
         return store

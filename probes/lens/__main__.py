@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from probes.cli import add_model_arguments, run_cli
+from probes.cli import add_model_arguments, run_cli, set_threads
 from probes.lens.compare import DEFAULT_FLOWS
 
 
@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parse_flows(args.flows)
     check_question(args.question)
     image = load_image(args.image)
+    set_threads(args.threads)
     loaded = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle, device_map=args.device_map,

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from probes.cli import add_model_arguments, run_cli
+from probes.cli import add_model_arguments, run_cli, set_threads
 from probes.errors import UserError
 from probes.models.adapters.base import check_question
 
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from probes.models.loading import load_model
 
     image = load_image(args.image)  # fail on a bad image before loading a 7B model
+    set_threads(args.threads)
     loaded = load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle, device_map=args.device_map,
