@@ -21,7 +21,7 @@ import numpy as np
 import seaborn
 from matplotlib.figure import Figure
 
-from figures.style import DIVERGING, PALETTE, house_style, new_figure
+from figures.style import DIVERGING, PALETTE, house_style, new_figure, note_empty
 
 METRIC_LABELS = {
     "prob_change_pct": "change of p(answer) (%)",
@@ -108,6 +108,10 @@ def sample_heatmap(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     height = min(6.0, 1.2 + 0.02 * values.shape[0])
     figure = new_figure(columns=1, height=height)
     axes = figure.axes[0]
+    if not values.shape[0]:  # no sample swept (n = 0)
+        note_empty(axes, "no sample swept (n = 0)")
+        axes.set_title(f"block {summary['flows'][flow_index]}, per sample")
+        return figure
     with house_style():
         # symmetric around 0 so white = no change; changes beyond +-100% are clipped
         limit = min(100.0, max(1.0, float(np.nanpercentile(np.abs(values), 99))))
