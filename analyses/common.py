@@ -146,7 +146,7 @@ def write_run(result, out: Path, table: str) -> None:
     """What every analysis CLI (and ``analyses.merge``) does with its result: save it, write
     its extra text files (:func:`text_files`), draw its figures (PNG + PDF) next to it, print
     its table."""
-    from analyses.results import write_atomic
+    from analyses.results import skipped_lines, write_atomic
     from figures.paper import draw_run  # drawing is the CLI's business, not the analysis's
     from figures.style import save
 
@@ -155,5 +155,5 @@ def write_run(result, out: Path, table: str) -> None:
         write_atomic(Path(out) / name, text.encode())
     for name, figure in draw_run(result).items():
         save(figure, out, name)
-    sys.stdout.write(table + "\n")
+    sys.stdout.write(table + skipped_lines(result.summary) + "\n")
     sys.stdout.write(f"results and figures in {out}\n")

@@ -134,8 +134,26 @@ def versions() -> dict[str, Any]:
 
 def provenance(analysis: str, model: dict[str, Any], data: dict[str, Any], n_samples: int,
                config: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The shared keys of every ``summary.json`` (see the design's conventions)."""
+    """The shared keys of every ``summary.json`` (see the design's conventions); ``skipped``
+    lists the parts of the analysis that did not apply to the data (:func:`skip`)."""
     return {
         "analysis": analysis, "model": model, "data": data, "n_samples": n_samples,
-        "config": config, "versions": versions(), "seed": seed,
+        "config": config, "versions": versions(), "seed": seed, "skipped": [],
     }
+
+
+def skip(summary: dict[str, Any], part: str, reason: str) -> None:
+    """Record in ``summary`` that ``part`` of the analysis was not done, and why (its rows, if
+    any, are NaN with n = 0); the CLI prints it under the table (:func:`skipped_lines`)."""
+    summary.setdefault("skipped", []).append({"part": part, "reason": reason})
+
+
+def skipped_lines(summary: dict[str, Any]) -> str:
+    """The lines a CLI prints under its table for the skipped parts ("" when none).
+
+    >>> print(skipped_lines({"skipped": [{"part": "region", "reason": "no sample has a box"}]}))
+    <BLANKLINE>
+    skipped: region (no sample has a box)
+    """
+    return "".join(f"\nskipped: {row['part']} ({row['reason']})"
+                   for row in summary.get("skipped") or [])

@@ -1,4 +1,8 @@
-"""Statistics shared by the analyses: confidence intervals for proportions and means."""
+"""Statistics shared by the analyses: confidence intervals for proportions and means.
+
+Every function here is total: on no samples, and on a column of NaN only, it returns NaN
+(never raises), so an aggregate of a subset that turned out empty is a NaN row with n = 0.
+"""
 
 from __future__ import annotations
 
@@ -37,11 +41,11 @@ def bootstrap_mean_ci(values, n_resamples: int = 2000, seed: int = 0, level: flo
     (2.5, True)
     """
     values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    flat = values.reshape(n, -1)
-    if n == 0:
+    if values.ndim == 0 or values.shape[0] == 0:  # no samples: NaN of each column
         nan = np.full(values.shape[1:], np.nan)
         return nan, nan, nan
+    n = values.shape[0]
+    flat = values.reshape(n, -1)
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
     means = counts @ flat / n  # [resamples, columns]
     tail = (1 - level) / 2 * 100
@@ -61,6 +65,8 @@ def sign_flip_p_values(differences, n_flips: int = 10000, seed: int = 0):
     (True, 1.0)
     """
     differences = np.asarray(differences, dtype=np.float64)
+    if differences.ndim == 0 or differences.shape[0] == 0:
+        return np.full(differences.shape[1:], np.nan)
     n = differences.shape[0]
     flat = differences.reshape(n, -1)
     rng = np.random.default_rng(seed)
@@ -75,37 +81,46 @@ def sign_flip_p_values(differences, n_flips: int = 10000, seed: int = 0):
         # ties (e.g. all-zero differences) count as "as large": a zero effect is never
         # significant
         exceed += (signs @ flat / n >= threshold).sum(0)
-    return ((1 + exceed) / (1 + n_flips)).reshape(differences.shape[1:])
+    p = np.where(np.isfinite(observed), (1 + exceed) / (1 + n_flips), np.nan)
+    return p.reshape(differences.shape[1:])
 
 
 def holm_adjust(p_values):
-    """Holm-Bonferroni adjusted p-values (family-wise error control), same order as given.
+    """Holm-Bonferroni adjusted p-values (family-wise error control), same order as given. A
+    NaN p-value (a test that could not be made) stays NaN and is not counted in the family.
 
     >>> [round(float(p), 3) for p in holm_adjust([0.01, 0.04, 0.03])]
     [0.03, 0.06, 0.06]
+    >>> [float(p) for p in holm_adjust([float("nan"), 0.01])]
+    [nan, 0.01]
     """
     p = np.asarray(p_values, dtype=np.float64)
-    order = np.argsort(p, kind="stable")
-    m = p.size
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order]).clip(max=1.0)
-    result = np.empty_like(p)
-    result[order] = adjusted
+    result = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    result[order] = np.maximum.accumulate((m - np.arange(m)) * p[order]).clip(max=1.0)
     return result
 
 
 def mcnemar_exact(first, second) -> float:
     """Two-sided exact McNemar p-value for paired binary outcomes (e.g. per-sample correctness
     of two methods on the same samples): a binomial test of the discordant pairs, b = first
-    right and second wrong, c = the reverse, against p = 1/2. 1.0 when there are none.
+    right and second wrong, c = the reverse, against p = 1/2. 1.0 when there are none; NaN
+    when there are no samples at all.
 
     >>> round(mcnemar_exact([1, 1, 1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1]), 4)
     0.0312
     >>> mcnemar_exact([1, 0, 1], [1, 0, 1])
     1.0
+    >>> mcnemar_exact([], [])
+    nan
     >>> round(mcnemar_exact([1] * 600 + [0] * 500, [0] * 600 + [1] * 500), 5)  # 1,100 discordant
     0.00282
     """
     first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    if first.size == 0:
+        return math.nan
     b = int((first & ~second).sum())
     c = int((~first & second).sum())
     n = b + c
@@ -121,7 +136,7 @@ def method_rows(correct, methods, kinds=None) -> list[dict]:
     ci_low, ci_high, n, correct, p_value_vs_clean}`` from per-sample correctness
     ``correct[sample, method]`` with the clean run in column 0: Wilson 95% CIs, two-sided exact
     McNemar p against clean on the same samples; the clean row's p is None (it is the
-    reference, not a comparison); with no samples the accuracy and CI are NaN. With ``kinds``
+    reference, not a comparison); with no samples the accuracy, CI and p are NaN. With ``kinds``
     (one per sample), rows per kind (sorted) then for ``all``, each with a ``kind`` key.
 
     >>> rows = method_rows(np.array([[1, 1], [0, 1], [1, 1]], dtype=bool), ["clean", "aif"])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from figures.style import PALETTE, SERIES_COLORS, house_style, new_figure
+from figures.style import PALETTE, SERIES_COLORS, house_style, new_figure, note_empty
 
 LAST_SERIES = ("image_share(last)", "region_share(last)", "image_value_ratio(last)",
                "answer_prob")
@@ -49,19 +49,24 @@ def curves(summary: Mapping[str, Any], series: Sequence[str]) -> Figure:
     subsets = [s for s in ("all", "small", "large") if summary["subsets"].get(s)]
     with house_style():
         for axes, name in zip(figure.axes, series):
+            drawn = False
             for subset in subsets:
                 curve = _curve(summary, name, subset)
                 if not curve["layer"].size or not np.isfinite(curve["mean"]).any():
                     continue
+                drawn = True
                 color = SUBSET_COLORS[subset]
                 axes.fill_between(curve["layer"], curve["ci_low"], curve["ci_high"],
                                   color=color, alpha=0.2, linewidth=0)
                 axes.plot(curve["layer"], curve["mean"], color=color, marker="o", markersize=2,
                           label=f"{subset} (n={summary['subsets'][subset]})")
+            if not drawn:
+                note_empty(axes, "no sample with a value\n(n = 0)")
             axes.set_title(TITLES.get(name, name))
             axes.set_xlabel("layer")
             axes.set_xlim(-0.5, summary["num_layers"] - 0.5)
-        figure.axes[-1].legend(loc="best")
+        if any(axes.lines for axes in figure.axes):
+            figure.axes[-1].legend(loc="best")
     return figure
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import seaborn
 from matplotlib.figure import Figure
 
-from figures.style import DIVERGING, PALETTE, SERIES_COLORS, house_style, new_figure
+from figures.style import DIVERGING, PALETTE, SERIES_COLORS, house_style, new_figure, note_empty
 
 # One sign convention, as the printed table and summary.json's tests: an effect is how much
 # blocking the flow hurt the answer (positive = it mattered), so the two "change" metrics are
@@ -123,6 +123,11 @@ def sample_heatmap(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray])
     height = min(6.0, 1.2 + 0.02 * drops.shape[0])
     figure = new_figure(columns=1 if len(flows) == 1 else 2, height=height, ncols=len(flows),
                         sharey=True)
+    if not drops.shape[0]:  # no sample swept (n = 0)
+        for axes, flow in zip(figure.axes, flows):
+            note_empty(axes, "no sample swept (n = 0)")
+            axes.set_title(f"block {flow}, per sample")
+        return figure
     # one colour scale for every panel, symmetric around 0 so white = no change; drops beyond
     # +-100% are clipped
     shown = drops[:, :len(flows)]

@@ -107,3 +107,9 @@ def save(figure: Figure, directory: str | Path, name: str) -> list[Path]:
         figure.savefig(paths[0], dpi=DPI)
         figure.savefig(paths[1])
     return paths
+
+
+def note_empty(axes, reason: str) -> None:
+    """Mark a panel with nothing to draw (its rows have n = 0): ``reason`` in its middle."""
+    axes.text(0.5, 0.5, reason, ha="center", va="center", transform=axes.transAxes,
+              fontsize="small", color="0.4", wrap=True)

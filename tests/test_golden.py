@@ -22,7 +22,7 @@ sys.path.insert(0, str(GOLDEN))
 from runs import RUNS, run  # noqa: E402
 
 IGNORED = {"timing", "versions"}  # what differs from run to run by nature
-ADDED = {"failed",  # keys the shared runner adds to every summary
+ADDED = {"failed", "skipped",  # keys the shared runner and provenance add to every summary
          "min_kind_samples", "kinds_below_minimum"}  # layer masking: kinds too small, listed
 RTOL, ATOL = 1e-5, 1e-7
 

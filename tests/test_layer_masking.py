@@ -5,6 +5,7 @@ uninterrupted run, the stated rules, the control's edges, and every bad input's 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -218,13 +219,25 @@ def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_p
     (["--flows", "image-question"], "is not of the form SRC->DST"),
     (["--window", "7"], "a window of 7 layers does not fit a model with 6 layers"),
     (["--limit", "0"], "--limit must be at least 1"),
-    (["--model", "tiny-random-llava", "--limit", "3"], "answers none of the 3 samples"),
     (["--shard", "3/2"], "need 0 <= i < n"),
 ])
 def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys):
     assert run_cli(cli_main, [*argv, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and message in error
+
+
+def test_nothing_to_sweep_completes_with_the_sweep_skipped(tmp_path, capsys):
+    """A model that answers nothing right: graded, nothing swept, said why (issue #25)."""
+    out = tmp_path / "run"
+    argv = ["--model", "tiny-random-llava", "--limit", "3", "--bootstrap", "20"]
+    assert run_cli(cli_main, [*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["graded"] == {"n": 3, "correct": 0, "selected": "correct"}
+    assert summary["skipped"][0]["part"] == "sweep"
+    assert "answers none of the 3 samples" in summary["skipped"][0]["reason"]
+    assert all(math.isnan(r["mean"]) and r["n"] == 0 for r in summary["per_layer"])
+    assert "skipped: sweep (the model answers none" in capsys.readouterr().out
 
 
 def test_region_flows_leave_out_samples_without_a_visible_target(trained):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from analyses.attenuation.measure import METRICS, measure_sample
-from analyses.results import RunResult, provenance
+from analyses.results import RunResult, provenance, skip
 from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
 from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci, wilson_interval
@@ -176,12 +176,30 @@ def attenuation_findings(per_layer: list[dict]) -> list[dict]:
     return found
 
 
+def skipped_parts(masks: dict[str, np.ndarray], small_cells: float) -> list[tuple[str, str]]:
+    """(part, reason) for each part of the analysis the data gives nothing to: the region
+    shares without any visible target, a subset without a sample, the small - large
+    comparison without both."""
+    if not (masks["small"].any() or masks["large"].any()):
+        none = "no sample has a visible target: a box or a mask"
+        return [("region_share", f"{none}; its rows are NaN with n = 0"),
+                ("small and large subsets", none), ("small_minus_large", none)]
+    parts = [(f"{subset} subset", f"no target covers {relation} {small_cells:g} patch cells")
+             for subset, relation in (("small", "fewer than"), ("large", "at least"))
+             if not masks[subset].any()]
+    if parts:
+        parts.append(("small_minus_large", "it needs samples in both subsets"))
+    return parts
+
+
 def summarize(arrays: dict[str, np.ndarray], config: AttenuationConfig, model: dict, data: dict,
               num_layers: int, timing: dict[str, Any]) -> RunResult:
     curves = arrays["curves"]
     masks = subset_masks(arrays["target_cells"], config.small_cells)
     summary = provenance(ANALYSIS, model, data, int(curves.shape[0]), asdict(config), config.seed)
     per_layer, comparison, accuracy = [], [], []
+    for part, reason in skipped_parts(masks, config.small_cells):
+        skip(summary, part, reason)
     for subset, mask in masks.items():
         if not mask.any():
             continue

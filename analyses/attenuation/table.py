@@ -18,7 +18,8 @@ def format_table(summary: dict) -> str:
             rows = sorted((r for r in summary["per_layer"]
                            if r["series"] == series and r["subset"] == subset),
                           key=lambda r: r["layer"])
-            cells = " ".join(f"{r['mean']:.3f}" for r in rows)
+            n = max((r["n"] for r in rows), default=0)
+            cells = " ".join(f"{r['mean']:.3f}" for r in rows) if n else "n = 0 (skipped)"
             lines.append(f"  {subset:<6} {cells}")
     for row in summary["attenuation"]:
         if row["series"] == "region_share(last)":

@@ -82,7 +82,8 @@ def significance(arrays: dict[str, np.ndarray], flows: Sequence[str], n_bootstra
                 "flow": flow, "layer": layer,
                 "effect": float(e_mean[layer]), "effect_ci_low": float(e_low[layer]),
                 "effect_ci_high": float(e_high[layer]),
-                "control_effect": float(control[:, layer].mean()),
+                "control_effect": float(control[:, layer].mean()) if len(control)
+                else float("nan"),
                 "difference": float(d_mean[layer]), "difference_ci_low": float(d_low[layer]),
                 "difference_ci_high": float(d_high[layer]),
                 "p_value": float(p_values[layer]), "p_holm": float(adjusted[layer]),

@@ -24,7 +24,7 @@ from analyses.layer_masking.sweep import (
     region_groups,
     sweep_sample,
 )
-from analyses.results import RunResult, provenance
+from analyses.results import RunResult, provenance, skip
 from analyses.runner import Analysis, LocalBackend, Pass, Plan, RunInfo, RunOptions, run
 from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
@@ -113,14 +113,7 @@ class LayerMasking(Analysis):
             if not with_region:
                 raise no_region_error(self.config.flows, len(graded))
             selected = [i for i in selected if graded[i]["has_region"]]
-            if not selected:
-                raise UserError(f"the model answers none of the {len(with_region)} samples "
-                                "with a region correctly; use --all-samples to sweep them "
-                                "anyway, or more samples.")
-        if not selected:
-            raise UserError(f"the model answers none of the {len(graded)} samples correctly; "
-                            "use --all-samples to sweep them anyway, or more samples.")
-        return Plan(selected)
+        return Plan(selected)  # none: the sweep is skipped (see nothing_swept)
 
     def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
         if step == GRADED:
@@ -133,18 +126,37 @@ class LayerMasking(Analysis):
 
     def aggregate(self, records: Mapping[str, Records], info: RunInfo) -> RunResult:
         rows = list(records[SAMPLES].values())
-        arrays = {name: np.stack([row[name] for row in rows]) for name in PER_SAMPLE}
+        series, layers = 2 * len(self.config.flows), info.num_layers
+        empty = {"sample_index": (0,), "sample_id": (0,), "kind": (0,), "answer_token": (0,),
+                 "clean_probability": (0,), "flow_edges": (0, series // 2),
+                 "control_edges": (0, series // 2), **{m: (0, series, layers) for m in METRICS}}
+        arrays = {name: np.stack([row[name] for row in rows]) if rows
+                  else np.zeros(empty[name], dtype=str if name in ("sample_id", "kind")
+                                else np.float64) for name in PER_SAMPLE}
         graded = records[GRADED]
         arrays["graded_index"] = np.array(list(graded), dtype=np.int64)
         arrays["graded_correct"] = np.array([bool(r["correct"]) for r in graded.values()],
                                             dtype=bool)
-        return summarize(arrays, self.config, info.model, info.data, info.num_layers,
-                         info.timing)
+        result = summarize(arrays, self.config, info.model, info.data, info.num_layers,
+                           info.timing)
+        if not rows:
+            skip(result.summary, "sweep", nothing_swept(graded, self.config))
+        return result
 
     def table(self, summary) -> str:
         from analyses.layer_masking.table import format_table
 
         return format_table(summary)
+
+
+def nothing_swept(graded: Records, config: LayerMaskingConfig) -> str:
+    """Why no sample was swept: none answered correctly, or none of those has a region."""
+    correct = [r for r in graded.values() if r["correct"]]
+    if not correct:
+        return (f"the model answers none of the {len(graded)} samples correctly; use "
+                "--all-samples to sweep them anyway, or more samples")
+    return (f"none of the {len(correct)} samples answered correctly has a box or mask, which "
+            f"the flows {', '.join(f for f in config.flows if needs_region((f,)))} need")
 
 
 def run_layer_masking(

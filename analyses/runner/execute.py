@@ -174,7 +174,10 @@ def run(analysis: Analysis, backend, dataset, options: RunOptions = RunOptions()
             seconds, measured = time.perf_counter() - started, sum(len(u) for u in todo)
         earlier[step.name] = store.records(step.name, plan.indices)
     failures = store.failures()
-    if not earlier[analysis.passes[-1].name]:
+    # an analysis may plan no sample for its last pass (nothing there applies: its aggregate
+    # says so); a last pass whose planned samples all failed, or no record at all, is refused
+    if not earlier[analysis.passes[-1].name] and (plan.indices
+                                                   or not any(earlier.values())):
         raise UserError(f"no sample of {dataset.name}/{dataset.split} could be measured"
                         + (f" ({len(failures)} failed, e.g. {failures[0]['reason']})"
                            if failures else "") + ".")

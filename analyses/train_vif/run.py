@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from analyses.common import data_record
-from analyses.results import RunResult, provenance
+from analyses.results import RunResult, provenance, skip
 from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
 from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci, method_rows, wilson_interval
@@ -192,6 +192,8 @@ class VIFEvaluation(Analysis):
             "timing": {**info.timing,
                        "evaluation_seconds": info.seconds_per_sample * len(rows)},
         })
+        if not summary["localisation"]["n"]:
+            skip(summary, "localisation", "no sample has a visible target: a box or a mask")
         return RunResult(summary, arrays)
 
     def table(self, summary) -> str:
@@ -238,7 +240,8 @@ def _localisation(per_sample: Mapping[str, np.ndarray], seed: int) -> dict[str, 
             "ci_high": float(mass_high),
             "uniform_mass": float(np.nanmean(per_sample["uniform_mass"])) if visible.any()
             else None,
-            "pointing": hits / max(1, int(visible.sum())), "pointing_ci_low": point_low,
+            "pointing": hits / int(visible.sum()) if visible.any() else float("nan"),
+            "pointing_ci_low": point_low,
             "pointing_ci_high": point_high}
 
 
