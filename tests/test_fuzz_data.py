@@ -305,24 +305,29 @@ PARQUET_TYPES = {
 @settings(max_examples=200, **SETTINGS)
 @given(st.data())
 def test_own_parquet_files(data):
-    rows = data.draw(st.integers(0, 6))
-    columns: dict[str, list[Any]] = {}
-    for name in ("question", "answer", "choices", "boxes", "id", "kind", "note"):
-        if data.draw(st.integers(0, 9)) < (8 if name in ("question", "answer") else 4):
-            usual = ["text"] * 6 if name in ("question", "answer", "id") else []
-            kind = data.draw(st.sampled_from(usual + sorted(PARQUET_TYPES)))
-            cell = PARQUET_TYPES[kind]
-            values = [data.draw(st.none() if data.draw(st.integers(0, 5)) == 0 else cell)
-                      for _ in range(rows)]
-            if name == "id" and kind == "text":  # ids that repeat
-                values = [data.draw(st.sampled_from(["a", "b", None])) for _ in range(rows)]
-            columns[name] = values
+    rows = data.draw(st.integers(1, 6))
+    columns: dict[str, list[Any]] = {
+        "question": [data.draw(st.text(max_size=8)) for _ in range(rows)],
+        "answer": [data.draw(st.text(min_size=1, max_size=5)) for _ in range(rows)]}
+    if data.draw(st.booleans()):  # ids that may repeat
+        columns["id"] = [data.draw(st.sampled_from(["a", "b", None])) for _ in range(rows)]
+    if data.draw(st.booleans()):
+        columns["kind"] = [data.draw(st.text(max_size=4)) for _ in range(rows)]
+    for _ in range(data.draw(st.sampled_from([0, 0, 0, 1, 2]))):  # a column dropped or retyped
+        name = data.draw(st.sampled_from(["question", "answer", "choices", "boxes", "id",
+                                          "kind", "note"]))
+        if data.draw(st.integers(0, 3)) == 0:
+            columns.pop(name, None)
+            continue
+        cell = PARQUET_TYPES[data.draw(st.sampled_from(sorted(PARQUET_TYPES)))]
+        columns[name] = [data.draw(st.none() if data.draw(st.integers(0, 5)) == 0 else cell)
+                         for _ in range(rows)]
     expected = {}
-    if data.draw(st.integers(0, 9)) < 9:
+    if data.draw(st.integers(0, 19)) > 0:
         images = []
         struct_cells = data.draw(st.booleans())
         for r in range(rows):
-            good = data.draw(st.integers(0, 3)) > 0
+            good = data.draw(st.integers(0, 5)) > 0
             payload = row_png(r) if good else data.draw(damaged_image())
             if good:
                 expected[r] = colour(r)
@@ -561,3 +566,31 @@ def test_a_path_with_a_comma_is_one_dataset(name):
     path = cli_folder() / name
     dataset = load_data(str(path), None, None)
     assert len(dataset) == 2 and dataset.name == name
+
+
+# ---------------------------------------------------------------- weights files
+def _weights_files() -> dict[str, bytes]:
+    import torch
+    from safetensors.torch import save
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    return {"torch.save": buffer.getvalue(), "png": row_png(0), "json": b'{"config": 1}',
+            "plain safetensors": save({"w": torch.zeros(2)}),
+            "no fields": save({"w": torch.zeros(2)}, metadata={"config": "{}"}),
+            "empty": b""}
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(st.sampled_from(sorted(_weights_files())), st.integers(0, 64), st.booleans())
+def test_a_weights_file_of_another_format_is_one_sentence(kind, cut, truncate):
+    """``vif:PATH`` (evaluate) and ``--load`` (train_vif) read VIF.load: any other file, whole
+    or cut short, is refused in one sentence."""
+    from probes.vif import VIF
+
+    data = _weights_files()[kind]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vif.safetensors"
+        path.write_bytes(data[:cut] if truncate else data)
+        with pytest.raises(UserError, match="is no VIF module"):
+            VIF.load(path)
