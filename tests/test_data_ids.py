@@ -1,5 +1,6 @@
-"""Duplicate ids and shared image keys, run end to end: a dataset whose ids repeat is refused
-in one sentence naming them, and every sample is measured on its own image (the pixels the
+"""Duplicate ids and shared image keys, run end to end: a user's file whose ids repeat is
+refused in one sentence naming them (a benchmark's repeated ids are numbered), and every sample
+is measured on its own image (the pixels the
 model was given are compared, sample by sample, with the image its row holds)."""
 
 from __future__ import annotations
@@ -90,9 +91,12 @@ def test_rows_that_share_an_image_key_keep_their_own_images(tmp_path, monkeypatc
     table = pq.read_table(parquet).to_pylist()[:4]
     for r, row in enumerate(table):
         row.update(image={"bytes": png(r), "path": "same.png"}, image_source="same",
-                   question=f"Is there a thing in picture {r}?")
+                   question=f"Is there a thing in picture {r}?", question_id="7")
     pq.write_table(pa.Table.from_pylist(table), parquet)
     dataset = load_dataset(f"pope:{folder}")
+    # a benchmark's repeated ids are numbered, not refused: the file is not the user's to mend
+    assert [s.id for s in dataset] == ["pope/random/7", "pope/random/7#2", "pope/random/7#3",
+                                       "pope/random/7#4"]
     assert [s.image.getpixel((0, 0)) for s in dataset] == [colour(r) for r in range(4)]
     assert layer_masking(["--data", f"pope:{folder}"], tmp_path / "run") == 0
     for r in range(4):

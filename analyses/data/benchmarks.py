@@ -315,7 +315,8 @@ def load_parquet_benchmark(
         return decode_image(raw, table.base, f"sample {records[index].id}")
 
     return records_dataset(name, label, records, read_image, prompt_style=bench.prompt_style,
-                           source=source, image_source=image_rows.__getitem__)
+                           source=source, image_source=image_rows.__getitem__,
+                           number_repeated_ids=True)
 
 
 def _is_vstar_original(root: Path) -> bool:

@@ -100,6 +100,7 @@ def load_vstar_folder(root: Path, split: str | None, limit: int | None,
         "vstar", "test", records,
         lambda i: decode_image(images[i], root, f"vstar sample {records[i].id}"),
         prompt_style="vstar", source=source or str(root), image_source=images.__getitem__,
+        number_repeated_ids=True,
     )
 
 
@@ -179,6 +180,7 @@ def load_gqa(split: str | None = None, limit: int | None = None, path: str | Non
         lambda i: decode_image(f"{records[i].meta['image_id']}.jpg", images_dir,
                                f"gqa sample {records[i].id}"),
         prompt_style="gqa", source=str(root), image_source=lambda i: records[i].meta["image_id"],
+        number_repeated_ids=True,
     )
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from PIL import Image
@@ -64,6 +64,22 @@ def records_digest(records: Sequence[Record]) -> str:
     return digest.hexdigest()
 
 
+def numbered_ids(records: Sequence[Record]) -> list[Record]:
+    """``records`` with a repeated id numbered (``pope/test/7``, ``pope/test/7#2``): a
+    benchmark's file is not the user's to mend, so its ids are made unique rather than refused.
+
+    >>> [r.id for r in numbered_ids([Record("b/1", "q", "x", "all", "exact")] * 3)]
+    ['b/1', 'b/1#2', 'b/1#3']
+    """
+    seen: Counter[str] = Counter()
+    numbered = []
+    for record in records:
+        seen[record.id] += 1
+        count = seen[record.id]
+        numbered.append(record if count == 1 else replace(record, id=f"{record.id}#{count}"))
+    return numbered
+
+
 def check_records(name: str, records: Sequence[Record]) -> None:
     """UserError unless every record's id is its own and no record has more choices than
     there are letters: the one check every benchmark and own file passes through.
@@ -99,15 +115,17 @@ def records_dataset(
     source: str = "",
     strict_boxes: bool = False,
     image_source: Callable[[int], Hashable] | None = None,
+    number_repeated_ids: bool = False,
 ) -> Dataset:
     """A :class:`Dataset` of ``records``; ``read_image(i)`` reads record i's image.
 
     ``image_source(i)`` names where record i's image is read from (a file, a table row):
     records with the same source share one decoded image; without it every record reads its
     own. The cache is keyed by that, never by an id a file declares, so no sample is ever
-    shown another's image. Refuses (:func:`check_records`) ids that repeat.
+    shown another's image. Ids that repeat are refused (:func:`check_records`), or numbered
+    when ``number_repeated_ids`` (benchmarks: :func:`numbered_ids`).
     """
-    records = list(records)
+    records = numbered_ids(records) if number_repeated_ids else list(records)
     check_records(name, records)
     cache: OrderedDict[Hashable, Image.Image] = OrderedDict()
 
