@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from analyses.data import Dataset, load_dataset
-from analyses.data.suite import concatenate
+from analyses.data.suite import concatenate, data_names
 from probes.cli import set_threads
 from probes.errors import UserError
 from probes.models.loading import LoadedModel, load_model
@@ -25,7 +25,7 @@ def load_data(name: str, split: str | None, limit: int | None) -> Dataset:
     (:func:`analyses.data.suite.concatenate`)."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}.")
-    names = [part.strip() for part in name.split(",") if part.strip()]
+    names = data_names(name)  # a comma in an existing path's name does not split it
     if len(names) > 1:
         return concatenate([load_data(part, split, limit) for part in names])
     if not names:

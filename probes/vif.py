@@ -217,18 +217,29 @@ class VIF(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no VIF module at {path}; train one with python -m analyses.train_vif.")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if "config" not in metadata:
-            raise UserError(f"{path} is no VIF module (its safetensors carry no VIF config).")
-        hidden, layers = int(metadata["hidden_size"]), int(metadata["num_layers"])
+        try:  # any other format (a .pt, a zip, text, a cut file) is refused in one sentence
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            hidden, layers = int(metadata["hidden_size"]), int(metadata["num_layers"])
+            config = VIFConfig.from_json(metadata["config"])
+            state = load_file(str(path))
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise UserError(f"{path} is no VIF module: it is not a safetensors file that "
+                            "python -m analyses.train_vif wrote "
+                            f"({type(err).__name__}).") from err
         if loaded is not None and (hidden, layers) != (loaded.adapter.hidden_size,
                                                        loaded.adapter.num_layers):
             raise UserError(f"{path} was trained for a model with {layers} layers of width "
                             f"{hidden}, not {loaded.adapter.num_layers} x "
                             f"{loaded.adapter.hidden_size}.")
-        module = cls(VIFConfig.from_json(metadata["config"]), hidden, layers)
-        module.load_state_dict(load_file(str(path)))
+        module = cls(config, hidden, layers)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as err:  # tensors missing or of another shape
+            raise UserError(f"{path} is no VIF module of this version: its tensors do not "
+                            "match.") from err
         return module.eval()
 
 

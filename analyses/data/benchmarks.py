@@ -28,10 +28,11 @@ import PIL.Image
 
 from analyses.data.boxes import xywh_to_xyxy
 from analyses.data.dataset import Dataset
+from analyses.data.fields import field, number, numbers, text, texts
 from analyses.data.hub import find_snapshot, parquet_splits, parquet_splits_of
 from analyses.data.options import lettered_lines, mmstar_options, split_options
 from analyses.data.records import Record, records_dataset
-from analyses.data.tabular import Table, concat, decode_image, read_parquet
+from analyses.data.tabular import Table, concat, decode_image, path_exists, read_parquet
 from probes.errors import UserError
 
 Rows = list[tuple[int, Record]]  # (table row holding the image, record)
@@ -43,19 +44,22 @@ def _hub_ids(*names: str) -> tuple[str, ...]:
 
 
 def _row_id(table: Table, column: str, index: int) -> str:
-    return str(table.column(column)[index]) if table.has(column) else str(index)
+    if not table.has(column):
+        return str(index)
+    return text(table.row(index), column, table.where(index), default=str(index))
 
 
 def _vstar(table: Table, name: str, split: str) -> Rows:
     table.require("image", "text", "label")
     rows = []
-    for i, text in enumerate(table.column("text")):
-        question, choices = split_options(text)
-        category = table.column("category")[i] if table.has("category") else "vstar"
+    for i in range(len(table)):
+        row, where = table.row(i), table.where(i)
+        question, choices = split_options(text(row, "text", where))
+        category = text(row, "category", where, default="vstar")
         qid = _row_id(table, "question_id", i)
         meta = {"question_id": qid, "category": category, "split": split}
         rows.append((i, Record(f"{name}/{split}/{qid}", question,
-                               str(table.column("label")[i]).strip().upper(), category, "choice",
+                               text(row, "label", where).strip().upper(), category, "choice",
                                choices=choices, meta=meta)))
     return rows
 
@@ -63,41 +67,45 @@ def _vstar(table: Table, name: str, split: str) -> Rows:
 def _mmstar(table: Table, name: str, split: str) -> Rows:
     table.require("image", "question", "answer", "l2_category")
     rows = []
-    for i, question in enumerate(table.column("question")):
+    for i in range(len(table)):
+        row, where = table.row(i), table.where(i)
+        question, category = text(row, "question", where), text(row, "l2_category", where)
         qid = _row_id(table, "index", i)
-        meta = {"index": qid, "split": split, "l2_category": table.column("l2_category")[i]}
+        meta = {"index": qid, "split": split, "l2_category": category}
         for extra in ("category", "meta_info"):
             if table.has(extra):
-                meta[extra] = table.column(extra)[i]
+                meta[extra] = row[extra]
         rows.append((i, Record(f"{name}/{split}/{qid}", question.strip(),
-                               str(table.column("answer")[i]).strip(),
-                               table.column("l2_category")[i], "choice",
+                               text(row, "answer", where).strip(), category, "choice",
                                choices=mmstar_options(question), meta=meta)))
     return rows
 
 
 def _realworldqa(table: Table, name: str, split: str) -> Rows:
     table.require("image", "question", "answer")
-    return [
-        (i, Record(f"{name}/{split}/{i}", question.strip(),
-                   str(table.column("answer")[i]).strip(),
-                   "realworldqa", "realworldqa", choices=lettered_lines(question),
-                   meta={"row": i, "split": split}))
-        for i, question in enumerate(table.column("question"))
-    ]
+    rows = []
+    for i in range(len(table)):
+        row, where = table.row(i), table.where(i)
+        question = text(row, "question", where)
+        rows.append((i, Record(f"{name}/{split}/{i}", question.strip(),
+                               text(row, "answer", where).strip(), "realworldqa", "realworldqa",
+                               choices=lettered_lines(question), meta={"row": i, "split": split})))
+    return rows
 
 
 def _textvqa(table: Table, name: str, split: str) -> Rows:
     table.require("image", "question", "answers")
     rows = []
-    for i, question in enumerate(table.column("question")):
-        answers = tuple(table.column("answers")[i] or ())
+    for i in range(len(table)):
+        row, where = table.row(i), table.where(i)
+        question = text(row, "question", where)
+        answers = texts(row["answers"], "answers", where)
         majority = collections.Counter(answers).most_common(1)
         qid = _row_id(table, "question_id", i)
         meta = {"question_id": qid, "split": split, "raw_question": question}
         for extra in ("image_id", "ocr_tokens", "image_width", "image_height"):
             if table.has(extra):
-                meta[extra] = table.column(extra)[i]
+                meta[extra] = row[extra]
         # lmms-eval asks the question capitalised, the rest lowercased
         asked = question[:1].upper() + question[1:].lower()
         rows.append((i, Record(f"{name}/{split}/{qid}", asked,
@@ -109,24 +117,29 @@ def _textvqa(table: Table, name: str, split: str) -> Rows:
 
 def _countbench(table: Table, name: str, split: str) -> Rows:
     table.require("image", "question", "number")
+    rows = []
     # the caption column ("text") holds the count: it stays out of the sample entirely
-    return [
-        (i, Record(f"{name}/{split}/{i}", question.strip(), str(int(table.column("number")[i])),
-                   "count", "count", meta={"row": i, "split": split}))
-        for i, question in enumerate(table.column("question"))
-    ]
+    for i in range(len(table)):
+        row, where = table.row(i), table.where(i)
+        count = number(row, "number", where)
+        if not count.is_integer() or count < 0:
+            raise UserError(f"the field 'number' of {where} is {count:g}, not a count.")
+        rows.append((i, Record(f"{name}/{split}/{i}", text(row, "question", where).strip(),
+                               str(int(count)), "count", "count", meta={"row": i, "split": split})))
+    return rows
 
 
 def _pope(table: Table, name: str, split: str) -> Rows:
     table.require("image", "question", "answer", "category")
     rows = []
-    for i, question in enumerate(table.column("question")):
+    for i in range(len(table)):
+        row, where = table.row(i), table.where(i)
         qid = _row_id(table, "question_id", i)
-        category = table.column("category")[i]
-        source = table.column("image_source")[i] if table.has("image_source") else ""
+        category = text(row, "category", where)
+        source = text(row, "image_source", where, default="")
         meta = {"question_id": qid, "category": category, "image_source": source}
-        rows.append((i, Record(f"{name}/{category}/{qid}", question.strip(),
-                               str(table.column("answer")[i]).strip().lower(), category, "pope",
+        rows.append((i, Record(f"{name}/{category}/{qid}", text(row, "question", where).strip(),
+                               text(row, "answer", where).strip().lower(), category, "pope",
                                image_key=f"{name}/{source}" if source else "", meta=meta)))
     return rows
 
@@ -135,12 +148,13 @@ def _refcoco(table: Table, name: str, split: str) -> Rows:
     """One sample per referring expression (a row's ``answer`` lists several), as lmms-eval."""
     table.require("image", "answer", "bbox")
     rows = []
-    for i, expressions in enumerate(table.column("answer")):
-        expressions = [expressions] if isinstance(expressions, str) else list(expressions)
-        xywh = [float(v) for v in table.column("bbox")[i]]
+    for i in range(len(table)):
+        row, where = table.row(i), table.where(i)
+        expressions = list(texts(field(row, "answer", where), "answer", where))
+        xywh = list(numbers(field(row, "bbox", where), "bbox", where, count=4))
         box = xywh_to_xyxy(xywh)
         qid = _row_id(table, "question_id", i)
-        file_name = table.column("file_name")[i] if table.has("file_name") else ""
+        file_name = text(row, "file_name", where, default="")
         for k, expression in enumerate(expressions):
             meta = {"question_id": qid, "bbox": xywh, "file_name": file_name, "split": split,
                     "expressions": expressions}
@@ -191,7 +205,7 @@ def parquet_files(path: Path | str, default: str) -> dict[str, list[Path]]:
             raise UserError(f"no file matches {text}.")
         return {s: [Path(f) for f in fs] for s, fs in _by_split(found, default).items()}
     path = Path(path)
-    if not path.exists():
+    if not path_exists(path):
         raise UserError(f"there is no file or folder {path}.")
     if path.is_file():
         return _by_split([path], default)
@@ -301,7 +315,8 @@ def load_parquet_benchmark(
         return decode_image(raw, table.base, f"sample {records[index].id}")
 
     return records_dataset(name, label, records, read_image, prompt_style=bench.prompt_style,
-                           source=source)
+                           source=source, image_source=image_rows.__getitem__,
+                           number_repeated_ids=True)
 
 
 def _is_vstar_original(root: Path) -> bool:

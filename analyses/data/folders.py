@@ -26,7 +26,6 @@ release and GQA with its scene graphs.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from pathlib import Path
@@ -34,19 +33,13 @@ from typing import Any
 
 from analyses.data.boxes import xywh_to_xyxy
 from analyses.data.dataset import Dataset
+from analyses.data.fields import field, number, numbers, text, texts
 from analyses.data.options import split_options
 from analyses.data.records import Record, records_dataset
-from analyses.data.tabular import decode_image, read_jsonl
+from analyses.data.tabular import decode_image, read_json, read_jsonl
 from probes.errors import UserError
 
 GQA_DOWNLOAD = "https://cs.stanford.edu/people/dorarad/gqa/download.html"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}.") from err
 
 
 def _vstar_item(root: Path, image: str) -> tuple[tuple, dict]:
@@ -54,9 +47,14 @@ def _vstar_item(root: Path, image: str) -> tuple[tuple, dict]:
     item_path = (root / image).with_suffix(".json")
     if not item_path.is_file():
         return (), {}
-    item = _read_json(item_path)
-    boxes = tuple(xywh_to_xyxy(b) for b in item.get("bbox", []))
-    return boxes, {"bbox": item.get("bbox", []), "target_object": item.get("target_object", [])}
+    item = read_json(item_path)
+    where = str(item_path)
+    listed = field(item, "bbox", where, default=[])
+    if not isinstance(listed, list):
+        raise UserError(f"the field 'bbox' of {where} is not a list of [x, y, w, h] boxes.")
+    boxes = tuple(xywh_to_xyxy(numbers(b, "bbox", where, count=4)) for b in listed)
+    return boxes, {"bbox": listed, "target_object": field(item, "target_object", where,
+                                                          default=[])}
 
 
 def load_vstar_folder(root: Path, split: str | None, limit: int | None,
@@ -68,27 +66,31 @@ def load_vstar_folder(root: Path, split: str | None, limit: int | None,
     if (root / "test_questions.jsonl").is_file():
         table = read_jsonl(root / "test_questions.jsonl")
         table.require("image", "text", "label")
-        for i, text in enumerate(table.column("text")):
-            image = table.raw_image(i)
-            question, choices = split_options(text)
+        for i in range(len(table)):
+            row, where = table.row(i), table.where(i)
+            image = text(row, "image", where)
+            question, choices = split_options(text(row, "text", where))
             boxes, meta = _vstar_item(root, image)
-            category = table.column("category")[i] if table.has("category") else "vstar"
-            qid = table.column("question_id")[i] if table.has("question_id") else i
+            category = text(row, "category", where, default="vstar")
+            qid = text(row, "question_id", where, default=str(i))
             meta = {**meta, "question_id": qid, "category": category, "image": image}
             records.append(Record(f"vstar/test/{qid}", question,
-                                  str(table.column("label")[i]).strip().upper(), category,
+                                  text(row, "label", where).strip().upper(), category,
                                   "choice", choices=choices, boxes=boxes,
                                   target=tuple(range(len(boxes))), meta=meta))
             images.append(image)
     else:
         for category in ("direct_attributes", "relative_position"):
             for item_path in sorted((root / category).glob("*.json")):
-                item = _read_json(item_path)
+                item, where = read_json(item_path), str(item_path)
                 image = f"{category}/{item_path.stem}.jpg"
                 boxes, meta = _vstar_item(root, image)
-                choices, answer = shuffled_options(item["options"], item_path.stem)
+                options = texts(field(item, "options", where), "options", where)
+                if not options:
+                    raise UserError(f"{where} lists no options.")
+                choices, answer = shuffled_options(list(options), item_path.stem)
                 records.append(Record(f"vstar/test/{category}/{item_path.stem}",
-                                      item["question"], answer, category, "choice",
+                                      text(item, "question", where), answer, category, "choice",
                                       choices=choices, boxes=boxes,
                                       target=tuple(range(len(boxes))),
                                       meta={**meta, "category": category, "image": image}))
@@ -97,7 +99,8 @@ def load_vstar_folder(root: Path, split: str | None, limit: int | None,
     return records_dataset(
         "vstar", "test", records,
         lambda i: decode_image(images[i], root, f"vstar sample {records[i].id}"),
-        prompt_style="vstar", source=source or str(root),
+        prompt_style="vstar", source=source or str(root), image_source=images.__getitem__,
+        number_repeated_ids=True,
     )
 
 
@@ -139,10 +142,10 @@ def named_objects(question: dict) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _inside(obj: dict, width: float, height: float) -> bool:
-    """Whether a scene-graph object's box has some area inside a width x height image."""
-    return (obj["x"] < width and obj["y"] < height and obj["x"] + obj["w"] > 0
-            and obj["y"] + obj["h"] > 0 and obj["w"] > 0 and obj["h"] > 0)
+def _inside(xywh: tuple[float, float, float, float], width: float, height: float) -> bool:
+    """Whether a scene-graph box ``(x, y, w, h)`` has some area inside a width x height image."""
+    x, y, w, h = xywh
+    return x < width and y < height and x + w > 0 and y + h > 0 and w > 0 and h > 0
 
 
 def load_gqa(split: str | None = None, limit: int | None = None, path: str | None = None
@@ -162,32 +165,57 @@ def load_gqa(split: str | None = None, limit: int | None = None, path: str | Non
         if not needed.is_file():
             raise UserError(f"GQA {split} needs {needed.name} in {root} (only train and val "
                             f"have scene graphs; see {GQA_DOWNLOAD}).")
-    questions, graphs = _read_json(questions_path), _read_json(graphs_path)
+    questions, graphs = read_json(questions_path), read_json(graphs_path)
+    for path, value in ((questions_path, questions), (graphs_path, graphs)):
+        if not isinstance(value, dict):
+            raise UserError(f"{path} holds {type(value).__name__}, not GQA's object of ids.")
     images_dir = root / "images" if (root / "images").is_dir() else root
     records = []
     for qid, question in questions.items():
         if limit is not None and len(records) >= limit:
             break
-        image_id = str(question["imageId"])
-        graph = graphs.get(image_id) or {}
-        objects = graph.get("objects", {})
-        named = [i for i in named_objects(question) if i in objects]
-        if "width" in graph and "height" in graph:  # an unnamed object off the image is noise
-            objects = {i: o for i, o in objects.items()
-                       if i in named or _inside(o, graph["width"], graph["height"])}
-        order = list(objects)
-        boxes = tuple(xywh_to_xyxy([o["x"], o["y"], o["w"], o["h"]]) for o in objects.values())
-        types = question.get("types") or {}
-        meta = {"question_id": qid, "image_id": image_id, "types": types, "split": split,
-                "full_answer": question.get("fullAnswer", ""), "objects": named,
-                "object_names": [objects[i]["name"] for i in named]}
-        records.append(Record(f"gqa/{split}/{qid}", question["question"], question["answer"],
-                              question_type(types), "gqa", boxes=boxes,
-                              target=tuple(order.index(i) for i in named),
-                              image_key=f"gqa/{image_id}", meta=meta))
+        records.append(_gqa_record(qid, question, graphs, split, questions_path))
     return records_dataset(
         "gqa", split, records,
         lambda i: decode_image(f"{records[i].meta['image_id']}.jpg", images_dir,
                                f"gqa sample {records[i].id}"),
-        prompt_style="gqa", source=str(root),
+        prompt_style="gqa", source=str(root), image_source=lambda i: records[i].meta["image_id"],
+        number_repeated_ids=True,
     )
+
+
+def _gqa_record(qid: str, question: Any, graphs: dict, split: str, path: Path) -> Record:
+    """One GQA question with the boxes of its image's scene graph."""
+    where = f"question {qid} of {path.name}"
+    image_id = text(question, "imageId", where)
+    graph = graphs.get(image_id) or {}
+    graph_where = f"scene graph {image_id}"
+    objects = field(graph, "objects", graph_where, default={})
+    if not isinstance(objects, dict):
+        raise UserError(f"the objects of {graph_where} are not an object of ids.")
+    boxes_of = {i: _gqa_box(o, f"object {i} of {graph_where}") for i, o in objects.items()}
+    try:
+        named = [i for i in named_objects(question) if i in objects]
+    except (AttributeError, TypeError, ValueError) as err:
+        raise UserError(f"the annotations of {where} are not in GQA's format "
+                        f"({type(err).__name__}).") from err
+    if "width" in graph and "height" in graph:  # an unnamed object off the image is noise
+        width, height = number(graph, "width", graph_where), number(graph, "height", graph_where)
+        boxes_of = {i: b for i, b in boxes_of.items() if i in named or _inside(b, width, height)}
+    order = list(boxes_of)
+    types = field(question, "types", where, default={})
+    types = types if isinstance(types, dict) else {}
+    meta = {"question_id": qid, "image_id": image_id, "types": types, "split": split,
+            "full_answer": text(question, "fullAnswer", where, default=""), "objects": named,
+            "object_names": [text(objects[i], "name", f"object {i} of {graph_where}",
+                                  default="") for i in named]}
+    return Record(f"gqa/{split}/{qid}", text(question, "question", where),
+                  text(question, "answer", where), question_type(types), "gqa",
+                  boxes=tuple(xywh_to_xyxy(b) for b in boxes_of.values()),
+                  target=tuple(order.index(i) for i in named), image_key=f"gqa/{image_id}",
+                  meta=meta)
+
+
+def _gqa_box(obj: Any, where: str) -> tuple[float, float, float, float]:
+    x, y, w, h = (number(obj, key, where) for key in ("x", "y", "w", "h"))
+    return x, y, w, h

@@ -26,6 +26,7 @@ from typing import Any
 
 from analyses.data.boxes import strict_box
 from analyses.data.dataset import Dataset
+from analyses.data.fields import field, text, texts
 from analyses.data.prompts import LETTERS
 from analyses.data.records import Record, records_dataset
 from analyses.data.tabular import (
@@ -34,7 +35,9 @@ from analyses.data.tabular import (
     concat,
     decode_image,
     image_size,
+    path_exists,
     read_arrow,
+    read_json,
     read_table,
 )
 from probes.errors import UserError
@@ -60,14 +63,17 @@ def _listed(value: Any) -> list[Any] | None:
 
 def normalise_answer(answer: str, choices: tuple[str, ...], where: str) -> str:
     """The letter of ``answer`` (a letter or an option's text) among ``choices``."""
+    if len(choices) > len(LETTERS):
+        raise UserError(f"{where} has {len(choices)} choices; at most {len(LETTERS)} (A to Z) "
+                        "are supported.")
     letters = LETTERS[: len(choices)]
-    text = str(answer).strip()
-    if len(text) == 1 and text in letters:
-        return text
-    if text in choices:
-        return letters[choices.index(text)]
+    given = str(answer).strip()
+    if len(given) == 1 and given in letters:
+        return given
+    if given in choices:
+        return letters[choices.index(given)]
     raise UserError(
-        f"the answer {text!r} of {where} is not among its choices "
+        f"the answer {given!r} of {where} is not among its choices "
         f"({', '.join(letters)} or the option texts)."
     )
 
@@ -88,26 +94,23 @@ def _boxes(value: Any, where: str) -> tuple[tuple[float, ...], ...]:
 
 
 def _record(table: Table, i: int, name: str) -> Record:
-    def cell(column: str) -> Any:
-        return table.column(column)[i] if table.has(column) else None
-
-    where = f"row {i} of {table.name}"
-    answers = [str(a).strip() for a in (_listed(cell("answer")) or [])]
+    row, where = table.row(i), table.where(i)
+    answers = [a.strip() for a in texts(_listed(row.get("answer")) or [], "answer", where)]
     if not answers:
         raise UserError(f"{where} has no answer.")
-    choices = tuple(str(c) for c in (_listed(cell("choices")) or []))
+    choices = texts(_listed(row.get("choices")) or [], "choices", where)
     if choices:
         answers = [normalise_answer(a, choices, where) for a in answers]
     answers = list(dict.fromkeys(answers))
-    boxes = _boxes(cell("boxes"), where)
-    row_id = cell("id")
-    row_id = str(i) if row_id in (None, "") else str(row_id)
+    boxes = _boxes(row.get("boxes"), where)
+    row_id = text(row, "id", where, default="") or str(i)
     # JSON lines and CSV keep image paths as a text column; other formats' images stay unread
-    path = table.columns["image"][i] if "image" in table.columns else None
+    path = row.get("image")
     image_key = f"{name}/{path}" if isinstance(path, str) else ""
-    meta = {column: values[i] for column, values in table.columns.items() if column not in KNOWN}
+    meta = {column: value for column, value in row.items() if column not in KNOWN}
     return Record(
-        f"{name}/{row_id}", str(cell("question")), answers[0], str(cell("kind") or "all"),
+        f"{name}/{row_id}", text(row, "question", where), answers[0],
+        text(row, "kind", where, default="") or "all",
         "choice" if choices else "exact", answers=tuple(answers) if len(answers) > 1 else (),
         choices=choices, boxes=boxes, target=tuple(range(len(boxes))), image_key=image_key,
         meta={**meta, "row": i},
@@ -116,25 +119,37 @@ def _record(table: Table, i: int, name: str) -> Record:
 
 def _saved_dataset(folder: Path) -> Table:
     """A ``save_to_disk`` Dataset folder: ``state.json`` lists its Arrow files."""
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    files = [folder / entry["filename"] for entry in state.get("_data_files", [])]
+    state_path = folder / "state.json"
+    entries = field(read_json(state_path), "_data_files", str(state_path), default=[])
+    if not isinstance(entries, list):
+        raise UserError(f"'_data_files' in {state_path} is not a list of files.")
+    files = [folder / text(entry, "filename", f"an entry of '_data_files' in {state_path}")
+             for entry in entries]
     if not files:
         raise UserError(f"{folder} (a saved dataset) lists no Arrow data file.")
+    for file in files:
+        if not file.is_file():
+            raise UserError(f"{folder} (a saved dataset) lists {file.name}, which is not there.")
     return concat([read_arrow(f) for f in files], folder.name)
 
 
 def own_table(path: Path, split: str | None) -> tuple[Table, str, str]:
     """The rows a user's path holds, the split label, and the data's name (the data file's
     name, also for a folder that holds one; the folder's for a saved dataset)."""
-    if not path.exists():
+    if not path_exists(path):
         raise UserError(f"there is no file or folder {path}.")
     if path.is_file():
         return read_table(path), split or "all", path.name
     if (path / "state.json").is_file():
         return _saved_dataset(path), split or "all", path.name
     if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        listing = path / "dataset_dict.json"
+        splits = texts(field(read_json(listing), "splits", str(listing)), "splits", str(listing))
+        if not splits:
+            raise UserError(f"{listing} lists no split.")
         chosen = split or ("test" if "test" in splits else splits[0])
+        if chosen in splits and not (path / chosen / "state.json").is_file():
+            raise UserError(f"{path} lists the split {chosen!r} but has no {chosen}/state.json.")
         if chosen not in splits:
             raise UserError(f"{path} has no split {chosen!r}; its splits: {', '.join(splits)}.")
         return _saved_dataset(path / chosen), chosen, path.name
@@ -150,6 +165,8 @@ def load_own(path: str | Path, split: str | None = None, limit: int | None = Non
     """A user's file or folder as a :class:`Dataset` named after it."""
     path = Path(path)
     table, label, name = own_table(path, split)
+    if len(table) == 0:
+        raise UserError(f"{path} holds no rows (questions).")
     table.require("image", "question", "answer")
     rows = range(len(table) if limit is None else min(limit, len(table)))
     records = [_record(table, i, name) for i in rows]
@@ -163,6 +180,7 @@ def load_own(path: str | Path, split: str | None = None, limit: int | None = Non
         lambda i: decode_image(table.raw_image(i), table.base, f"sample {records[i].id}"),
         prompt_style="choice" if any(r.choices for r in records) else "plain",
         source=str(path), strict_boxes=True,
+        image_source=lambda i: records[i].image_key or i,  # a path, else the row's own cell
     )
 
 

@@ -5,7 +5,7 @@ and hands over a function that reads one record's image. :func:`records_dataset`
 :class:`~analyses.data.sample.Sample` on access: it decodes the image then (so an unreadable
 image fails only its own sample), converts the record's float boxes to integer boxes on that
 image, and keeps the last few decoded images, since benchmarks ask several questions about
-one image.
+one image (keyed by where an image is read from, never by a declared id).
 
 >>> from PIL import Image
 >>> records = [Record("toy/0", "what is it?", "B", "demo", "choice", choices=("cat", "dog"),
@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from PIL import Image
 
 from analyses.data.boxes import FloatBox, clipped_box, strict_box
 from analyses.data.dataset import Dataset
+from analyses.data.prompts import LETTERS
 from analyses.data.sample import Sample
+from probes.errors import UserError
 
 CACHED_IMAGES = 8  # decoded images kept per dataset (questions on one image come together)
 
@@ -62,6 +64,46 @@ def records_digest(records: Sequence[Record]) -> str:
     return digest.hexdigest()
 
 
+def numbered_ids(records: Sequence[Record]) -> list[Record]:
+    """``records`` with a repeated id numbered (``pope/test/7``, ``pope/test/7#2``): a
+    benchmark's file is not the user's to mend, so its ids are made unique rather than refused.
+
+    >>> [r.id for r in numbered_ids([Record("b/1", "q", "x", "all", "exact")] * 3)]
+    ['b/1', 'b/1#2', 'b/1#3']
+    """
+    seen: Counter[str] = Counter()
+    numbered = []
+    for record in records:
+        seen[record.id] += 1
+        count = seen[record.id]
+        numbered.append(record if count == 1 else replace(record, id=f"{record.id}#{count}"))
+    return numbered
+
+
+def check_records(name: str, records: Sequence[Record]) -> None:
+    """UserError unless every record's id is its own and no record has more choices than
+    there are letters: the one check every benchmark and own file passes through.
+
+    >>> check_records("mine.jsonl", [Record("mine.jsonl/a", "q", "x", "all", "exact")] * 2)
+    Traceback (most recent call last):
+    ...
+    probes.errors.UserError: mine.jsonl has several samples with the id 'mine.jsonl/a'; every sample needs an id of its own (in your own file: a unique 'id' per row, or no 'id' column, to number the rows).
+    """
+    counts = Counter(record.id for record in records)
+    repeated = [sample_id for sample_id, count in counts.items() if count > 1]
+    if repeated:
+        shown = ", ".join(repr(i) for i in repeated[:3]) + (", ..." if len(repeated) > 3 else "")
+        raise UserError(
+            f"{name} has several samples with the id{'s' * (len(repeated) > 1)} {shown}; every "
+            "sample needs an id of its own (in your own file: a unique 'id' per row, or no "
+            "'id' column, to number the rows)."
+        )
+    for record in records:
+        if len(record.choices) > len(LETTERS):
+            raise UserError(f"sample {record.id} has {len(record.choices)} choices; at most "
+                            f"{len(LETTERS)} (A to Z) are supported.")
+
+
 def records_dataset(
     name: str,
     split: str,
@@ -72,13 +114,23 @@ def records_dataset(
     prompt_style: str = "plain",
     source: str = "",
     strict_boxes: bool = False,
+    image_source: Callable[[int], Hashable] | None = None,
+    number_repeated_ids: bool = False,
 ) -> Dataset:
-    """A :class:`Dataset` of ``records``; ``read_image(i)`` reads record i's image."""
-    records = list(records)
-    cache: OrderedDict[str, Image.Image] = OrderedDict()
+    """A :class:`Dataset` of ``records``; ``read_image(i)`` reads record i's image.
+
+    ``image_source(i)`` names where record i's image is read from (a file, a table row):
+    records with the same source share one decoded image; without it every record reads its
+    own. The cache is keyed by that, never by an id a file declares, so no sample is ever
+    shown another's image. Ids that repeat are refused (:func:`check_records`), or numbered
+    when ``number_repeated_ids`` (benchmarks: :func:`numbered_ids`).
+    """
+    records = numbered_ids(records) if number_repeated_ids else list(records)
+    check_records(name, records)
+    cache: OrderedDict[Hashable, Image.Image] = OrderedDict()
 
     def image_of(index: int) -> Image.Image:
-        key = records[index].image_key or records[index].id
+        key = index if image_source is None else image_source(index)
         if key in cache:
             cache.move_to_end(key)
             return cache[key]

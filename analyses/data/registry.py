@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 from analyses.data.benchmarks import PARQUET_BENCHMARKS, load_parquet_benchmark
 from analyses.data.dataset import Dataset
@@ -35,7 +34,7 @@ from analyses.data.fine_grained import load_fine_grained
 from analyses.data.folders import load_gqa
 from analyses.data.own import load_own
 from analyses.data.sample import Sample
-from analyses.data.tabular import SUFFIXES
+from analyses.data.tabular import SUFFIXES, path_exists, user_path
 
 Loader = Callable[..., Dataset]
 
@@ -68,7 +67,7 @@ def available_datasets() -> list[str]:
 def _looks_like_path(spec: str) -> bool:
     return (
         "/" in spec or "\\" in spec or spec.startswith((".", "~"))
-        or spec.endswith((*SUFFIXES, ".json")) or Path(spec).exists()
+        or spec.endswith((*SUFFIXES, ".json")) or path_exists(spec)
     )
 
 
@@ -99,14 +98,14 @@ def _resolve(name: str, split: str | None, limit: int | None, params: dict
                              f"datasets read from a path: {', '.join(sorted(_READS_PATHS))}.")
         if not path:
             raise ValueError(f"{name!r} names no path after the colon.")
-        where = Path(path).expanduser().absolute()
+        where = user_path(path)
         return _call(prefix, split, limit, {**params, "path": str(where)}), f"{prefix}:{where}"
     if name in _LOADERS:
         return _call(name, split, limit, params), name
     if _looks_like_path(name):
         if params:
             raise ValueError(f"your own data takes no parameters, got {', '.join(params)}.")
-        where = Path(name).expanduser().absolute()
+        where = user_path(name)
         return load_own(where, split, limit), str(where)
     known = ", ".join(available_datasets())
     raise ValueError(

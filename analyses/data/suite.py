@@ -1,6 +1,7 @@
 """Several benchmarks as one dataset: their samples in turn, each tagged with its benchmark.
 
-``--data vstar,mmstar`` is one run over both (:func:`analyses.common.load_data` calls
+``--data vstar,mmstar`` is one run over both (:func:`analyses.common.load_data` splits it with
+:func:`data_names`, which keeps a path with a comma in its name whole, and calls
 :func:`concatenate`); every sample's ``meta["benchmark"]`` names the part it came from, so a
 record says which benchmark it belongs to without the dataset at hand. Prompting a suite
 prompts each part with its own reference template.
@@ -23,6 +24,7 @@ from dataclasses import replace
 
 from analyses.data.dataset import Dataset
 from analyses.data.sample import Sample
+from analyses.data.tabular import path_exists
 
 BENCHMARK = "benchmark"  # the meta key naming a sample's part
 
@@ -71,6 +73,33 @@ class Suite(Dataset):
     def prompted(self, family: str | None, template: str | None = None) -> Suite:
         """Each part prompted for ``family`` (``template`` for all of them, if given)."""
         return Suite([part.prompted(family, template) for part in self.parts])
+
+
+def _exists(spec: str) -> bool:
+    """Whether ``spec`` is a path that exists, or ``NAME:PATH`` with one."""
+    _, colon, after = spec.partition(":")
+    return any(path_exists(text) for text in (spec, after if colon else "") if text)
+
+
+def data_names(spec: str) -> list[str]:
+    """The datasets a ``--data`` value names: its comma-separated parts, except that a comma
+    inside the name of a path that exists (``--data "runs/a,b.jsonl"``) does not separate.
+    Each part is the longest run of comma-joined pieces that names an existing path, else one
+    piece; blank pieces are dropped.
+
+    >>> data_names("easy-vqa, fine-grained"), data_names(",,")
+    (['easy-vqa', 'fine-grained'], [])
+    """
+    pieces = spec.split(",")
+    names, start = [], 0
+    while start < len(pieces):
+        end = next((stop for stop in range(len(pieces), start + 1, -1)
+                    if _exists(",".join(pieces[start:stop]).strip())), start + 1)
+        name = ",".join(pieces[start:end]).strip()
+        if name:
+            names.append(name)
+        start = end
+    return names
 
 
 def concatenate(parts: Sequence[Dataset]) -> Dataset:

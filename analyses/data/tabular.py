@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from probes.errors import UserError
+from probes.images import open_image
 
 IMAGE = "image"
 SUFFIXES = (".jsonl", ".csv", ".parquet", ".arrow")
@@ -70,6 +71,14 @@ class Table:
                     f"{self.name} has no column {name!r} (it has: {present or 'no columns'})."
                 )
 
+    def row(self, index: int) -> dict[str, Any]:
+        """Row ``index``'s cells but the image, by column name."""
+        return {name: values[index] for name, values in self.columns.items()}
+
+    def where(self, index: int) -> str:
+        """Row ``index`` as error messages name it."""
+        return f"row {index} of {self.name}"
+
     def raw_image(self, index: int) -> Any:
         if self._raw_image is None:
             raise UserError(f"{self.name} has no column 'image'.")
@@ -110,21 +119,33 @@ def image_size(value: Any, base: Path, where: str) -> tuple[int, int]:
 def _read(value: Any, base: Path, where: str, use):
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        source: Any = io.BytesIO(bytes(value))
+    elif isinstance(value, str) and value:
+        source = base / value
+        if not source.is_file():
+            raise UserError(f"the image {str(source)!r} of {where} does not exist.")
+    else:
+        raise UserError(f"{where} has no image (an image cell holds a path or bytes, not "
+                        f"{type(value).__name__}).")
+    return open_image(source, where, use)
+
+
+def user_path(text: str | Path) -> Path:
+    """``text`` as an absolute path, ``~`` expanded (kept as written for an unknown user)."""
     try:
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            source: Any = io.BytesIO(bytes(value))
-        elif isinstance(value, str) and value:
-            source = base / value
-            if not source.is_file():
-                raise UserError(f"the image {str(source)!r} of {where} does not exist.")
-        else:
-            raise UserError(f"{where} has no image.")
-        with Image.open(source) as opened:
-            return use(opened)
-    except UnidentifiedImageError as err:
-        raise UserError(f"cannot read the image of {where}: no image format PIL knows.") from err
-    except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt files
-        raise UserError(f"cannot read the image of {where}: {err}.") from err
+        return Path(text).expanduser().absolute()
+    except RuntimeError:  # ~name of no user
+        return Path(text).absolute()
+
+
+def path_exists(text: str | Path) -> bool:
+    """Whether ``text`` (``~`` expanded) names an existing file or folder; False for a text
+    no file can have (too long, a NUL byte)."""
+    try:
+        return user_path(text).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def read_table(path: Path) -> Table:
@@ -186,23 +207,64 @@ def _rows_table(rows: list[dict[str, Any]], path: Path) -> Table:
     return Table(columns, raw, len(rows), path.parent, path.name)
 
 
+def read_text(path: Path) -> str:
+    """A text file's content as UTF-8 (a byte-order mark is dropped); UserError naming the
+    file and the first byte that is not UTF-8 otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}.") from err
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        other = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise UserError(f"{path} is not UTF-8 text{other}: byte 0x{data[err.start]:02x} on line "
+                        f"{line} is not UTF-8; save the file as UTF-8.") from err
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; UserError naming the file and where it breaks."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not JSON: {err.msg} at line {err.lineno}, column "
+                        f"{err.colno}.") from err
+
+
 def read_jsonl(path: Path) -> Table:
     rows = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"line {number} of {path} is not JSON: {err.msg}.") from err
-            if not isinstance(row, dict):
-                raise UserError(f"line {number} of {path} is not a JSON object.")
-            rows.append(row)
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"line {number} of {path} is not JSON: {err.msg}.") from err
+        if not isinstance(row, dict):
+            raise UserError(f"line {number} of {path} is not a JSON object.")
+        rows.append(row)
     return _rows_table(rows, path)
 
 
 def read_csv(path: Path) -> Table:
-    with path.open(encoding="utf-8", newline="") as lines:
-        rows = [dict(row) for row in csv.DictReader(lines)]
+    """A CSV file with a header row; every row must have the header's number of fields."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
+        lines = list(reader)
+    except csv.Error as err:  # an oversized field, a NUL byte
+        raise UserError(f"line {reader.line_num} of {path} is not valid CSV: {err}.") from err
+    if not lines:
+        return _rows_table([], path)
+    header, rows = lines[0], []
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise UserError(f"the header of {path} names the column {repeated[0]!r} twice.")
+    for number, cells in enumerate(lines[1:], start=2):  # row 0 is on line 2
+        if not cells:  # a blank line
+            continue
+        if len(cells) != len(header):
+            raise UserError(f"row {number - 2} of {path} has {len(cells)} fields, its header "
+                            f"{len(header)}; quote fields that hold commas.")
+        rows.append(dict(zip(header, cells)))
     return _rows_table(rows, path)
