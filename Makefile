@@ -22,10 +22,14 @@ LMMS_EVAL_WHEEL := .cache/wheels/lmms_eval-0.7.3-py3-none-any.whl
 $(LMMS_EVAL_WHEEL): | $(STAMP)
 	$(PY) -m pip download -q --no-deps --only-binary :all: lmms-eval==0.7.3 -d $(@D)
 
+# tests/test_bench_smoke.py runs every bench script at tiny sizes; the golden runs once more on
+# ATen's portable kernels at one thread (about 30 s), as another CPU would sum
 test: install $(LMMS_EVAL_WHEEL)
 	$(VENV)/bin/ruff check .
 	$(MAKE) docs
 	$(PY) -m pytest -q tests --ignore=tests/test_processors_torchvision.py
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_golden.py
 
 # run the notebooks top to bottom and save them with their outputs (figures included); the
 # test tests/test_notebooks.py runs them again and compares

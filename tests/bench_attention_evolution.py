@@ -4,7 +4,9 @@ benchmark: question rows x image keys, every head) and eager ``output_attentions
 
     python tests/bench_attention_evolution.py
 
-Each measurement runs in a fresh process; peak RSS above the loaded model. Not a test.
+Each measurement runs in a fresh process; peak RSS above the loaded model. Prints a table and
+merges its rows into bench-results.json. `make test` runs it only in smoke mode
+(``FUSIONLENS_BENCH_SMOKE=1``: 2 layers, a few tokens).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import QUESTION, QWEN_IMAGE, _rss_kb, qwen_25_vl_shape  # noqa: E402
+from bench_engine import QUESTION, QWEN_IMAGE, _rss_kb, qwen_25_vl_shape, report  # noqa: E402
 
 from analyses.attention_evolution import record_sample  # noqa: E402
 from analyses.data import Box, Sample  # noqa: E402
@@ -63,16 +65,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch) / "qwen"
         qwen_25_vl_shape(directory)
-        rows = []
+        runs = {}
         for how in ("recorder", "evolution", "eager"):
             done = subprocess.run([sys.executable, __file__, "--child", str(directory), how],
                                   capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(done.stderr[-3000:])
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    for row in rows:
-        sys.stdout.write(f"{row['how']:<10} {row['tokens']} tokens, {row['layers']} layers: "
-                         f"peak {row['peak_mb']:8.1f} MB above the model, {row['seconds']:6.2f} s\n")
+            runs[how] = json.loads(done.stdout.strip().splitlines()[-1])
+    evolution = runs["evolution"]
+    shape = f"{evolution['layers']} layers, {evolution['tokens']} tokens, every head"
+    rows = []
+    for how, what in (("eager", "eager output_attentions"),
+                      ("recorder", "the recorder's question rows x image keys")):
+        other = runs[how]
+        rows += [{"name": f"attention evolution, all layers: peak memory vs {what}",
+                  "baseline": other["peak_mb"], "ours": evolution["peak_mb"], "unit": "MB",
+                  "ratio": other["peak_mb"] / evolution["peak_mb"],
+                  "shape": shape + " (peak RSS above the loaded model)"},
+                 {"name": f"attention evolution, all layers: time vs {what}",
+                  "baseline": other["seconds"], "ours": evolution["seconds"], "unit": "s",
+                  "ratio": other["seconds"] / evolution["seconds"], "shape": shape}]
+    report(rows)
     return 0
 
 

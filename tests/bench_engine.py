@@ -3,13 +3,19 @@
     make bench        (or: python tests/bench_engine.py)
 
 Prints a table and writes bench-results.json: rows {name, baseline, ours, unit, ratio, shape},
-ratio = baseline / ours (> 1 is better). Never part of `make test`: timings are not assertions.
-Models have real depth and token counts but small width, random weights, float32, one thread.
+ratio = baseline / ours (> 1 is better). Timings are never assertions. Models have real depth
+and token counts but small width, random weights, float32, one thread.
+
+Every ``tests/bench_*.py`` shares :func:`report` (the table and bench-results.json) and the
+smoke mode: with ``FUSIONLENS_BENCH_SMOKE=1`` each runs its whole code at tiny sizes
+(:func:`sized`; the variable reaches child processes and Ray workers), which
+``tests/test_bench_smoke.py`` does in `make test` so that no benchmark rots.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +36,28 @@ from probes.record import AttentionRecorder
 from probes.run import clean_pass, masked_generate, run_knockouts, run_knockouts_naively
 from probes.tokens import token_groups
 
-QWEN_IMAGE = 1764  # 63 x 63 = 3,969 image tokens: with the prompt, about 4,000 tokens
+SMOKE = "FUSIONLENS_BENCH_SMOKE"
+
+
+def sized(full, smoke):
+    """``full``, or ``smoke`` in smoke mode (``FUSIONLENS_BENCH_SMOKE=1``)."""
+    return smoke if os.environ.get(SMOKE) == "1" else full
+
+
+def report(rows: list[dict], path: Path = Path("bench-results.json"), fresh: bool = False) -> None:
+    """Print ``rows`` as a table and merge them into ``path`` by name (``fresh``: replace the
+    file): ``{name, baseline, ours, unit, ratio, shape}``, ratio = baseline / ours."""
+    for row in rows:
+        sys.stdout.write(f"{row['name']}: baseline {row['baseline']:.3g} {row['unit']}, ours "
+                         f"{row['ours']:.3g} {row['unit']}, {row['ratio']:.2f}x "
+                         f"({row['shape']})\n")
+    existing = [] if fresh or not path.is_file() else json.loads(path.read_text())
+    names = {row["name"] for row in rows}
+    path.write_text(json.dumps([r for r in existing if r["name"] not in names] + rows, indent=1)
+                    + "\n")
+
+
+QWEN_IMAGE = sized(1764, 56)  # 63 x 63 = 3,969 image tokens: with the prompt, about 4,000
 
 QUESTION = ("is there a red circle or a blue triangle in the image and what shape is the object "
             "of this image does the image contain a yellow rectangle or not what color is it")
@@ -38,14 +65,16 @@ QUESTION = ("is there a red circle or a blue triangle in the image and what shap
 
 def llava_15_shape(directory: Path, width: int = 128) -> None:
     """LLaVA-1.5 token shape: 336 px, 14 px patches (576 image tokens), 32 decoder layers;
-    the language model ``width`` wide (LLaVA-1.5-7B: 4,096) with 128-wide heads from 1,024 on."""
-    processor = build_processor(BASIC_WORDS, image_size=336, patch_size=14)
+    the language model ``width`` wide (LLaVA-1.5-7B: 4,096) with 128-wide heads from 1,024 on.
+    Smoke mode: 56 px (16 image tokens), 2 layers."""
+    processor = build_processor(BASIC_WORDS, image_size=sized(336, 56), patch_size=14)
     tokenizer = processor.tokenizer
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=336, patch_size=14),
+                                       num_attention_heads=2, image_size=sized(336, 56),
+                                       patch_size=14),
         text_config=LlamaConfig(hidden_size=width, intermediate_size=width * 2 if width < 1024
-                                else width * 11008 // 4096, num_hidden_layers=32,
+                                else width * 11008 // 4096, num_hidden_layers=sized(32, 2),
                                 num_attention_heads=max(4, width // 128),
                                 num_key_value_heads=max(4, width // 128),
                                 vocab_size=len(tokenizer), max_position_embeddings=4096,
@@ -62,10 +91,12 @@ def llava_15_shape(directory: Path, width: int = 128) -> None:
 
 
 def qwen_25_vl_shape(directory: Path) -> None:
-    """Qwen2.5-VL depth (28 decoder layers) at about 4,000 tokens, small width."""
+    """Qwen2.5-VL depth (28 decoder layers) at about 4,000 tokens, small width (smoke mode:
+    2 layers, 4 image tokens)."""
     processor = tiny_qwen2_5_vl.build_processor(BASIC_WORDS, max_pixels=QWEN_IMAGE * QWEN_IMAGE)
     config = tiny_qwen2_5_vl.build_config(processor, vision_width=32, vision_layers=1,
-                                          text_width=128, text_layers=28, heads=4, kv_heads=2)
+                                          text_width=128, text_layers=sized(28, 2), heads=4,
+                                          kv_heads=2)
     config.text_config.max_position_embeddings = 8192
     save(tiny_qwen2_5_vl.build_model(config, 0), processor, directory)
 
@@ -93,12 +124,13 @@ def bench_sweep(directory: Path) -> dict:
     inputs = loaded.adapter.build_inputs([Image.new("RGB", (336, 336), (200, 30, 30))], [QUESTION])
     n = loaded.adapter.num_layers
     sweep = [Knockout.window("image->question,last", layer, 1, n) for layer in range(n)]
+    name = f"sweep image->question,last, {n} layers, window 1"
     naive_s, naive = timed(lambda: run_knockouts_naively(loaded, inputs, sweep))
     ours_s, ours = timed(lambda: run_knockouts(loaded, inputs, sweep, batch_size=8), repeats=2)
     difference = float((ours.logits - naive).abs().max())
     if difference > 1e-4:
         raise AssertionError(f"sweep results differ from the naive way by {difference}")
-    return {"name": "sweep image->question,last, 32 layers, window 1", "baseline": naive_s,
+    return {"name": name, "baseline": naive_s,
             "ours": ours_s, "unit": "s", "ratio": naive_s / ours_s,
             "shape": f"{n} layers, {inputs.input_ids.shape[1]} tokens "
                      f"({len(inputs.images[0].positions)} image), max |diff| {difference:.1e}"}
@@ -133,7 +165,7 @@ def child_recording(directory: str, how: str) -> None:
             maps = [recorder.maps[i] for i in sorted(recorder.maps)]
     seconds = time.perf_counter() - start
     sys.stdout.write(json.dumps({"seconds": seconds, "peak_mb": (_rss_kb("VmHWM") - base) / 1024,
-                                 "tokens": inputs.input_ids.shape[1],
+                                 "tokens": inputs.input_ids.shape[1], "layers": len(maps),
                                  "checksum": float(sum(m.double().sum() for m in maps))}) + "\n")
 
 
@@ -149,7 +181,8 @@ def bench_recording(directory: Path) -> dict:
     eager, ours = results["eager"], results["ours"]
     if abs(eager["checksum"] - ours["checksum"]) > 1e-3 * abs(eager["checksum"]):
         raise AssertionError(f"recorded maps differ: {eager['checksum']} vs {ours['checksum']}")
-    shape = f"28 layers, {ours['tokens']} tokens, question rows x image keys, all heads"
+    shape = (f"{ours['layers']} layers, {ours['tokens']} tokens, question rows x image keys, "
+             "all heads")
     return [
         {"name": "record question->image, peak memory", "baseline": eager["peak_mb"],
          "ours": ours["peak_mb"], "unit": "MB", "ratio": eager["peak_mb"] / ours["peak_mb"],
@@ -180,7 +213,7 @@ def bench_generate(directory: Path) -> list[dict]:
     def second_pass():  # AIF's second pass: the clean pass is the first pass's, already paid
         return masked_generate(loaded, inputs, knockout, max_new_tokens=steps, clean=first_pass)
 
-    plain_s, ours_s, second_s = side_by_side(plain, ours, second_pass, repeats=5)
+    plain_s, ours_s, second_s = side_by_side(plain, ours, second_pass, repeats=sized(5, 1))
     reference = plain()[0, inputs.input_ids.shape[1]:].tolist()
     if masked_generate(loaded, inputs, None, max_new_tokens=steps).tokens != reference:
         raise AssertionError("an unmasked masked_generate does not decode what generate does")
@@ -208,11 +241,7 @@ def main() -> int:
         qwen = Path(tmp) / "qwen2.5-vl-shape"
         qwen_25_vl_shape(qwen)
         rows.extend(bench_recording(qwen))
-    sys.stdout.write(f"{'benchmark':<62} {'baseline':>10} {'ours':>10} {'ratio':>7}  shape\n")
-    for row in rows:
-        sys.stdout.write(f"{row['name']:<62} {row['baseline']:>8.2f}{row['unit']:>2} "
-                         f"{row['ours']:>8.2f}{row['unit']:>2} {row['ratio']:>6.2f}x  {row['shape']}\n")
-    Path("bench-results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    report(rows, fresh=True)  # the first of `make bench`: a fresh bench-results.json
     return 0
 
 

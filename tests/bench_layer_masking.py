@@ -6,12 +6,12 @@ both.
     make bench        (or: python tests/bench_layer_masking.py)
 
 Prints a table and merges its rows into bench-results.json ({name, baseline, ours, unit,
-ratio, shape}, ratio = baseline / ours). One thread, float32. Never part of `make test`.
+ratio, shape}, ratio = baseline / ours). One thread, float32. `make test` runs it only in smoke
+mode (``FUSIONLENS_BENCH_SMOKE=1``: 2 samples, a 2-layer LLaVA-1.5-shape model).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_engine import QUESTION, llava_15_shape  # noqa: E402
+from bench_engine import QUESTION, llava_15_shape, report, sized  # noqa: E402
 
 from analyses.data import Sample, load_dataset  # noqa: E402
 from analyses.layer_masking.sweep import compare, conditions, control_edges, sweep_sample  # noqa: E402
@@ -88,22 +88,16 @@ def bench(loaded, samples, label: str) -> list[dict]:
 
 def main() -> int:
     torch.set_num_threads(1)
-    rows = bench(load_model("tiny-llava"), load_dataset("easy-vqa", "test", limit=20)[:20],
+    samples = sized(20, 2)
+    rows = bench(load_model("tiny-llava"), load_dataset("easy-vqa", "test", limit=samples),
                  "tiny-llava, easy-VQA")
     with tempfile.TemporaryDirectory() as directory:
         llava_15_shape(Path(directory))
         image = Image.new("RGB", (336, 336), (200, 30, 30))
         sample = Sample(id="bench/0", image=image, question=QUESTION, answer="", kind="bench",
                         boxes=(), target=(), mask=None, dataset="bench")
-        rows += bench(load_model(directory), [sample], "LLaVA-1.5 shape, 615 tokens")
-    for row in rows:
-        sys.stdout.write(f"{row['name']}: baseline {row['baseline']:.3f} s, ours {row['ours']:.3f} s, "
-                         f"{row['ratio']:.1f}x ({row['shape']})\n")
-    path = Path("bench-results.json")
-    existing = json.loads(path.read_text()) if path.is_file() else []
-    names = {row["name"] for row in rows}
-    path.write_text(json.dumps([r for r in existing if r["name"] not in names] + rows, indent=1)
-                    + "\n")
+        rows += bench(load_model(directory), [sample], "LLaVA-1.5 shape")
+    report(rows)
     return 0
 
 

@@ -9,15 +9,18 @@ compares it with the local backend at one thread too; the 2-worker row compares 
 local backend at every core's thread (what a user gets without Ray). Start-up is timed apart
 from measuring (``model_record()`` starts the actors and waits for their model); the measuring
 (both passes, the driver's reading back included) is timed twice on the same workers, the
-better time counts. Prints a table
-and merges its rows into bench-results.json ({name, baseline, ours, unit, ratio, shape},
-ratio = baseline / ours). Never part of `make test`.
+better time counts. Prints a table and merges its rows into bench-results.json ({name,
+baseline, ours, unit, ratio, shape}, ratio = baseline / ours). `make test` runs it only in smoke
+mode (``FUSIONLENS_BENCH_SMOKE=1``: 4 samples, one sample on a 2-layer LLaVA-1.5 shape).
+
+The dataset is the one a library caller builds (``load_data``, not prompted) and the Ray
+backend is given no data spec: it ships that dataset to its workers
+(:mod:`analyses.runner.ray_backend`), so both backends measure the same samples.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +40,10 @@ MODEL = {"model": "tiny-llava", "device": "cpu", "dtype": "auto", "trust_remote_
          "allow_pickle": False, "device_map": None}
 
 
-REPEATS = 2  # the measuring is timed this many times on the same workers; the best counts
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import llava_15_shape, report, sized  # noqa: E402
+
+REPEATS = sized(2, 1)  # timings of the measuring on the same workers; the best counts
 
 
 def timed_run(backend, dataset, config) -> tuple[float, float, int]:
@@ -70,10 +76,9 @@ def local(dataset, config, threads: int) -> tuple[float, float, int]:
         torch.set_num_threads(old)
 
 
-def on_ray(dataset, config, workers: int, limit: int) -> tuple[float, float, int]:
+def on_ray(dataset, config, workers: int) -> tuple[float, float, int]:
     start = time.perf_counter()
-    backend = RayBackend(MODEL, {"name": "easy-vqa", "split": "test", "limit": limit},
-                         workers=workers)  # starts a local Ray (this process owns it)
+    backend = RayBackend(MODEL, workers=workers)  # starts a local Ray (this process owns it)
     connect = time.perf_counter() - start
     try:
         startup, seconds, measured = timed_run(backend, dataset, config)
@@ -85,18 +90,15 @@ def on_ray(dataset, config, workers: int, limit: int) -> tuple[float, float, int
 def llava_15_workers(samples: int) -> dict:
     """1 vs 2 Ray workers (one thread each) on the LLaVA-1.5-shape bench model (32 layers, 576
     image tokens; ``bench_engine.llava_15_shape``), every sample swept (the model is random)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_engine import llava_15_shape
-
     config = LayerMaskingConfig(samples="all", n_bootstrap=200)
     dataset = load_data("easy-vqa", "test", samples)
     with tempfile.TemporaryDirectory() as directory:
         llava_15_shape(Path(directory))
         model = {**MODEL, "model": directory}
+        layers = load_model(**model).adapter.num_layers
         seconds = {}
         for workers in (1, 2):
-            backend = RayBackend(model, {"name": "easy-vqa", "split": "test", "limit": samples},
-                                 workers=workers)
+            backend = RayBackend(model, workers=workers)
             try:
                 _, seconds[workers], _ = timed_run(backend, dataset, config)
             finally:
@@ -105,14 +107,14 @@ def llava_15_workers(samples: int) -> dict:
                     "2 workers (1 thread each)",
             "baseline": seconds[1] / samples, "ours": seconds[2] / samples, "unit": "s/sample",
             "ratio": seconds[1] / seconds[2],
-            "shape": f"32 layers, 615 tokens, width 128, {samples} samples, load average "
+            "shape": f"{layers} layers, width 128, {samples} samples, load average "
                      f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, default=40)
-    parser.add_argument("--llava-samples", type=int, default=6,
+    parser.add_argument("--limit", type=int, default=sized(40, 4))
+    parser.add_argument("--llava-samples", type=int, default=sized(6, 1),
                         help="samples of the LLaVA-1.5-shape row (0: leave it out)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -121,8 +123,8 @@ def main() -> int:
     cores = os.cpu_count()
     load1, local1, n = local(dataset, config, 1)
     _, local_all, _ = local(dataset, config, cores)
-    start1, ray1, _ = on_ray(dataset, config, 1, args.limit)
-    start2, ray2, _ = on_ray(dataset, config, 2, args.limit)
+    start1, ray1, _ = on_ray(dataset, config, 1)
+    start2, ray2, _ = on_ray(dataset, config, 2)
     load = f"load average {os.getloadavg()[0]:.1f} on {cores} cores at the end"
     shape = f"tiny-llava, easy-VQA, {args.limit} samples ({n} units over both passes), {load}"
     rows = [
@@ -147,15 +149,7 @@ def main() -> int:
     ]
     if args.llava_samples:
         rows.append(llava_15_workers(args.llava_samples))
-    for row in rows:
-        sys.stdout.write(f"{row['name']}: baseline {row['baseline']:.3f}, ours "
-                         f"{row['ours']:.3f} {row['unit']}, {row['ratio']:.2f}x "
-                         f"({row['shape']})\n")
-    path = Path("bench-results.json")
-    existing = json.loads(path.read_text()) if path.is_file() else []
-    names = {row["name"] for row in rows}
-    path.write_text(json.dumps([r for r in existing if r["name"] not in names] + rows, indent=1)
-                    + "\n")
+    report(rows)
     return 0
 
 

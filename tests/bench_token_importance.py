@@ -3,17 +3,16 @@
 model, and on the embedded tiny model. At width 128 every layer call is mostly Python overhead,
 so the fixed costs weigh most; at 1,024 the arithmetic starts to dominate, as on a 7B model.
 
-    PYTHONPATH=. python tests/bench_token_importance.py [--out bench-results.json]
+    make bench        (or: python tests/bench_token_importance.py)
 
 Both sides start from the image and question and decode the same number of tokens; AIF is the
 profiling prefill (clean pass with recording), the ratio scan and the masked decode that reuses
-the clean prefix. Never part of ``make test``.
+the clean prefix. Prints a table and merges its rows into bench-results.json. `make test` runs
+it only in smoke mode (``FUSIONLENS_BENCH_SMOKE=1``: 2 layers, widths 128 and 256, one repeat).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from analyses.token_importance import AIFConfig, aif_generate
 from probes.models.loading import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import QUESTION, llava_15_shape, side_by_side  # noqa: E402
+from bench_engine import QUESTION, llava_15_shape, report, side_by_side, sized  # noqa: E402
 
 
 def bench(loaded, image: Image.Image, question: str, steps: int, name: str,
@@ -51,13 +50,10 @@ def bench(loaded, image: Image.Image, question: str, steps: int, name: str,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     image = Image.new("RGB", (336, 336), (200, 30, 30))
-    for width, repeats in ((128, 7), (1024, 5)):
+    for width, repeats in sized(((128, 7), (1024, 5)), ((128, 1), (256, 1))):
         with tempfile.TemporaryDirectory() as directory:
             llava_15_shape(Path(directory), width)
             loaded = load_model(directory)
@@ -67,12 +63,9 @@ def main() -> int:
     from analyses.data import load_dataset
 
     sample = load_dataset("easy-vqa", limit=1)[0]
-    rows.append(bench(load_model("tiny-llava"), sample.image, sample.question, 4, "tiny-llava"))
-    for row in rows:
-        print(f"{row['name']:<55} {row['baseline']:8.3f} s {row['ours']:8.3f} s "
-              f"{row['ratio']:6.2f}x  {row['shape']}")
-    if args.out is not None:
-        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    rows.append(bench(load_model("tiny-llava"), sample.image, sample.question, 4, "tiny-llava",
+                      sized(5, 1)))
+    report(rows)
     return 0
 
 

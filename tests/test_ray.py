@@ -1,7 +1,8 @@
 """``--backend ray`` (analyses.runner.ray_backend) gives exactly the files of the local backend:
-for every ported analysis, sharded + merged, with a worker killed mid-run, interrupted and resumed; a sample that
-kills every worker is recorded as failed without an endless retry loop; actors on a two-node
-cluster each see their own GPU; bad input gets one sentence and exit 2.
+for every ported analysis, sharded + merged, with a worker killed mid-run, interrupted and
+resumed, on a library caller's own dataset (shipped to the workers); a sample that kills every
+worker is recorded as failed without an endless retry loop; actors on a two-node cluster each
+see their own GPU; bad input gets one sentence and exit 2.
 
 Bitwise equality needs the same torch thread count on both sides: a CPU-only Ray worker runs
 one thread (its share of the CPUs), so the local runs compared against run with one too (the
@@ -21,16 +22,18 @@ ray = pytest.importorskip("ray")
 
 from helpers import assert_same_run, interrupt_at  # noqa: E402
 
-from analyses.common import load_data, prompt_data  # noqa: E402
+from analyses.common import data_record, load_data, prompt_data  # noqa: E402
+from analyses.data.dataset import Dataset  # noqa: E402
 from analyses.layer_masking import LayerMaskingConfig  # noqa: E402
 from analyses.layer_masking.run import LayerMasking  # noqa: E402
 from analyses.merge import merge  # noqa: E402
 from analyses.results import RunResult  # noqa: E402
-from analyses.runner.execute import RunOptions, run  # noqa: E402
+from analyses.runner.execute import LocalBackend, RunOptions, run  # noqa: E402
 from analyses.runner.ray_backend import KILL_SWITCH, NEEDS_RAY, RayBackend  # noqa: E402
 from analyses.runner.store import RecordStore  # noqa: E402
 from probes.cli import run_cli  # noqa: E402
 from probes.errors import UserError  # noqa: E402
+from probes.models.loading import load_model  # noqa: E402
 
 # (analysis CLI module, arguments): each runs local and ray; the first also as 2 ray shards +
 # merge (the shards of the others go through the same runner code). Add an analysis once its
@@ -153,6 +156,32 @@ def test_a_sample_that_kills_every_worker_is_recorded_as_failed(local_ray, tmp_p
     assert failed["reason"].startswith("killed its worker twice")
     assert 3 not in result.arrays["graded_index"].tolist()
     assert len(result.arrays["graded_index"]) == LIMIT - 1
+
+
+def test_a_library_callers_own_dataset_is_shipped_to_the_workers(local_ray, tmp_path):
+    """A Dataset no data spec reloads (the caller's own, built in memory) and one the workers'
+    spec loads otherwise (unprompted, while they prompt for the family) are measured by the
+    workers as handed over: the files equal the local backend's on the same dataset."""
+    easy = prompt_data(load_data("easy-vqa", "test", LIMIT), "llava")
+    own = Dataset("mine", "test", {"order": "reversed"}, 8, lambda i: easy[LIMIT - 1 - i],
+                  content="the last 8 easy-VQA samples, last first")
+    unprompted = load_data("easy-vqa", "test", LIMIT)
+    local = LocalBackend(load_model(**MODEL))
+    for data, dataset in ((None, own), (DATA, unprompted)):
+        expected = one_thread(run)(LayerMasking(CONFIG), local, dataset, RunOptions())
+        backend = RayBackend(MODEL, data, workers=2)
+        try:
+            if data is not None:  # the workers hold the spec's dataset, not this one
+                assert backend._ask()["data"] != data_record(dataset)
+            out = tmp_path / dataset.name
+            result = RunResult.load(run(LayerMasking(CONFIG), backend, dataset,
+                                        RunOptions(out=out)).save(out))
+        finally:
+            backend.close()
+        assert result.summary["data"] == data_record(dataset)
+        assert result.arrays["sample_id"].tolist() == [dataset[int(i)].id for i in
+                                                       result.arrays["sample_index"]]
+        assert_same_run(RunResult.load(expected.save(tmp_path / "local")), result)
 
 
 def test_ctrl_c_then_resume_gives_the_same_files(local_ray, local_result, tmp_path):

@@ -4,8 +4,17 @@ The driver (``analyses.runner.execute.run``) plans the passes and reads the reco
 the local backend; this backend only measures. Each actor loads the model ONCE in its
 constructor (from the model options: ``--model --device --dtype --trust-remote-code
 --allow-pickle --device-map``; a worker with ``--gpus-per-worker`` > 1 spreads its model with
-device map "auto") and the dataset from its spec (``--data --split --limit``: the driver sends
-names, never samples). Scheduling is dynamic: every actor holds one unit at a time and pulls
+device map "auto") and, given a data spec, the dataset from it (``--data --split --limit
+--prompt``: the CLI's driver sends names, never samples). A dataset the caller hands
+:meth:`RayBackend.measure` that the workers did not load (a library caller's own
+:class:`~analyses.data.dataset.Dataset`, one prompted otherwise, a subset; or no data spec
+given at all) is shipped to them instead: pickled once per pass into Ray's object store
+(``ray.put``; cloudpickle carries its sample-making closures, so a lazily built dataset
+travels as its recipe, a file-backed one as its paths, which every node must then see, like
+``--out``) and unpickled once per pass by each actor. Either way every actor measures exactly
+the caller's samples: whether the workers already hold them is decided by
+:func:`analyses.common.data_record` (name, split, size, fingerprint, prompt, spec).
+Scheduling is dynamic: every actor holds one unit at a time and pulls
 the next as it frees up, so a slow GPU or a long sample holds up nobody.
 
 Each actor measures its unit with :func:`analyses.runner.execute.measure_unit` on a
@@ -78,9 +87,12 @@ class _Worker:
     every call, so the driver sees it as an ordinary task error (a UserError's sentence)
     instead of a dead actor."""
 
-    def __init__(self, model: dict[str, Any], data: dict[str, Any], threads: int | None) -> None:
+    def __init__(self, model: dict[str, Any], data: dict[str, Any] | None,
+                 threads: int | None) -> None:
         self._error: BaseException | None = None
         self._warm = False
+        self.dataset = None  # the dataset loaded from ``data`` (None without a data spec)
+        self._shipped: tuple[Any, Any] = (None, None)  # (object ref, dataset) shipped last
         try:
             if threads:
                 import torch
@@ -90,9 +102,9 @@ class _Worker:
             from probes.models.loading import load_model
 
             self.loaded = load_model(**model)
-            # the driver's data: prompted for this model's family (or as --prompt says)
-            self.dataset = prompt_data(load_data(data["name"], data["split"], data["limit"]),
-                                       self.loaded.adapter.family, data.get("prompt"))
+            if data is not None:  # the driver's data, prompted for the family or --prompt
+                self.dataset = prompt_data(load_data(data["name"], data["split"], data["limit"]),
+                                           self.loaded.adapter.family, data.get("prompt"))
         except Exception as error:  # raised again by every call
             self._error = error
 
@@ -101,12 +113,13 @@ class _Worker:
             raise self._error
 
     def info(self) -> dict[str, Any]:
-        """The model's record, its device and the dataset's record (small dicts)."""
+        """The model's record, its device and the loaded dataset's record (small dicts; the
+        dataset's None without a data spec)."""
         from analyses.common import data_record, model_record
 
         self._check()
         return {"model": model_record(self.loaded), "device": str(self.loaded.device),
-                "data": data_record(self.dataset)}
+                "data": None if self.dataset is None else data_record(self.dataset)}
 
     def placement(self) -> dict[str, Any]:
         """Where this actor runs: node, the GPUs Ray gave it, ``CUDA_VISIBLE_DEVICES``,
@@ -119,19 +132,31 @@ class _Worker:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "threads": torch.get_num_threads(), "pid": os.getpid()}
 
-    def measure(self, job: tuple, unit: list[int]) -> None:
+    def measure(self, job: tuple, unit: list[int], shipped: list) -> None:
         """Measure one unit into the store (``job``: analysis, pass, context, store directory,
-        store key, strict)."""
+        store key, strict) on the dataset ``shipped[0]`` refers to, or on the loaded one when
+        it is None (a reference inside a list reaches the actor as the reference: it is
+        fetched once per pass, not with every unit)."""
         from analyses.runner.execute import measure_unit
 
         self._check()
         analysis, step, context, directory, key, strict = job
+        dataset = self._dataset(shipped[0])
         _chaos(unit, directory)
         if not self._warm:
-            analysis.warm_up(self.loaded, self.dataset)
+            analysis.warm_up(self.loaded, dataset)
             self._warm = True
-        measure_unit(analysis, self.loaded, self.dataset, RecordStore(Path(directory), key),
+        measure_unit(analysis, self.loaded, dataset, RecordStore(Path(directory), key),
                      step, unit, context, strict)
+
+    def _dataset(self, ref):
+        if ref is None:
+            return self.dataset
+        if self._shipped[0] != ref:
+            import ray
+
+            self._shipped = (ref, ray.get(ref))
+        return self._shipped[1]
 
 
 def _chaos(unit: list[int], directory: str) -> None:
@@ -165,20 +190,22 @@ def _actor_class():
 class RayBackend:
     """Measures on ``workers`` Ray actors with ``gpus_per_worker`` GPUs each (see the module
     docstring). ``model``: :func:`probes.models.loading.load_model`'s keyword arguments;
-    ``data``: ``{"name", "split", "limit"}`` as :func:`analyses.common.load_data` takes them.
+    ``data``: ``{"name", "split", "limit"}`` as :func:`analyses.common.load_data` takes them
+    (and ``"prompt"``) for every worker to load itself, or None: the workers load nothing and
+    every dataset handed to :meth:`measure` is shipped to them.
     ``workers`` / ``gpus_per_worker`` None: the defaults of ``--workers`` /
     ``--gpus-per-worker``. Actors start on first use and are replaced as they die;
     :attr:`restarts` counts the replacements (actors that died holding a unit)."""
 
-    def __init__(self, model: dict[str, Any], data: dict[str, Any], workers: int | None = None,
-                 gpus_per_worker: float | None = None) -> None:
+    def __init__(self, model: dict[str, Any], data: dict[str, Any] | None = None,
+                 workers: int | None = None, gpus_per_worker: float | None = None) -> None:
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be at least 1, not {workers}.")
         if gpus_per_worker is not None and gpus_per_worker < 0:
             raise UserError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker:g}.")
         self._ray = _import_ray()
         self.model = dict(model)
-        self.data = dict(data)
+        self.data = None if data is None else dict(data)
         self._owns_connection = False
         self._connect()
         self.gpus_per_worker, self.workers = self._size(workers, gpus_per_worker)
@@ -306,11 +333,9 @@ class RayBackend:
             return
         from analyses.common import data_record
 
-        if data_record(dataset) != self._ask()["data"]:
-            raise UserError(f"the Ray workers loaded another dataset than this run's "
-                            f"{dataset.name}/{dataset.split} ({len(dataset)} samples); the Ray "
-                            "backend measures only data it can load by --data --split --limit.")
         ray = self._ray
+        # the workers' own dataset when it is the caller's, else the caller's shipped to them
+        shipped = [None if data_record(dataset) == self._ask()["data"] else ray.put(dataset)]
         job = ray.put((analysis, step, context, str(store.directory), store.key, strict))
         queue = deque(list(unit) for unit in units)
         kills: dict[tuple[int, ...], int] = {}
@@ -323,7 +348,8 @@ class RayBackend:
                 for slot in range(len(self._actors)):
                     if queue and slot not in busy:
                         unit = queue.popleft()
-                        running[self._actors[slot].measure.remote(job, unit)] = (slot, unit)
+                        ref = self._actors[slot].measure.remote(job, unit, shipped)
+                        running[ref] = (slot, unit)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
                 for ref in ready:
                     slot, unit = running.pop(ref)
