@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import ScalarFormatter
 
 from figures.overlay import overlay
 from figures.style import PALETTE, SERIES_COLORS, house_style, new_figure, note_empty
@@ -79,6 +80,7 @@ def curves(summary: Mapping[str, Any], series: tuple[str, ...], subsets: dict[st
                 note_empty(axes, "no sample with a value\n(n = 0)")
             if name == "answer_rank":
                 axes.set_yscale("symlog", linthresh=1)
+                axes.yaxis.set_major_formatter(ScalarFormatter())
             axes.set_title(TITLES.get(name, name))
             _layer_axis(axes, summary)
         figure.axes[-1].legend(loc="best")
@@ -114,9 +116,11 @@ def emergence(summary: Mapping[str, Any]) -> Figure:
             if row is None or not row["n"]:
                 continue
             axes.bar(layers + (k - 0.5) * 0.35, row["counts"], width=0.35,
-                     color=SERIES_COLORS[k], label=f"{label} (median {row['median']:g})")
+                     color=SERIES_COLORS[2 * k], label=f"{label} (median {row['median']:g})")
         if not axes.patches:
             note_empty(axes, "no sample (n = 0)")
+        else:
+            axes.set_ylim(0, axes.get_ylim()[1] * 1.4)  # room for the legend above the bars
         axes.set_title(f"where the answer emerges ({subset} samples)")
         axes.set_ylabel("samples")
         _layer_axis(axes, summary)
@@ -176,7 +180,8 @@ def image_tokens(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -
             for box in boxes[example["in_box"]]:
                 if np.isfinite(box).all():
                     axes.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1],
-                                             fill=False, edgecolor="white", linewidth=0.4))
+                                             fill=False, edgecolor="black", linewidth=0.6,
+                                             linestyle=(0, (2, 1))))
             if top.size <= MAX_LABELS:
                 for token, box in zip(top.tolist(), boxes):
                     if np.isfinite(box).all():
@@ -184,7 +189,8 @@ def image_tokens(summary: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -
                                   example["text"].get(token, str(token)).strip()[:4],
                                   ha="center", va="center", fontsize=3.5, color="black")
         figure.suptitle(f"{example['id']}: top token per image token (answer {answer.strip()!r}, "
-                        f"{'correct' if example['correct'] else 'wrong'}; region outlined)")
+                        f"{'correct' if example['correct'] else 'wrong'}; region dashed)",
+                         fontsize=8)
     return figure
 
 

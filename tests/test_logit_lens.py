@@ -111,4 +111,211 @@ def test_refuses_bad_arguments(tiny_llava):
     two = tiny_llava.adapter.build_inputs([shape_image()] * 2, ["what color ?"] * 2)
     with pytest.raises(ValueError, match="one input row"):
         lens_logits(tiny_llava, two, "last")
-    assert json  # (used by the analysis tests below)
+
+
+# ----------------------------------------------------------------------------- the analysis
+@pytest.fixture(scope="module")
+def easy():
+    from analyses.data import load_dataset
+
+    return load_dataset("easy-vqa", limit=6)
+
+
+@pytest.fixture(scope="module")
+def lens_run(tmp_path_factory):
+    """The CLI on the embedded model, in process: 8 samples."""
+    from analyses.logit_lens.__main__ import main
+
+    out = tmp_path_factory.mktemp("lens") / "run"
+    assert main(["--limit", "8", "--out", str(out), "--bootstrap", "200"]) == 0
+    from analyses.results import RunResult
+
+    return out, RunResult.load(out)
+
+
+def test_cli_run_equals_the_lens_by_hand(lens_run):
+    from analyses.data import load_dataset
+    from analyses.grading import grade
+
+    out, result = lens_run
+    summary, arrays = result.summary, result.arrays
+    assert summary["analysis"] == "logit_lens" and summary["n_samples"] == 8
+    assert {"model", "data", "config", "versions", "seed", "skipped", "timing"} <= set(summary)
+    loaded = load_model("tiny-llava")
+    samples = load_dataset("easy-vqa", limit=8)
+    for index in (0, 5):
+        sample = samples[index]
+        inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
+        image = inputs.images[0].positions
+        where = torch.from_numpy(np.append(image, inputs.input_ids.shape[1] - 1))
+        logits, _ = by_hand(loaded, inputs, where)
+        probabilities = logits.double().softmax(-1)
+        answer = int(probabilities[-1, -1].argmax())  # the model's first reply token
+        assert arrays["answer_token"][index] == answer
+        np.testing.assert_allclose(arrays["answer_prob"][index],
+                                   probabilities[:, -1, answer].numpy(), atol=EXACT, rtol=0)
+        rank = (probabilities[:, -1] > probabilities[:, -1, answer:answer + 1]).sum(-1).numpy()
+        np.testing.assert_array_equal(arrays["answer_rank"][index], rank)
+        on_top = np.flatnonzero(rank == 0)
+        assert arrays["first_top1"][index] == on_top[0]
+        assert arrays["settled"][index] == next(
+            k for k in range(rank.size) if (rank[k:] == 0).all())
+        start, stop = arrays["image_offsets"][index:index + 2]
+        top = probabilities[:, :-1].argmax(-1).numpy()  # [layers, image tokens]
+        np.testing.assert_array_equal(arrays["image_top1"][start:stop].T, top)
+        # in-box: the image patches whose pixel box overlaps the sample's mask
+        from probes.inputs import token_boxes
+
+        mask = np.asarray(sample.region())
+        inside = np.array([mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))].any()
+                           for x0, y0, x1, y1 in token_boxes(inputs)])
+        np.testing.assert_array_equal(arrays["in_box"][start:stop], inside)
+        names = top == answer
+        np.testing.assert_allclose(arrays["names_answer"][index, 1], names[:, inside].mean(1))
+        np.testing.assert_allclose(arrays["names_answer"][index, 2], names[:, ~inside].mean(1))
+        assert arrays["correct"][index] == grade(loaded, [sample])[0]
+    # the per-layer rows are the means of the arrays
+    row = next(r for r in summary["per_layer"] if r["series"] == "answer_prob"
+               and r["subset"] == "correct" and r["layer"] == 2)
+    assert row["n"] == arrays["correct"].sum() == summary["n_correct"]
+    assert row["mean"] == pytest.approx(arrays["answer_prob"][arrays["correct"], 2].mean())
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+    last = [r for r in summary["per_layer"] if r["series"] == "answer_top1" and r["layer"] == 5]
+    assert all(r["mean"] == 1.0 for r in last)  # the model's own top token at the last layer
+    first = next(r for r in summary["emergence"] if r["measure"] == "first_top1"
+                 and r["subset"] == "all")
+    assert first["counts"] == np.bincount(arrays["first_top1"], minlength=6).tolist()
+    assert summary["skipped"] == [] and summary["layer_masking"] is None
+
+
+def test_figures_are_drawn_and_redraw_without_a_model(lens_run, tmp_path):
+    from figures.paper import main as paper
+
+    out, result = lens_run
+    names = {"logit_lens_answer", "logit_lens_emergence", "logit_lens_region",
+             "logit_lens_kinds", "logit_lens_image_tokens"}
+    assert {p.stem for p in out.glob("*.png")} == names
+    assert paper([str(out), "--out", str(tmp_path)]) == 0
+    assert {p.stem for p in (tmp_path / out.name).glob("*.png")} == names
+    from figures.logit_lens import image_tokens
+
+    figure = image_tokens(result.summary, result.arrays)
+    example = int(np.flatnonzero(result.arrays["sample_index"]
+                                 == result.arrays["example_index"])[0])
+    start, stop = result.arrays["image_offsets"][example:example + 2]
+    top = result.arrays["image_top1"][start:stop]
+    for axes, layer in zip(figure.axes, result.summary["figure_layers"]):
+        named = int((top[:, layer] == result.arrays["answer_token"][example]).sum())
+        assert axes.get_title().startswith(f"layer {layer}: {named} name")
+
+
+def test_shards_merge_into_the_whole_run(easy, tmp_path):
+    from helpers import assert_same_run
+
+    from analyses.logit_lens import LensConfig, LogitLens
+    from analyses.merge import merge
+    from analyses.runner import LocalBackend, RunOptions, run
+
+    backend = LocalBackend(load_model("tiny-llava"))
+    analysis = LogitLens(LensConfig(n_bootstrap=100))
+    whole = run(analysis, backend, easy)
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part = run(analysis, backend, easy, RunOptions(out=out, shard=(index, 2)))
+        directories.append(part.save(out))
+    assert_same_run(whole, merge(directories))
+
+
+def _no_box_data(folder, easy) -> str:
+    rows = []
+    for i, sample in enumerate(list(easy)[:3]):
+        sample.image.save(folder / f"image{i}.png")
+        rows.append({"image": f"image{i}.png", "question": sample.question,
+                     "answer": sample.answer, "kind": sample.kind, "id": f"q{i}"})
+    path = folder / "no_boxes.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_data_without_boxes_skips_the_region_shares(easy, tmp_path):
+    from analyses.logit_lens.__main__ import main
+    from analyses.results import RunResult
+
+    data = _no_box_data(tmp_path, easy)
+    assert main(["--data", data, "--out", str(tmp_path / "run"), "--bootstrap", "50"]) == 0
+    summary = RunResult.load(tmp_path / "run").summary
+    assert [row["part"] for row in summary["skipped"]] == ["in_box and out_box shares"]
+    rows = [r for r in summary["per_layer"] if r["series"] == "in_box_names_answer"]
+    assert rows and all(r["n"] == 0 and np.isnan(r["mean"]) for r in rows)
+    assert all(r["n"] == 3 for r in summary["per_layer"]
+               if r["series"] == "image_names_answer" and r["subset"] == "all")
+
+
+def _layer_masking_summary(folder, model="tiny-llava", data="easy-vqa", analysis="layer_masking"):
+    from analyses.common import data_record
+    from analyses.data import load_dataset
+    from analyses.results import RunResult
+
+    summary = {"analysis": analysis, "model": {"id": model, "layers": 6},
+               "data": {**data_record(load_dataset("easy-vqa", limit=8)), "name": data},
+               "n_samples": 6, "num_layers": 6, "flows": ["image->question,last"],
+               "fusion_layers": [1, 3], "fusion_layers_by_kind": {}}
+    RunResult(summary).save(folder)
+    return str(folder)
+
+
+def test_fusion_layers_beside_the_lens(tmp_path, capsys):
+    from analyses.logit_lens.__main__ import main
+    from analyses.results import RunResult
+
+    run = _layer_masking_summary(tmp_path / "lm")
+    assert main(["--limit", "8", "--layer-masking", run, "--out", str(tmp_path / "lens"),
+                 "--bootstrap", "50"]) == 0
+    assert "fusion layers [1, 3]" in capsys.readouterr().out
+    result = RunResult.load(tmp_path / "lens")
+    beside = result.summary["layer_masking"]
+    assert beside["fusion_layers"] == [1, 3] and beside["same_samples"]
+    layers = result.arrays["first_top1"][result.arrays["correct"]]
+    assert beside["first_top1"] == {"n": int(layers.size),
+                                    "before_fusion": int((layers < 1).sum()),
+                                    "within_fusion": int(((layers >= 1) & (layers <= 3)).sum()),
+                                    "after_fusion": int((layers > 3).sum())}
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "no readable summary.json"),
+    ("other analysis", "is a attenuation run, not a layer masking run"),
+    ("other model", "of the model tiny-random-llava, not tiny-llava"),
+    ("other data", "is a run on fine-grained/test, not on easy-vqa/test"),
+])
+def test_bad_layer_masking_run_gets_one_sentence_and_exit_2(kind, message, tmp_path, capsys):
+    from analyses.logit_lens.__main__ import main
+    from probes.cli import run_cli
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    if kind != "missing":
+        _layer_masking_summary(folder, **{"other analysis": {"analysis": "attenuation"},
+                                          "other model": {"model": "tiny-random-llava"},
+                                          "other data": {"data": "fine-grained"}}[kind])
+    code = run_cli(main, ["--limit", "2", "--layer-masking", str(folder),
+                          "--out", str(tmp_path / "lens")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and error[0].startswith("error: ")
+    assert message in error[0]
+    assert not (tmp_path / "lens").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "4"], "--batch-size must be 1"),
+    (["--bootstrap", "0"], "--bootstrap must be at least 1"),
+    (["--figure-layers", "9"], "layer 9 is out of range"),
+])
+def test_bad_options_get_one_sentence_and_exit_2(argv, message, tmp_path, capsys):
+    from analyses.logit_lens.__main__ import main
+    from probes.cli import run_cli
+
+    assert run_cli(main, [*argv, "--limit", "2", "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and message in error
