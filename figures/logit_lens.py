@@ -96,8 +96,9 @@ def answer_curves(summary: Mapping[str, Any]) -> Figure:
 def kind_curves(summary: Mapping[str, Any]) -> Figure:
     """The answer's probability and top-token share per layer, one curve per question kind."""
     kinds = [s for s in summary["subsets"] if s.startswith("kind:")]
+    colors = [c for c in SERIES_COLORS if c != PALETTE["fusion"]]  # the fusion band's colour
     return curves(summary, ("answer_prob", "answer_top1"),
-                  {kind: SERIES_COLORS[k % len(SERIES_COLORS)] for k, kind in enumerate(kinds)})
+                  {kind: colors[k % len(colors)] for k, kind in enumerate(kinds)})
 
 
 def emergence(summary: Mapping[str, Any]) -> Figure:

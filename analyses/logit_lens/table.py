@@ -33,7 +33,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
             cells = " ".join(f"{form.format(r['mean']):>6}" for r in rows)
             lines.append(f"{label + ' (' + subset + ')':<38}{cells}")
     for row in summary["emergence"]:
-        if row["subset"] in ("all", "correct") and row["n"]:
+        if row["n"]:
             lines.append(f"{row['measure']} ({row['subset']}): median layer {row['median']:g}, "
                          f"mean {row['mean']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}], "
                          f"per layer {row['counts']}" + (f", never {row['never']}"
