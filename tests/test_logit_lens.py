@@ -319,3 +319,17 @@ def test_bad_options_get_one_sentence_and_exit_2(argv, message, tmp_path, capsys
     assert run_cli(main, [*argv, "--limit", "2", "--out", str(tmp_path / "x")]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and message in error
+
+
+def test_both_engines_measure_the_same_sample_records(easy):
+    from analyses.logit_lens import measure_sample
+
+    loaded = load_model("tiny-llava")
+    for sample in list(easy)[:3]:
+        fast = measure_sample(loaded, sample, "fast")
+        other = measure_sample(loaded, sample, "nnsight")
+        assert fast["answer_token"] == other["answer_token"]
+        np.testing.assert_allclose(other["answer_prob"], fast["answer_prob"], atol=EXACT, rtol=0)
+        for name in ("answer_rank", "image_top1", "in_box", "first_top1", "settled"):
+            np.testing.assert_array_equal(other[name], fast[name], err_msg=name)
+        np.testing.assert_allclose(other["names_answer"], fast["names_answer"], atol=EXACT)
