@@ -13,6 +13,7 @@ from pathlib import Path
 
 from analyses.results import RunResult
 from figures import attention_evolution, attenuation, evaluate, layer_masking, token_importance, vif
+from figures import logit_lens as lens_figures
 from figures.style import save, use_file_backend
 from probes.cli import run_cli
 from probes.errors import UserError
@@ -25,6 +26,7 @@ DRAWERS: dict[str, Callable[[Mapping, Mapping], dict]] = {
     "attenuation": attenuation.draw_all,
     "train_vif": vif.draw_all,
     "evaluate": evaluate.draw_all,
+    "logit_lens": lens_figures.draw_all,
 }
 
 

@@ -39,6 +39,7 @@ from analyses.attenuation.__main__ import main as attenuation_main
 from analyses.contrastive_attention.__main__ import main as contrastive_main
 from analyses.evaluate.__main__ import main as evaluate_main
 from analyses.layer_masking.__main__ import main as layer_masking_main
+from analyses.logit_lens.__main__ import main as logit_lens_main
 from analyses.token_importance.__main__ import main as token_importance_main
 from analyses.train_vif.__main__ import main as train_vif_main
 from probes.cli import EXIT_BAD_INPUT, run_cli
@@ -57,6 +58,7 @@ ANALYSES = {
     "contrastive_attention": (contrastive_main, [*FAST, "--max-new-tokens", "2",
                                                  "--examples", "2"]),
     "attenuation": (attenuation_main, FAST),
+    "logit_lens": (logit_lens_main, FAST),
     "train_vif": (train_vif_main, ["--steps", "1", "--batch-size", "2"]),
     "evaluate": (evaluate_main, [*FAST, "--methods", "clean,aif", "--max-new-tokens", "2"]),
 }

@@ -18,6 +18,7 @@ ANALYSES = {
     "attenuation": "analyses.attenuation.run:Attenuation",
     "train_vif": "analyses.train_vif.run:VIFEvaluation",
     "evaluate": "analyses.evaluate.run:Evaluate",
+    "logit_lens": "analyses.logit_lens.run:LogitLens",
 }
 
 
