@@ -261,6 +261,8 @@ def test_a_run_of_each_family_loads_with_heads(browser, family_runs, tmp_path):
         opened = Opened(browser, path)
         page = opened.page
         assert page.eval_on_selector_all("[data-run]", "ns => new Set(ns.map(n => n.dataset.run)).size") == 2
+        legend = page.inner_text(".chart .legend >> nth=0")  # both runs' lines in one panel
+        assert f"{model}: question" in legend and "attention_evolution: question" in legend
         tab(opened, "samples")
         page.wait_for_function("document.querySelector('canvas.overlay').width > 1")
         heads = page.eval_on_selector_all("[data-control=head] option", "os => os.length")
@@ -292,12 +294,10 @@ def test_an_unfinished_run_and_a_run_without_arrays_say_what_is_missing(browser,
     opened.close()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "figures.report", *args], capture_output=True,
-                          text=True, timeout=120)
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
+    from figures.report.__main__ import main
+    from probes.cli import run_cli
 
-
-def test_bad_input_is_one_sentence_and_exit_2(tmp_path):
     not_a_run = tmp_path / "empty"
     not_a_run.mkdir()
     (tmp_path / "file").write_text("")
@@ -311,12 +311,16 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path):
         "is a folder": [str(GOLDEN / "attenuation"), "--out", str(tmp_path)],
     }
     for words, args in cases.items():
-        done = _cli(*args)
-        assert done.returncode == 2, done.stderr
-        assert words in done.stderr and "Traceback" not in done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
-    done = _cli(str(GOLDEN / "attenuation"), "--out", str(tmp_path / "ok.html"))
-    assert done.returncode == 0 and str(tmp_path / "ok.html") in done.stdout
+        assert run_cli(main, args) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+    # the command as a user runs it: prints the report's path
+    done = subprocess.run([sys.executable, "-m", "figures.report", str(GOLDEN / "attenuation"),
+                           "--out", str(tmp_path / "ok.html")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and str(tmp_path / "ok.html") in done.stdout, done.stderr
 
 
 def test_report_size_and_first_view_at_llava_geometry_smoke(browser, tmp_path):
@@ -337,4 +341,24 @@ def test_report_size_and_first_view_at_llava_geometry_smoke(browser, tmp_path):
     opened.page.wait_for_function("document.querySelector('canvas.overlay').width > 1")
     print(f"\nreport of {samples} samples x {layers} layers x 576 tokens x {heads} heads: "
           f"{size / 2**20:.1f} MB, built in {build:.1f} s, first view at {first:.0f} ms")
+    opened.close()
+
+
+def test_an_evaluate_run_shows_each_methods_reply_and_score(browser, tmp_path):
+    from analyses.evaluate.__main__ import main
+    from probes.cli import run_cli
+
+    out = tmp_path / "evaluate"
+    assert run_cli(main, ["--limit", "3", "--bootstrap", "20", "--out", str(out)]) == 0
+    run = RunResult.load(out)
+    opened = Opened(browser, write_report([out], tmp_path / "evaluate.html"))
+    tab(opened, "samples")
+    rows = opened.page.eval_on_selector_all(
+        "#sample-detail table.verdicts tr", "rs => rs.slice(1).map(r => "
+        "[...r.children].map(c => c.textContent))")
+    methods = run.summary["method_names"]
+    assert [r[0] for r in rows] == methods
+    assert [r[1] for r in rows] == run.arrays["replies"][0].tolist()
+    assert [float(r[2]) for r in rows] == run.arrays["scores"][0].tolist()
+    shot(opened, "evaluate-samples")
     opened.close()
