@@ -288,9 +288,9 @@ def test_an_unfinished_run_and_a_run_without_arrays_say_what_is_missing(browser,
     assert "unfinished (1 samples done in its samples pass)" in text and "--resume" in text
     assert "no arrays.npz" in text
     assert opened.page.eval_on_selector_all("circle.pt", "cs => cs.length") > 0  # bare's curves
+    shot(opened, "broken-runs-overview")
     tab(opened, "samples")
     assert "no per-sample records" in opened.page.inner_text("#view-samples")
-    shot(opened, "broken-runs-overview")
     opened.close()
 
 

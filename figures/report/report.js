@@ -146,7 +146,7 @@ const fusionReport = (() => {
             color: COLORS[(runs.length > 1 ? li : li) % COLORS.length], dash: DASHES[ri % DASHES.length],
             points: line.points }));
         });
-        box.append(chart(title || "per layer", lines, { marks: runs[0].marks }));
+        box.append(chart(title || "per layer", lines, { marks: [...new Set(runs.flatMap(r => r.marks))] }));
       }
       root.append(box);
       if (runs.some(r => r.marks.length)) root.append(el("div", { class: "muted" }, "shaded: fusion layers found by the run"));
