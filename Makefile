@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-fusionlens
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test notebooks demo docs bench gpu-check clean test-compat compat-envs
+.PHONY: install test notebooks demo docs bench gpu-check clean test-compat compat-envs browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,9 +22,15 @@ LMMS_EVAL_WHEEL := .cache/wheels/lmms_eval-0.7.3-py3-none-any.whl
 $(LMMS_EVAL_WHEEL): | $(STAMP)
 	$(PY) -m pip download -q --no-deps --only-binary :all: lmms-eval==0.7.3 -d $(@D)
 
+# Chromium for the report's browser tests (tests/test_report.py), from Debian's packages when
+# missing (CI runs as root); Playwright (the dev extra) drives it: `playwright install` is never
+# run (it downloads browsers of its own)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
 # tests/test_bench_smoke.py runs every bench script at tiny sizes; the golden runs once more on
 # ATen's portable kernels at one thread (about 30 s), as another CPU would sum
-test: install $(LMMS_EVAL_WHEEL)
+test: install browser $(LMMS_EVAL_WHEEL)
 	$(VENV)/bin/ruff check .
 	$(MAKE) docs
 	$(PY) -m pytest -q tests --ignore=tests/test_processors_torchvision.py
@@ -39,6 +45,7 @@ notebooks: install
 # the main job on the embedded defaults: where does the image reach the answer in tiny-llava?
 demo: install
 	$(PY) -m analyses.layer_masking --limit 100 --out runs/demo --overwrite
+	$(PY) -m figures.report runs/demo --out runs/demo/report.html
 
 # the documentation site (mkdocs-material + mkdocstrings) into site/, every warning an error
 docs: install
@@ -50,6 +57,7 @@ bench: install
 	$(PY) tests/bench_token_importance.py
 	$(PY) tests/bench_attention_evolution.py
 	$(PY) tests/bench_ray.py
+	$(PY) tests/bench_report.py
 
 # the engine against its references and the benchmark table on the real 7B architectures (random
 # bf16 weights) on one CUDA GPU; never part of `make test`; without CUDA: one sentence, exit 2.

@@ -1,0 +1,219 @@
+"""The per-sample records of a run, as the report's sample browser reads them: ids, kinds,
+verdicts per method, one per-layer curve, and maps over the image tokens packed compactly.
+
+Maps are quantised to uint8 per map (a map = one sample, series, layer and head) with its own
+(low, high): value = low + q / 255 * (high - low), within (high - low) / 510 of the float.
+A sample's maps are one base64 blob: float32 [maps, 2] lows and highs, then uint8 [maps,
+tokens]; the page decodes a sample's blob only when it is shown.
+
+>>> maps = np.array([[0.0, 0.5, 1.0], [2.0, 2.0, 2.0]])
+>>> low_high, q = quantise(maps)
+>>> low_high.tolist(), q.tolist()
+([[0.0, 1.0], [2.0, 2.0]], [[0, 128, 255], [0, 0, 0]])
+>>> dequantise(low_high, q).round(3).tolist()
+[[0.0, 0.502, 1.0], [2.0, 2.0, 2.0]]
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+HEADS_BUDGET_MB = 8.0  # raw bytes of per-head maps in one report; samples past it show means
+
+
+def quantise(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [..., 2] low/high over the last axis, uint8 of the same shape as ``maps``);
+    NaN values become low."""
+    maps = np.asarray(maps, dtype=np.float64)
+    finite = np.where(np.isfinite(maps), maps, np.nan)
+    with np.errstate(all="ignore"):
+        low = np.nan_to_num(np.nanmin(finite, axis=-1, keepdims=True))
+        high = np.nan_to_num(np.nanmax(finite, axis=-1, keepdims=True))
+    span = np.where(high > low, high - low, 1.0)
+    q = np.rint((np.nan_to_num(finite, nan=0.0) - low) / span * 255)
+    q = np.where(np.isfinite(finite), q, 0)
+    return np.concatenate([low, high], axis=-1).astype(np.float32), q.clip(0, 255).astype(np.uint8)
+
+
+def dequantise(low_high: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`quantise` (what the page computes)."""
+    low, high = low_high[..., :1].astype(np.float64), low_high[..., 1:].astype(np.float64)
+    return low + q / 255.0 * (high - low)
+
+
+def pack(maps: np.ndarray) -> str:
+    """One sample's maps [..., tokens] as base64 (lows/highs then bytes)."""
+    low_high, q = quantise(maps)
+    return base64.b64encode(low_high.tobytes() + q.tobytes()).decode("ascii")
+
+
+def _strings(values) -> list[str]:
+    return [str(v) for v in np.asarray(values).tolist()]
+
+
+def _rounded(values: np.ndarray, digits: int = 5) -> list:
+    """Nested lists of floats with ``digits`` significant digits, NaN as None (JSON null)."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        out = np.where(np.isfinite(values), values, np.nan)
+    flat = [None if not np.isfinite(v) else float(f"{v:.{digits}g}") for v in out.ravel()]
+    return np.array(flat, dtype=object).reshape(values.shape).tolist()
+
+
+def _cells(cells: np.ndarray) -> list[list[int]]:
+    return np.asarray(cells, dtype=np.int64).reshape(-1, 3).tolist()
+
+
+def _map_entry(name: str, values: np.ndarray, series: Sequence[str], cells, signed: bool = False,
+               layered: bool = True, heads: int = 0, every_sample: Sequence[bool] | None = None):
+    """A map entry: ``values`` [sample, series, layer(, head), token] (layered) or [sample,
+    series, token]; ``cells`` [token, 3] shared or [sample, token, 3]."""
+    shared = np.asarray(cells).ndim == 2
+    data = [pack(v) if every_sample is None or every_sample[i] else None
+            for i, v in enumerate(values)]
+    return {"name": name, "series": list(series), "signed": signed,
+            "layers": int(values.shape[2]) if layered else 0, "heads": heads,
+            "tokens": int(values.shape[-1]),
+            "cells": _cells(cells) if shared else None,
+            "sample_cells": None if shared else [_cells(c) for c in cells], "data": data}
+
+
+def _methods(summary: dict[str, Any], count: int) -> list[str]:
+    names = summary.get("method_names") or [row.get("method") for row in
+                                            summary.get("methods") or []]
+    names = [str(n) for n in names if n]
+    return names if len(names) == count else [f"method {i}" for i in range(count)]
+
+
+def _verdicts(methods, correct=None, replies=None, scores=None) -> dict[str, Any]:
+    return {"methods": list(methods),
+            "correct": None if correct is None else np.asarray(correct).astype(bool).tolist(),
+            "replies": None if replies is None else np.asarray(replies).astype(str).tolist(),
+            "scores": None if scores is None else _rounded(scores)}
+
+
+def _layer_masking(summary, arrays, out):
+    graded = dict(zip(arrays["graded_index"].tolist(), arrays["graded_correct"].tolist())) \
+        if "graded_index" in arrays else {}
+    correct = [[bool(graded.get(int(i), False))] for i in arrays["sample_index"]]
+    out["verdicts"] = _verdicts(["clean"], correct)
+    series = summary.get("series") or []
+    out["curve"] = {"title": "change of the answer's probability when the flow is cut (%)",
+                    "series": series, "values": _rounded(arrays["prob_change_pct"])}
+    out["values"] = {"clean probability": _rounded(arrays["clean_probability"])}
+
+
+def _token_importance(summary, arrays, out):
+    methods = _methods(summary, arrays["answers"].shape[1])
+    out["verdicts"] = _verdicts(methods, arrays["correct"], arrays["answers"])
+    out["curve"] = {"title": "attention to kept vs masked image tokens (AIF)",
+                    "series": ["kept tokens", "masked tokens"],
+                    "values": _rounded(np.stack([arrays["kept_curve"], arrays["masked_curve"]], 1))}
+    cells = arrays["cells"]
+    out["maps"].append(_map_entry("attention to each image token (dynamics)",
+                                  arrays["dynamics"].transpose(0, 2, 1)[:, None], ["dynamics"],
+                                  cells))
+    out["maps"].append(_map_entry("importance: -entropy of the token's attention curve",
+                                  -arrays["entropy"][:, None], ["importance"], cells,
+                                  layered=False))
+    out["values"] = {"chosen ratio": _rounded(arrays["ratio"])}
+    if "reference" in arrays:
+        out["reference"] = _strings(arrays["reference"])
+
+
+def _attention_evolution(summary, arrays, out):
+    series = summary.get("series") or [f"series {i}" for i in range(arrays["maps"].shape[1])]
+    out["curve"] = {"title": "share of attention on the image", "series": series,
+                    "values": _rounded(arrays["image_share"])}
+    out["maps"].append(_map_entry("attention on the image (heads averaged)", arrays["maps"],
+                                  series, arrays["cells"]))
+    if "head_maps" in arrays:
+        heads = arrays["head_maps"]
+        per_sample = heads[0].nbytes / heads.dtype.itemsize
+        keep = max(1, int(HEADS_BUDGET_MB * 2**20 // max(per_sample, 1)))
+        out["maps"].append(_map_entry("attention on the image per head", heads, series,
+                                      arrays["cells"], heads=int(heads.shape[3]),
+                                      every_sample=[i < keep for i in range(len(heads))]))
+        if keep < len(heads):
+            out["notes"].append(f"per-head maps are in this report for the first {keep} of "
+                                f"{len(heads)} samples (a budget of {HEADS_BUDGET_MB:g} MB); the "
+                                "others show the heads' mean.")
+    out["maps"].append(_map_entry("relevant patches (the question's object)",
+                                  arrays["relevant"][:, None].astype(float), ["relevant"],
+                                  arrays["cells"], layered=False))
+
+
+def _contrastive_attention(summary, arrays, out):
+    methods = _methods(summary, arrays["answers"].shape[1])
+    out["verdicts"] = _verdicts(methods, arrays["correct"], arrays["answers"])
+    maps = arrays["maps"]
+    out["maps"].append(_map_entry("attention of the answer position on the image", maps[:, None],
+                                  [str((summary.get("config") or {}).get("series", "last"))],
+                                  arrays["cells"]))
+    layers = summary.get("layers") or {}
+    if "late" in layers and "early" in layers:
+        late, early = int(layers["late"]), int(layers["early"])
+        norm = maps / np.maximum(maps.sum(-1, keepdims=True), 1e-12)
+        out["maps"].append(_map_entry(f"contrast: layer {late} - layer {early}",
+                                      (norm[:, late] - norm[:, early])[:, None], ["contrast"],
+                                      arrays["cells"], signed=True, layered=False))
+    out["maps"].append(_map_entry("suppressed patches (refined method)",
+                                  arrays["suppressed"][:, None].astype(float), ["suppressed"],
+                                  arrays["cells"], layered=False))
+
+
+def _attenuation(summary, arrays, out):
+    out["verdicts"] = _verdicts(["clean"], arrays["correct"][:, None])
+    metrics = summary.get("metrics") or [f"metric {i}" for i in range(arrays["curves"].shape[1])]
+    out["curve"] = {"title": "per-layer curves", "series": metrics,
+                    "values": _rounded(arrays["curves"])}
+    out["values"] = {"target cells": _rounded(arrays["target_cells"])}
+
+
+def _evaluate(summary, arrays, out):
+    methods = _methods(summary, arrays["replies"].shape[1])
+    scores = np.where(arrays["excluded"], np.nan, arrays["scores"]) if "excluded" in arrays \
+        else arrays["scores"]
+    out["verdicts"] = _verdicts(methods, np.nan_to_num(scores) >= 0.5, arrays["replies"], scores)
+    out["benchmark"] = _strings(arrays["benchmark"])
+
+
+# analysis -> (the arrays it needs, the function filling the browser's record)
+BROWSERS = {
+    "layer_masking": (("sample_index", "prob_change_pct"), _layer_masking),
+    "token_importance": (("sample_index", "answers", "correct", "dynamics", "entropy", "cells",
+                          "kept_curve", "masked_curve"), _token_importance),
+    "attention_evolution": (("sample_index", "maps", "cells", "image_share", "relevant"),
+                            _attention_evolution),
+    "contrastive_attention": (("sample_index", "maps", "cells", "answers", "correct",
+                               "suppressed"), _contrastive_attention),
+    "attenuation": (("curves", "correct"), _attenuation),
+    "evaluate": (("sample_index", "replies", "scores"), _evaluate),
+}
+
+
+def browser_record(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict, str]:
+    """(the sample browser's record of a run, "" or the sentence saying why it has none)."""
+    analysis = summary.get("analysis")
+    if analysis not in BROWSERS:
+        return {}, f"the sample browser does not read {analysis} runs."
+    needed, fill = BROWSERS[analysis]
+    absent = [name for name in needed if name not in arrays]
+    if absent:
+        return {}, f"the run's arrays lack {', '.join(absent)}: no sample browser for it."
+    first = arrays[needed[0]]
+    count = len(first)
+    index = arrays["sample_index"] if "sample_index" in arrays else np.arange(count)
+    out: dict[str, Any] = {
+        "n": count, "index": np.asarray(index).astype(int).tolist(),
+        "id": _strings(arrays["sample_id"]) if "sample_id" in arrays else
+        [str(i) for i in np.asarray(index).tolist()],
+        "kind": _strings(arrays["kind"]) if "kind" in arrays else [""] * count,
+        "verdicts": None, "curve": None, "maps": [], "values": {}, "notes": [],
+    }
+    fill(summary, arrays, out)
+    return out, ""

@@ -1,0 +1,364 @@
+"""The HTML report (``python -m figures.report``) built from saved runs and opened in a real
+headless Chromium (Debian's package, driven by Playwright; ``make browser`` installs it): the
+numbers shown equal summary.json, the layer slider changes the overlay's pixels, the filter
+changes the list, the page makes no network request (each one blocked and counted) and logs no
+console error. Screenshots of each view go to runs/report-screens/.
+
+These tests fail, never skip, where Chromium is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyses.results import RunResult
+from figures.report import write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+SCREENS = ROOT / "runs" / "report-screens"
+CHROMIUM = (os.environ.get("FUSIONLENS_CHROMIUM") or shutil.which("chromium")
+            or shutil.which("chromium-browser"))
+
+
+# ---------- shared with tests/bench_report.py ----------
+
+def synthetic_run(out: Path, samples: int, layers: int, tokens: int = 576, heads: int = 0,
+                  seed: int = 0) -> Path:
+    """An attention-evolution run of ``samples`` easy-VQA samples at LLaVA-1.5 geometry
+    (``tokens`` image tokens on a square grid; per-head maps when ``heads``), written as files
+    without a model: random maps, their image shares and the summary's per-layer means."""
+    from analyses.common import data_record
+    from analyses.data import load_dataset
+    from analyses.results import provenance
+
+    rng = np.random.default_rng(seed)
+    side = int(round(tokens ** 0.5))
+    dataset = load_dataset("easy-vqa", "test", limit=samples)
+    shape = (samples, 2, layers, tokens)
+    head_maps = rng.dirichlet(np.full(tokens, 0.3), size=(*shape[:3], heads)).astype(np.float32) \
+        if heads else None
+    maps = head_maps.mean(3) if heads else rng.dirichlet(np.full(tokens, 0.3), size=shape[:3])
+    share = rng.uniform(0.1, 0.9, size=shape[:3])
+    summary = provenance("attention_evolution", {"id": "synthetic", "family": "llava",
+                                                 "layers": layers}, data_record(dataset),
+                         samples, {"heads": bool(heads)}, 0)
+    summary.update(series=["question", "last"], metrics=["image_share"], num_layers=layers,
+                   per_layer=[{"series": name, "metric": "image_share", "layer": layer,
+                               "mean": float(share[:, s, layer].mean()),
+                               "ci_low": float(np.percentile(share[:, s, layer], 2.5)),
+                               "ci_high": float(np.percentile(share[:, s, layer], 97.5)),
+                               "n": samples}
+                              for s, name in enumerate(["question", "last"])
+                              for layer in range(layers)])
+    cells = np.array([[0, r, c] for r in range(side) for c in range(side)])
+    arrays = {"sample_index": np.arange(samples), "sample_id": np.array([s.id for s in dataset]),
+              "kind": np.array([s.kind for s in dataset]), "maps": maps.astype(np.float32),
+              "cells": cells, "image_share": share, "relevant": np.zeros((samples, tokens), bool)}
+    if heads:
+        arrays["head_maps"] = head_maps
+    return RunResult(summary, arrays).save(out)
+
+
+class Opened:
+    """A report open in Chromium with every request but the page's own blocked and counted,
+    and every console error and page error collected."""
+
+    def __init__(self, browser, path: Path, width: int = 1400, height: int = 950):
+        self.url = path.resolve().as_uri()
+        self.blocked: list[str] = []
+        self.errors: list[str] = []
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("request", self._request)
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(self.url)
+        self.page.wait_for_selector("body[data-ready='1']")
+
+    def _route(self, route):
+        if route.request.url == self.url:
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    def _request(self, request):
+        if request.url != self.url and not request.url.startswith("data:"):
+            self.blocked.append(request.url)
+
+    def first_view_ms(self) -> float:
+        return self.page.evaluate("window.reportFirstView")
+
+    def close(self) -> None:
+        assert not self.blocked, f"the report made requests: {self.blocked[:5]}"
+        assert not self.errors, f"the report logged errors: {self.errors[:5]}"
+        self.context.close()
+
+
+def launch(playwright):
+    if not CHROMIUM:
+        pytest.fail("Chromium is missing: `make browser` installs it (apt-get install chromium); "
+                    "the report's tests need a real browser and never skip.")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+
+
+# ---------- fixtures ----------
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """name -> report of the golden run of that analysis."""
+    folder = tmp_path_factory.mktemp("reports")
+    names = ["layer_masking", "token_importance", "attention_evolution",
+             "contrastive_attention", "attenuation", "train_vif"]
+    return {name: write_report([GOLDEN / name], folder / f"{name}.html") for name in names}
+
+
+def shot(opened: Opened, name: str) -> Path:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    path = SCREENS / f"{name}.png"
+    opened.page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def tab(opened: Opened, name: str) -> None:
+    opened.page.click(f"[data-tab={name}]")
+    opened.page.wait_for_selector(f"#view-{name}")
+
+
+# ---------- the page against the run ----------
+
+@pytest.mark.parametrize("name", ["layer_masking", "token_importance", "attention_evolution",
+                                  "contrastive_attention", "attenuation", "train_vif"])
+def test_every_view_opens_and_shows_the_summary_numbers(browser, reports, name):
+    summary = json.loads((GOLDEN / name / "summary.json").read_text())
+    opened = Opened(browser, reports[name])
+    page = opened.page
+    points = page.eval_on_selector_all(
+        "circle.pt", "cs => cs.map(c => [c.closest('.chart').dataset.title, c.dataset.line, "
+        "+c.dataset.layer, +c.dataset.mean])")
+    rows = [r for r in summary.get("per_layer", []) if r["mean"] == r["mean"]]  # NaN: not drawn
+    assert len(points) == len(rows)
+    expected = sorted(r["mean"] for r in rows)
+    assert sorted(p[3] for p in points) == expected  # exact: the page holds the summary's floats
+    if points:  # the hover text shows a point's mean and CI to 4 significant digits
+        page.hover("circle.pt >> nth=-1")  # drawn last: on top of any point it overlaps
+        text = page.inner_text("#tip")
+        title, line, layer, mean = points[-1]
+        row = next(r for r in rows if r["layer"] == layer and r["mean"] == mean)
+        shown = [float(x) for x in text.split(": ")[1].replace("[", " ").replace("]", " ")
+                 .replace(",", " ").split()[:1]]
+        assert shown[0] == pytest.approx(row["mean"], rel=1e-3, abs=1e-9)
+        assert f"n = {row['n']}" in text
+    for key in ("fusion_layers", "num_layers", "n_patches", "suppressed_per_sample"):
+        if key in summary:
+            cell = page.inner_text(f"#view-overview dd[data-key={key}]")
+            assert json.loads(cell) == summary[key] or float(cell) == summary[key]
+    tables = page.eval_on_selector_all("#view-overview table", "ts => ts.length")
+    assert tables == sum(1 for v in summary.values() if isinstance(v, list) and v
+                         and all(isinstance(r, dict) for r in v)) - ("per_layer" in summary) \
+        - bool(summary.get("failed")) - bool(summary.get("skipped"))
+    shot(opened, f"{name}-overview")
+    tab(opened, "provenance")
+    assert summary["model"]["id"] in page.inner_text("#view-provenance")
+    assert summary["versions"]["torch"] in page.inner_text("#view-provenance")
+    shot(opened, f"{name}-provenance")
+    tab(opened, "samples")
+    shot(opened, f"{name}-samples")
+    opened.close()
+
+
+def test_the_layer_slider_changes_the_overlay_and_decodes_the_saved_maps(browser, reports):
+    run = RunResult.load(GOLDEN / "attention_evolution")
+    opened = Opened(browser, reports["attention_evolution"])
+    page = opened.page
+    tab(opened, "samples")
+    page.wait_for_function("document.querySelector('canvas.overlay').width > 1")
+    pixels = "document.querySelector('canvas.overlay').toDataURL()"
+    before = page.evaluate(pixels)
+    page.fill("[data-control=layer]", "3")
+    page.dispatch_event("[data-control=layer]", "input")
+    after = page.evaluate(pixels)
+    assert before != after
+    # the page's decoded map = the run's float map within the uint8 quantisation step
+    maps = run.arrays["maps"]  # [sample, series, layer, patch]
+    for sample, series, layer in [(0, 0, 0), (3, 1, 5), (9, 0, 2)]:
+        shown = np.array(page.evaluate(
+            "([i, m]) => fusionReport.values(0, 'attention on the image (heads averaged)', i, m)",
+            [sample, series * maps.shape[2] + layer]))
+        truth = maps[sample, series, layer]
+        step = (truth.max() - truth.min()) / 255
+        assert np.abs(shown - truth).max() <= step / 2 + 1e-6
+    shot(opened, "attention_evolution-samples-layer3")
+    opened.close()
+
+
+def test_the_filters_change_the_sample_list(browser, reports):
+    arrays = RunResult.load(GOLDEN / "token_importance").arrays
+    opened = Opened(browser, reports["token_importance"])
+    page = opened.page
+    tab(opened, "samples")
+    listed = "document.querySelectorAll('#sample-list [data-sample]').length"
+    assert page.evaluate(listed) == len(arrays["kind"])
+    kind = str(arrays["kind"][0])
+    page.select_option("[data-filter=kind]", kind)
+    assert page.evaluate(listed) == int((arrays["kind"] == kind).sum())
+    page.select_option("[data-filter=kind]", "")
+    page.select_option("[data-filter=method]", "clean")
+    page.select_option("[data-filter=verdict]", "wrong")
+    assert page.evaluate(listed) == int((~arrays["correct"][:, 0]).sum())
+    page.select_option("[data-filter=verdict]", "correct")
+    assert page.evaluate(listed) == int(arrays["correct"][:, 0].sum())
+    first = page.inner_text("#sample-list [data-sample] >> nth=0")
+    page.click("#sample-list [data-sample] >> nth=0")
+    assert first.split(" ")[0] in page.inner_text("#sample-detail")
+    verdicts = page.inner_text("#sample-detail table.verdicts")
+    assert "aif" in verdicts and "clean" in verdicts
+    shot(opened, "token_importance-samples-filtered")
+    opened.close()
+
+
+# ---------- runs on each family, several runs, broken runs ----------
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory):
+    """An attention-evolution run (with heads) on the tiny model of each other family."""
+    from analyses.attention_evolution.__main__ import main
+    from probes.cli import run_cli
+
+    folder = tmp_path_factory.mktemp("families")
+    runs = {}
+    for model in ("tiny-random-llava-next", "tiny-random-qwen2.5-vl"):
+        out = folder / model
+        assert run_cli(main, ["--model", model, "--limit", "2", "--bootstrap", "20", "--heads",
+                              "--out", str(out)]) == 0
+        runs[model] = out
+    return runs
+
+
+def test_a_run_of_each_family_loads_with_heads(browser, family_runs, tmp_path):
+    for model, run in family_runs.items():
+        path = write_report([run, GOLDEN / "attention_evolution"], tmp_path / f"{model}.html")
+        opened = Opened(browser, path)
+        page = opened.page
+        assert page.eval_on_selector_all("[data-run]", "ns => new Set(ns.map(n => n.dataset.run)).size") == 2
+        legend = page.inner_text(".chart .legend >> nth=0")  # both runs' lines in one panel
+        assert f"{model}: question" in legend and "attention_evolution: question" in legend
+        tab(opened, "samples")
+        page.wait_for_function("document.querySelector('canvas.overlay').width > 1")
+        heads = page.eval_on_selector_all("[data-control=head] option", "os => os.length")
+        assert heads == 1 + 4  # the mean and each of the tiny models' 4 heads
+        before = page.evaluate("document.querySelector('canvas.overlay').toDataURL()")
+        page.select_option("[data-control=head] >> nth=0", "2")
+        assert page.evaluate("document.querySelector('canvas.overlay').toDataURL()") != before
+        shot(opened, f"family-{model}-samples")
+        opened.close()
+
+
+def test_an_unfinished_run_and_a_run_without_arrays_say_what_is_missing(browser, tmp_path):
+    partial = tmp_path / "unfinished"
+    (partial / ".partial" / "samples").mkdir(parents=True)
+    (partial / ".partial" / "key.json").write_text(json.dumps({"analysis": "layer_masking"}))
+    np.savez(partial / ".partial" / "samples" / "0.npz", curve=np.zeros(3))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(GOLDEN / "layer_masking" / "summary.json", bare / "summary.json")
+    path = write_report([partial, bare], tmp_path / "broken.html")
+    opened = Opened(browser, path)
+    text = opened.page.inner_text("#view-overview")
+    assert "unfinished (1 samples done in its samples pass)" in text and "--resume" in text
+    assert "no arrays.npz" in text
+    assert opened.page.eval_on_selector_all("circle.pt", "cs => cs.length") > 0  # bare's curves
+    shot(opened, "broken-runs-overview")
+    tab(opened, "samples")
+    assert "no per-sample records" in opened.page.inner_text("#view-samples")
+    opened.close()
+
+
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
+    from figures.report.__main__ import main
+    from probes.cli import run_cli
+
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    (tmp_path / "file").write_text("")
+    cases = {
+        "is not a fusionlens run": [str(not_a_run), "--out", str(tmp_path / "r.html")],
+        "runs of different analyses cannot be compared": [
+            str(GOLDEN / "layer_masking"), str(GOLDEN / "attenuation"), "--out",
+            str(tmp_path / "r.html")],
+        "cannot write the report": [str(GOLDEN / "attenuation"), "--out",
+                                    str(tmp_path / "file" / "r.html")],
+        "is a folder": [str(GOLDEN / "attenuation"), "--out", str(tmp_path)],
+    }
+    for words, args in cases.items():
+        assert run_cli(main, args) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+    # the command as a user runs it: prints the report's path
+    done = subprocess.run([sys.executable, "-m", "figures.report", str(GOLDEN / "attenuation"),
+                           "--out", str(tmp_path / "ok.html")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and str(tmp_path / "ok.html") in done.stdout, done.stderr
+
+
+def test_report_size_and_first_view_at_llava_geometry_smoke(browser, tmp_path):
+    """A smoke-sized run at LLaVA-1.5 geometry (576 tokens, 32 layers, 32 heads): the file
+    holds the maps at one byte a value (base64) plus small images, and opens with no error;
+    tests/bench_report.py measures the full 200 samples."""
+    samples, layers, heads = 8, 32, 32
+    run = synthetic_run(tmp_path / "run", samples, layers, heads=heads)
+    started = time.perf_counter()
+    path = write_report([run], tmp_path / "bench.html")
+    build = time.perf_counter() - started
+    values = samples * 2 * layers * 576 * (1 + heads)  # maps + per-head maps, one byte each
+    size = path.stat().st_size
+    assert values < size < values * 4 / 3 + 1.5e6  # base64 of the bytes, + images and summary
+    opened = Opened(browser, path)
+    first = opened.first_view_ms()
+    tab(opened, "samples")
+    opened.page.wait_for_function("document.querySelector('canvas.overlay').width > 1")
+    print(f"\nreport of {samples} samples x {layers} layers x 576 tokens x {heads} heads: "
+          f"{size / 2**20:.1f} MB, built in {build:.1f} s, first view at {first:.0f} ms")
+    opened.close()
+
+
+def test_an_evaluate_run_shows_each_methods_reply_and_score(browser, tmp_path):
+    from analyses.evaluate.__main__ import main
+    from probes.cli import run_cli
+
+    out = tmp_path / "evaluate"
+    assert run_cli(main, ["--limit", "3", "--bootstrap", "20", "--out", str(out)]) == 0
+    run = RunResult.load(out)
+    opened = Opened(browser, write_report([out], tmp_path / "evaluate.html"))
+    tab(opened, "samples")
+    rows = opened.page.eval_on_selector_all(
+        "#sample-detail table.verdicts tr", "rs => rs.slice(1).map(r => "
+        "[...r.children].map(c => c.textContent))")
+    methods = run.summary["method_names"]
+    assert [r[0] for r in rows] == methods
+    assert [r[1] for r in rows] == run.arrays["replies"][0].tolist()
+    assert [float(r[2]) for r in rows] == run.arrays["scores"][0].tolist()
+    shot(opened, "evaluate-samples")
+    opened.close()
