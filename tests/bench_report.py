@@ -5,11 +5,15 @@ written as files (no model), built into one HTML file and opened in headless Chr
     make bench        (or: python tests/bench_report.py [--samples 200] [--heads 32])
 
 Prints the file's size, the build time, and the page's first view (performance.now() when the
-overview is drawn, and Chromium's first contentful paint), the median of 3 loads."""
+overview is drawn, and Chromium's first contentful paint), the median of 3 loads. Rows for
+bench-results.json: the file against the naive way of storing its maps (one PNG per sample,
+series and layer, as figures would), and the first view against the 2 s it must stay under.
+Smoke mode (``FUSIONLENS_BENCH_SMOKE=1``): 4 samples x 2 layers, 2 heads, one load."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
@@ -18,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_engine import report, sized  # noqa: E402
 from test_report import Opened, launch, synthetic_run  # noqa: E402
 
 from figures.report import write_report  # noqa: E402
@@ -25,9 +30,9 @@ from figures.report import write_report  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=sized(200, 4))
+    parser.add_argument("--layers", type=int, default=sized(32, 2))
+    parser.add_argument("--heads", type=int, default=sized(32, 2))
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -38,10 +43,11 @@ def main() -> None:
         path = write_report([run], folder / "report.html")
         build = time.perf_counter() - started
         size = path.stat().st_size / 2**20
+        naive = png_per_map_mb(run)
         firsts, paints, samples = [], [], []
         with sync_playwright() as playwright:
             browser = launch(playwright)
-            for _ in range(3):
+            for _ in range(sized(3, 1)):
                 opened = Opened(browser, path)
                 firsts.append(opened.first_view_ms())
                 paints.append(opened.page.evaluate(
@@ -61,6 +67,32 @@ def main() -> None:
     print(f"  first view drawn   {statistics.median(firsts):.0f} ms (median of 3)")
     print(f"  first paint        {statistics.median(paints):.0f} ms")
     print(f"  samples tab + map  {statistics.median(samples):.0f} ms")
+    shape = f"{args.samples} samples x {args.layers} layers x 576 tokens, {args.heads} heads"
+    first = statistics.median(firsts)
+    report([
+        {"name": "report: file size, PNG per map vs ours", "baseline": naive, "ours": size,
+         "unit": "MB", "ratio": naive / size, "shape": shape},
+        {"name": "report: first view, 2 s target vs ours", "baseline": 2000.0, "ours": first,
+         "unit": "ms", "ratio": 2000.0 / first, "shape": shape},
+    ])
+
+
+def png_per_map_mb(run: Path) -> float:
+    """The naive way's size: every recorded map (sample x series x layer, heads averaged) as its
+    own 8-bit grayscale PNG of the token grid, base64 in the page (4/3 of the bytes)."""
+    from PIL import Image
+
+    from analyses.results import RunResult
+
+    maps = RunResult.load(run).arrays["maps"]  # [samples, series, layers, tokens]
+    side = int(round(maps.shape[-1] ** 0.5))
+    total = 0
+    for values in maps.reshape(-1, maps.shape[-1]):
+        scaled = (255 * values / max(float(values.max()), 1e-12)).astype("uint8")
+        buffer = io.BytesIO()
+        Image.fromarray(scaled.reshape(side, side), mode="L").save(buffer, format="PNG")
+        total += len(buffer.getvalue())
+    return total * 4 / 3 / 2**20
 
 
 if __name__ == "__main__":
