@@ -127,19 +127,13 @@ def prompt_record(dataset: Dataset) -> Any:
     return getattr(dataset, "template", None)
 
 
-# analysis -> the function giving the extra text files of its result, by file name
-TEXT_FILES = {"evaluate": "analyses.evaluate.table:table_files"}
-
-
 def text_files(result) -> dict[str, str]:
-    """The extra text files an analysis writes next to its result (evaluate: its tables)."""
-    import importlib
+    """The extra text files an analysis writes next to its result (evaluate: its tables), as
+    its registration says (:mod:`analyses.runner.registry`)."""
+    from analyses.runner.registry import text_files as registered  # the runner imports us
 
-    where = TEXT_FILES.get(result.summary.get("analysis"))
-    if where is None:
-        return {}
-    module, _, function = where.partition(":")
-    return getattr(importlib.import_module(module), function)(result.summary)
+    files = registered(result.summary.get("analysis"))
+    return {} if files is None else files(result.summary)
 
 
 def write_run(result, out: Path, table: str) -> None:
