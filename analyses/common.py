@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,33 @@ def prompt_data(dataset: Dataset, family: str, template: str | None = None) -> D
         raise UserError(" ".join(str(err).split())) from err
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run loads, read once from its options: ``model``, :func:`load_model`'s keyword
+    arguments (``--model --device --dtype --trust-remote-code --allow-pickle --device-map
+    --min-pixels --max-pixels``), and ``data``, :func:`load_data`'s (``name split limit``) with
+    ``prompt`` (``--prompt``). The local path loads from it and the Ray backend hands both dicts
+    to every worker as they are (:class:`analyses.runner.ray_backend.RayBackend`)."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunSpec:
+        model = {"model": args.model, "device": args.device, "dtype": args.dtype,
+                 "trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle,
+                 **{name: getattr(args, name, None)
+                    for name in ("device_map", "min_pixels", "max_pixels")}}
+        data = {"name": args.data, "split": args.split, "limit": args.limit,
+                "prompt": getattr(args, "prompt", None)}
+        return cls(model, data)
+
+
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
-    """The model the options name, on the CPU threads ``--threads`` gives
+    """The model the options name (:class:`RunSpec`), on the CPU threads ``--threads`` gives
     (:func:`probes.cli.set_threads`)."""
     set_threads(getattr(args, "threads", None))
-    return load_model(args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                      device_map=getattr(args, "device_map", None),
-                      min_pixels=getattr(args, "min_pixels", None),
-                      max_pixels=getattr(args, "max_pixels", None))
+    return load_model(**RunSpec.from_args(args).model)
 
 
 SMALL_WEIGHTS = 256 * 2**20  # weights up to this size are hashed whole (the embedded models)

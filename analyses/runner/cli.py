@@ -93,12 +93,7 @@ def make_backend(args: argparse.Namespace):
     if args.backend == "ray":
         from analyses.runner.ray_backend import RayBackend  # the extra's import is there
 
-        backend = RayBackend.from_args(args)
-        # what the workers need besides --model and --data: the pixel budget and the prompt
-        backend.model.update(min_pixels=getattr(args, "min_pixels", None),
-                             max_pixels=getattr(args, "max_pixels", None))
-        backend.data["prompt"] = getattr(args, "prompt", None)
-        return backend
+        return RayBackend.from_args(args)
     return LocalBackend(load_model_from_args(args))
 
 
