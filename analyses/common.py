@@ -13,6 +13,7 @@ from typing import Any
 
 from analyses.data import Dataset, load_dataset
 from analyses.data.suite import concatenate
+from analyses.registry import text_files as registered_text_files
 from probes.cli import set_threads
 from probes.errors import UserError
 from probes.models.loading import LoadedModel, load_model
@@ -148,10 +149,8 @@ def prompt_record(dataset: Dataset) -> Any:
 
 def text_files(result) -> dict[str, str]:
     """The extra text files an analysis writes next to its result (evaluate: its tables), as
-    its registration says (:mod:`analyses.runner.registry`)."""
-    from analyses.runner.registry import text_files as registered  # the runner imports us
-
-    files = registered(result.summary.get("analysis"))
+    its registration says (:mod:`analyses.registry`)."""
+    files = registered_text_files(result.summary.get("analysis"))
     return {} if files is None else files(result.summary)
 
 

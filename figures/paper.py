@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from analyses.registry import drawer
 from analyses.results import RunResult
-from analyses.runner.registry import drawer
 from figures.style import save, use_file_backend
 from probes.cli import run_cli
 from probes.errors import UserError
@@ -20,7 +20,7 @@ from probes.errors import UserError
 
 def draw_run(result: RunResult) -> dict:
     """Every figure of one saved run, by name (the analysis's registered drawer,
-    :mod:`analyses.runner.registry`)."""
+    :mod:`analyses.registry`)."""
     return drawer(result.summary.get("analysis"))(result.summary, result.arrays)
 
 

@@ -2,7 +2,8 @@
 ``analyses.merge`` and remote workers rebuild it from its recorded config), the function that
 draws its figures (:mod:`figures.paper`) and, where it writes any, the function that gives the
 extra text files of its result (:func:`analyses.common.write_run`). Each is ``module:name``,
-imported on use: the figures stand downstream of the analyses and are never imported here."""
+imported on use: this module imports no analysis and no figure, so the runner, merge, the
+figures and :mod:`analyses.common` all import it from above."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from analyses.runner.spec import Analysis
 from probes.errors import UserError
 
 
@@ -54,7 +54,8 @@ def load(where: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def analysis_class(name: str) -> type[Analysis]:
+def analysis_class(name: str) -> type:
+    """The :class:`~analyses.runner.spec.Analysis` subclass registered as ``name``."""
     return load(registered(name).analysis)
 
 
@@ -69,6 +70,6 @@ def text_files(name: str) -> Callable[[Mapping], dict[str, str]] | None:
     return None if where is None else load(where)
 
 
-def rebuild(name: str, recorded: Mapping[str, Any]) -> Analysis:
+def rebuild(name: str, recorded: Mapping[str, Any]) -> Any:
     """The analysis ``name`` with the config it recorded (``Analysis.from_recorded``)."""
     return analysis_class(name).from_recorded(dict(recorded))
