@@ -24,7 +24,7 @@ class FastPrefill(Prefill):
 
 class FastEngine(Engine):
     name = "fast"
-    summary = "the probes' executor (shared prefix, registered attention function; default)"
+    summary = "the probes' executor (shared prefix, registered attention function)"
 
     @torch.inference_mode()
     def prefill(self, loaded, inputs, groups, record=None, reserve=0) -> FastPrefill:
