@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from analyses.data import Dataset, load_dataset
 from analyses.data.suite import concatenate, data_names
+from analyses.registry import text_files as registered_text_files
 from probes.cli import set_threads
 from probes.errors import UserError
 from probes.models.loading import LoadedModel, load_model
@@ -48,15 +50,33 @@ def prompt_data(dataset: Dataset, family: str, template: str | None = None) -> D
         raise UserError(" ".join(str(err).split())) from err
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run loads, read once from its options: ``model``, :func:`load_model`'s keyword
+    arguments (``--model --device --dtype --trust-remote-code --allow-pickle --device-map
+    --min-pixels --max-pixels``), and ``data``, :func:`load_data`'s (``name split limit``) with
+    ``prompt`` (``--prompt``). The local path loads from it and the Ray backend hands both dicts
+    to every worker as they are (:class:`analyses.runner.ray_backend.RayBackend`)."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunSpec:
+        model = {"model": args.model, "device": args.device, "dtype": args.dtype,
+                 "trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle,
+                 **{name: getattr(args, name, None)
+                    for name in ("device_map", "min_pixels", "max_pixels")}}
+        data = {"name": args.data, "split": args.split, "limit": args.limit,
+                "prompt": getattr(args, "prompt", None)}
+        return cls(model, data)
+
+
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
-    """The model the options name, on the CPU threads ``--threads`` gives
+    """The model the options name (:class:`RunSpec`), on the CPU threads ``--threads`` gives
     (:func:`probes.cli.set_threads`)."""
     set_threads(getattr(args, "threads", None))
-    return load_model(args.model, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
-                      device_map=getattr(args, "device_map", None),
-                      min_pixels=getattr(args, "min_pixels", None),
-                      max_pixels=getattr(args, "max_pixels", None))
+    return load_model(**RunSpec.from_args(args).model)
 
 
 SMALL_WEIGHTS = 256 * 2**20  # weights up to this size are hashed whole (the embedded models)
@@ -127,19 +147,11 @@ def prompt_record(dataset: Dataset) -> Any:
     return getattr(dataset, "template", None)
 
 
-# analysis -> the function giving the extra text files of its result, by file name
-TEXT_FILES = {"evaluate": "analyses.evaluate.table:table_files"}
-
-
 def text_files(result) -> dict[str, str]:
-    """The extra text files an analysis writes next to its result (evaluate: its tables)."""
-    import importlib
-
-    where = TEXT_FILES.get(result.summary.get("analysis"))
-    if where is None:
-        return {}
-    module, _, function = where.partition(":")
-    return getattr(importlib.import_module(module), function)(result.summary)
+    """The extra text files an analysis writes next to its result (evaluate: its tables), as
+    its registration says (:mod:`analyses.registry`)."""
+    files = registered_text_files(result.summary.get("analysis"))
+    return {} if files is None else files(result.summary)
 
 
 def write_run(result, out: Path, table: str) -> None:

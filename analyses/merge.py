@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from analyses.common import write_run
+from analyses.registry import rebuild
 from analyses.results import SUMMARY, RunResult
 from analyses.runner.execute import RECORDS
-from analyses.runner.registry import rebuild
 from analyses.runner.spec import RunInfo
 from analyses.runner.store import KEY_FILE, RecordStore
 from figures.style import use_file_backend

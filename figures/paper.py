@@ -8,35 +8,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from analyses.registry import drawer
 from analyses.results import RunResult
-from figures import attention_evolution, attenuation, evaluate, layer_masking, token_importance, vif
-from figures import logit_lens as lens_figures
 from figures.style import save, use_file_backend
 from probes.cli import run_cli
 from probes.errors import UserError
 
-DRAWERS: dict[str, Callable[[Mapping, Mapping], dict]] = {
-    "layer_masking": layer_masking.draw_all,
-    "attention_evolution": attention_evolution.draw_all,
-    "contrastive_attention": attention_evolution.draw_contrastive,
-    "token_importance": token_importance.draw_all,
-    "attenuation": attenuation.draw_all,
-    "train_vif": vif.draw_all,
-    "evaluate": evaluate.draw_all,
-    "logit_lens": lens_figures.draw_all,
-}
-
 
 def draw_run(result: RunResult) -> dict:
-    """Every figure of one saved run, by name."""
-    analysis = result.summary.get("analysis")
-    if analysis not in DRAWERS:
-        raise UserError(f"no figures are known for analysis {analysis!r}; known: "
-                        f"{', '.join(sorted(DRAWERS))}.")
-    return DRAWERS[analysis](result.summary, result.arrays)
+    """Every figure of one saved run, by name (the analysis's registered drawer,
+    :mod:`analyses.registry`)."""
+    return drawer(result.summary.get("analysis"))(result.summary, result.arrays)
 
 
 def redraw(directory: Path, out: Path | None = None) -> list[Path]:

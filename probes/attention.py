@@ -227,26 +227,49 @@ def register() -> None:
     AttentionMaskInterface.register(IMPLEMENTATIONS["eager"], eager_mask)
 
 
-def enable(model: torch.nn.Module, base: str | None = None) -> str:
-    """Route the language model's attention through fusionlens (vision tower untouched).
+def in_effect(model: torch.nn.Module) -> str:
+    """The name of the language model's attention implementation now."""
+    return model.config.get_text_config()._attn_implementation
 
-    ``base``: "sdpa" or "eager"; default: keep the kind the text model uses now. Returns the
-    implementation name now in use.
-    """
+
+def _base(name: str) -> str:
+    """``sdpa`` of ``fusionlens_sdpa`` (any other name is its own base)."""
+    return next((base for base, ours in IMPLEMENTATIONS.items() if ours == name), name)
+
+
+def use(model: torch.nn.Module, edited: bool = True, base: str | None = None) -> str:
+    """The one place that decides the language model's attention implementation (the vision
+    tower is untouched): fusionlens' (``edited``: ``fusionlens_sdpa`` or ``fusionlens_eager``,
+    a passthrough until a plan is attached) or transformers' own (not ``edited``: as nnsight and
+    TransformerLens read the model). ``base``: "sdpa" or "eager"; default: the kind in use now.
+    Returns the implementation name now in use."""
     register()
-    text_config = model.config.get_text_config()
-    current = text_config._attn_implementation
-    if base is None:
-        base = next((b for b, name in IMPLEMENTATIONS.items() if name == current), current)
-    if base not in IMPLEMENTATIONS:
+    current = in_effect(model)
+    base = _base(current) if base is None else base
+    if edited and base not in IMPLEMENTATIONS:
         raise UserError(
             f"fusionlens edits attention on top of sdpa or eager, not {base!r}; load the model "
             "with attn_implementation='sdpa' or 'eager'."
         )
-    wanted = IMPLEMENTATIONS[base]
+    wanted = IMPLEMENTATIONS[base] if edited else base
     if current != wanted:
         model.set_attn_implementation({"text_config": wanted})
     return wanted
+
+
+def enable(model: torch.nn.Module, base: str | None = None) -> str:
+    """Route the language model's attention through fusionlens: :func:`use` ``edited``."""
+    return use(model, True, base)
+
+
+@contextlib.contextmanager
+def kept(model: torch.nn.Module) -> Iterator[None]:
+    """Give ``model`` back with the attention implementation it had at the start."""
+    before = in_effect(model)
+    try:
+        yield
+    finally:
+        use(model, before in IMPLEMENTATIONS.values(), _base(before))
 
 
 @contextlib.contextmanager

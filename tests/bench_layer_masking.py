@@ -27,6 +27,7 @@ from bench_engine import QUESTION, llava_15_shape, report, sized  # noqa: E402
 
 from analyses.data import Sample, load_dataset  # noqa: E402
 from analyses.layer_masking.sweep import compare, conditions, control_edges, sweep_sample  # noqa: E402
+from probes.engines import named  # noqa: E402
 from probes.masking import EdgeKnockout  # noqa: E402
 from probes.models.loading import load_model  # noqa: E402
 from probes.run import run_knockouts_naively  # noqa: E402
@@ -62,7 +63,7 @@ def bench(loaded, samples, label: str) -> list[dict]:
         sweep = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8)
         ours_s += time.perf_counter() - start
         start = time.perf_counter()
-        traced = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8, engine="nnsight")
+        traced = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8, engine=named("nnsight"))
         nnsight_s += time.perf_counter() - start
         start = time.perf_counter()
         naive = naive_sweep(loaded, sample, 0, index)

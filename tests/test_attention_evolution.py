@@ -171,13 +171,13 @@ def test_refined_decode_equals_a_no_cache_masked_loop(trained, fine, mode, bias)
         assert refined.tokens == tokens
         torch.testing.assert_close(refined.logits, logits, atol=1e-5, rtol=0)
         # and the suppression did act on the answer's distribution
-        plain = masked_generate(trained, inputs, None, 4, clean=clean, groups=groups)
+        plain = masked_generate(trained, inputs, None, 4, clean=clean.clean, groups=groups)
         assert (refined.logits[0] - plain.logits[0]).abs().max() > 1e-3
 
 
 def test_refinement_with_ratio_zero_is_the_clean_run_exactly(trained, fine):
     _, clean, groups, inputs = record_sample(trained, fine[2])
-    plain = masked_generate(trained, inputs, None, 4, clean=clean, groups=groups)
+    plain = masked_generate(trained, inputs, None, 4, clean=clean.clean, groups=groups)
     for mode in ("soft", "hard"):
         nothing = Suppression(groups.image_patches[:0], (4, 5), mode)
         refined = refined_generate(trained, inputs, nothing, clean, groups, 4)

@@ -21,10 +21,10 @@ from PIL import Image
 
 from analyses.data import load_dataset
 from analyses.merge import merge
+from analyses.registry import rebuild
 from analyses.results import RunResult
 from analyses.runner import PARTIAL, LocalBackend, RunOptions, run
 from analyses.runner.execute import RECORDS
-from analyses.runner.registry import rebuild
 from analyses.train_vif import TrainConfig, VIFEvaluation, run_train_vif, train_vif
 from analyses.train_vif.__main__ import main as cli_main
 from analyses.train_vif.run import WEIGHTS, train_module, training_record

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from analyses.attention_evolution.scores import map_scores
-from probes import attention
+from probes.engine import Engine, Prefill
+from probes.engines import DEFAULT
 from probes.errors import UserError
 from probes.models.loading import LoadedModel
 from probes.record import AttentionRecorder
-from probes.run import CleanPass, clean_pass
 from probes.tokens import TokenGroups, token_groups
 
 SERIES = ("question", "last")
@@ -97,28 +97,19 @@ def _normalise(values: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def record_sample(loaded: LoadedModel, sample, heads: bool = False, keep_clean: bool = True,
-                  engine: str = "fast") -> tuple[SampleMaps, CleanPass | None, TokenGroups, object]:
-    """The sample's maps, recorded during its clean pass; also returns that clean pass (its
-    KV cache serves a second decoding pass; with ``keep_clean=False`` a plain forward without
-    cache or hidden states records the maps and None is returned), the token groups and the
-    model inputs. ``engine="nnsight"`` records inside an nnsight trace
-    (:func:`probes.nnsight.record`; no clean pass is kept)."""
+                  engine: Engine = DEFAULT) -> tuple[SampleMaps, Prefill | None, TokenGroups, object]:
+    """The sample's maps, recorded on ``engine`` during its clean pass; also returns that
+    clean pass (it serves a second decoding pass; with ``keep_clean=False`` a forward that only
+    records the maps and None is returned), the token groups and the model inputs."""
     inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
     inputs = inputs.to(loaded.device, loaded.dtype)
     groups = token_groups(loaded.adapter, inputs)
     recorder = recorder_for(groups, heads)
     clean = None
-    if engine == "nnsight":
-        from probes import nnsight
-
-        nnsight.record(loaded, inputs, recorder)
+    if keep_clean:
+        clean = engine.prefill(loaded, inputs, groups, record=recorder)
     else:
-        attention.enable(loaded.model)
-        with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
-            if keep_clean:
-                clean = clean_pass(loaded, inputs)
-            else:
-                loaded.model(**inputs.batch, use_cache=False, logits_to_keep=1)
+        engine.record(loaded, inputs, recorder)
     maps, image_share, head_maps = maps_from_recording(recorder.maps, groups,
                                                        loaded.adapter.num_layers, heads)
     result = SampleMaps(maps, image_share, head_maps, relevant_patches(groups, sample),

@@ -25,9 +25,10 @@ from analyses.attention_evolution.scores import (
 )
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
-from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci
+from probes import engines
+from probes.engine import Engine
 from probes.errors import UserError
 from probes.masking import check_layers
 from probes.models.loading import LoadedModel
@@ -49,10 +50,12 @@ class EvolutionConfig:
     figure_layers: tuple[int, ...] | None = None  # None: up to 6 evenly spaced layers
     n_bootstrap: int = 2000
     seed: int = 0
-    engine: str = "fast"  # "fast" (probes.run) or "nnsight" (probes.nnsight): the same maps
+    engine: Engine = engines.DEFAULT  # any of probes.engines: the same maps
+
+    def __post_init__(self) -> None:  # an engine's name (as recorded) is that engine
+        object.__setattr__(self, "engine", engines.named(self.engine))
 
     def validate(self, num_layers: int) -> None:
-        check_engine(self.engine)
         if not 0 < self.top_share < 1:
             raise UserError(f"--top-share must lie strictly between 0 and 1, not {self.top_share}.")
         if not 0 < self.sink_threshold <= 1:
@@ -128,7 +131,7 @@ class AttentionEvolution(Analysis):
 
     def recorded(self) -> dict[str, Any]:
         recorded = asdict(self.config)
-        recorded.update(recorded_engine(recorded.pop("engine")))  # the default is not recorded
+        recorded.update(engines.recorded(recorded.pop("engine")))
         return recorded
 
     def validate(self, num_layers: int) -> None:

@@ -8,7 +8,7 @@ and every generated token) at ``layers``:
   (exact -inf before the softmax, the rows renormalise);
 - ``soft``: ``bias`` (negative) is added to those attention logits, a :class:`Steering`.
 
-Both decode with :func:`probes.run.masked_generate`, which recomputes only the positions from
+Both decode on the default engine (:data:`probes.engines.DEFAULT`, :func:`probes.run.masked_generate`: mixing attention is its own), which recomputes only the positions from
 the first text query on and takes everything before it from the clean pass. The soft bias is
 a steering plan attached around that call; the knockout handed to it then cuts nothing (no
 keys) and only says, with its queries, where the recomputed suffix starts.
@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from probes import attention
+from probes.engine import Prefill
+from probes.engines import DEFAULT
 from probes.masking import SetKnockout
 from probes.models.loading import LoadedModel
-from probes.run import CleanPass, Generation, masked_generate
+from probes.run import Generation
 from probes.steer import Steering, SteeringPlan
 from probes.tokens import TokenGroups
 
@@ -64,15 +66,15 @@ class Suppression:
 
 
 def refined_generate(loaded: LoadedModel, inputs, suppression: Suppression | None,
-                     clean: CleanPass, groups: TokenGroups, max_new_tokens: int = 4) -> Generation:
-    """Greedy decoding under ``suppression`` with the clean prefix reused; an empty
-    suppression (no keys, no layers, a zero bias) or None is the clean decode itself."""
+                     clean: Prefill, groups: TokenGroups, max_new_tokens: int = 4) -> Generation:
+    """Greedy decoding under ``suppression`` with the clean prefix (a prefill of the default
+    engine) reused; an empty suppression (no keys, no layers, a zero bias) or None is the
+    clean decode itself."""
     if suppression is None or suppression.empty:
-        return masked_generate(loaded, inputs, None, max_new_tokens, clean=clean, groups=groups)
+        return DEFAULT.generate(clean, [None], max_new_tokens)[0]
     plan = suppression.steering(groups)
     modules = loaded.adapter.attention_modules(loaded.model)
     attention.enable(loaded.model)
     with attention.attach(modules, plan) if plan is not None else contextlib.nullcontext():
-        return masked_generate(loaded, inputs, suppression.knockout(groups), max_new_tokens,
-                               clean=clean, groups=groups)
+        return DEFAULT.generate(clean, [suppression.knockout(groups)], max_new_tokens)[0]
 

@@ -26,8 +26,9 @@ from analyses.layer_masking.sweep import (
 )
 from analyses.results import RunResult, provenance, skip
 from analyses.runner import Analysis, LocalBackend, Pass, Plan, RunInfo, RunOptions, run
-from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
+from probes import engines
+from probes.engine import Engine
 from probes.errors import UserError
 from probes.masking import Knockout, parse_flows
 from probes.models.loading import LoadedModel
@@ -55,11 +56,13 @@ class LayerMaskingConfig:
     n_bootstrap: int = 2000
     alpha: float = 0.05
     min_effect: float = 2.0  # smallest mean drop of p(answer), in %, that makes a fusion layer
-    engine: str = "fast"  # "fast" (probes.run) or "nnsight" (probes.nnsight): the same numbers
+    engine: Engine = engines.DEFAULT  # any of probes.engines: the same numbers
     min_kind_samples: int = MIN_KIND_SAMPLES  # a kind's fusion layers need this many samples
 
+    def __post_init__(self) -> None:  # an engine's name (as recorded) is that engine
+        object.__setattr__(self, "engine", engines.named(self.engine))
+
     def validate(self, num_layers: int) -> None:
-        check_engine(self.engine)
         if self.samples not in ("correct", "all"):
             raise UserError(f"samples must be 'correct' or 'all', not {self.samples!r}.")
         if not self.flows:
@@ -78,7 +81,7 @@ class LayerMaskingConfig:
 
     def recorded(self) -> dict[str, Any]:
         recorded = asdict(self)
-        recorded.update(recorded_engine(recorded.pop("engine")))  # the default is not recorded
+        recorded.update(engines.recorded(recorded.pop("engine")))
         return recorded
 
 

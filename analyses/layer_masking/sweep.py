@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from probes import run
+from probes.engine import Engine
+from probes.engines import DEFAULT
 from probes.masking import EdgeKnockout, Knockout, parse_flows
 from probes.models.loading import LoadedModel
 from probes.tokens import TokenGroups, token_groups
@@ -124,27 +125,26 @@ def compare(clean_logits: torch.Tensor, logits: torch.Tensor, token: int) -> np.
 
 
 def sweep_sample(loaded: LoadedModel, sample, flows: Sequence[str], window: int, seed: int,
-                 sample_index: int, batch_size: int = 32, engine: str = "fast") -> SampleSweep:
-    """The sweep of one sample (see the module docstring); equal to one full masked forward
-    per condition (tests/test_layer_masking.py checks it), computed with the shared prefix
-    (``engine="fast"``) or as full forwards inside nnsight traces (``"nnsight"``,
-    :mod:`probes.nnsight`)."""
+                 sample_index: int, batch_size: int = 32, engine: Engine = DEFAULT) -> SampleSweep:
+    """The sweep of one sample (see the module docstring) on ``engine``: equal to one full
+    masked forward per condition (tests/test_layer_masking.py checks it)."""
     num_layers = loaded.adapter.num_layers
     inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
     inputs = inputs.to(loaded.device, loaded.dtype)
     groups = sample_groups(loaded, inputs, sample) if needs_region(flows) else \
         token_groups(loaded.adapter, inputs)
-    run_knockouts, clean_logits = _engine(loaded, inputs, groups, batch_size, engine)
+    prefill = engine.prefill(loaded, inputs, groups)  # shared by every call below
+    clean_logits = prefill.logits
     token = int(clean_logits.argmax())
     rows, flow_edges, control_counts = [], [], []
     for index, flow_conditions in enumerate(conditions(flows, window, num_layers)):
-        flow_result = run_knockouts(flow_conditions)
+        flow_result = engine.knockouts(prefill, flow_conditions, batch_size)
         edges = flow_conditions[0].edges(groups, num_layers)
         count = sum(causal_edge_count(e.queries, e.keys) for e in edges)
         rng = np.random.default_rng([seed, sample_index, index])
         drawn = control_edges(groups, count, rng)
         controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
-        control_result = run_knockouts(controls)
+        control_result = engine.knockouts(prefill, controls, batch_size)
         rows.append((compare(clean_logits, flow_result.logits, token),
                      compare(clean_logits, control_result.logits, token)))
         flow_edges.append(count)
@@ -153,20 +153,3 @@ def sweep_sample(loaded: LoadedModel, sample, flows: Sequence[str], window: int,
     probability = float(clean_logits.double().softmax(-1)[token])
     return SampleSweep(metrics, token, probability, np.array(flow_edges), np.array(control_counts))
 
-
-def _engine(loaded: LoadedModel, inputs, groups: TokenGroups, batch_size: int, engine: str):
-    """(``knockouts -> KnockoutResult`` of one input on the chosen engine, the clean logits
-    [vocab] as float32 on the CPU); the fast engine shares one clean pass between all calls."""
-    if engine == "nnsight":
-        from probes import nnsight
-
-        def knock(knockouts):
-            return nnsight.run_knockouts(loaded, inputs, knockouts, batch_size, groups)
-
-        return knock, knock([]).clean_logits.float().cpu()
-    clean = run.clean_pass(loaded, inputs)
-
-    def fast(knockouts):
-        return run.run_knockouts(loaded, inputs, knockouts, batch_size, clean, groups)
-
-    return fast, clean.logits.float().cpu()

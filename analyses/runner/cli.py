@@ -24,6 +24,7 @@ from analyses.runner.store import (
     finished_counts,
 )
 from figures.style import use_file_backend
+from probes import engines
 from probes.cli import add_model_arguments
 from probes.errors import UserError
 
@@ -92,12 +93,7 @@ def make_backend(args: argparse.Namespace):
     if args.backend == "ray":
         from analyses.runner.ray_backend import RayBackend  # the extra's import is there
 
-        backend = RayBackend.from_args(args)
-        # what the workers need besides --model and --data: the pixel budget and the prompt
-        backend.model.update(min_pixels=getattr(args, "min_pixels", None),
-                             max_pixels=getattr(args, "max_pixels", None))
-        backend.data["prompt"] = getattr(args, "prompt", None)
-        return backend
+        return RayBackend.from_args(args)
     return LocalBackend(load_model_from_args(args))
 
 
@@ -168,28 +164,11 @@ def failed_line(result: RunResult) -> str:
             f"'failed'), e.g. sample {failed[0]['index']}: {failed[0]['reason']}")
 
 
-ENGINES = ("fast", "nnsight")
-
-
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    """``--engine {fast,nnsight}`` for an analysis that runs on either engine."""
-    parser.add_argument("--engine", default="fast", choices=ENGINES,
-                        help="fast: the probes' executor (shared prefix, registered attention "
-                             "function; default); nnsight: every condition a full forward "
-                             "inside an nnsight trace (probes.nnsight; needs nnsight>=0.8.1,<0.9)")
-
-
-def check_engine(engine: str) -> None:
-    """Refuse, in one sentence, an unknown engine or an nnsight outside the supported range."""
-    if engine not in ENGINES:
-        raise UserError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}.")
-    if engine == "nnsight":
-        from probes.nnsight.version import check_version  # imports no nnsight
-
-        check_version()
-
-
-def recorded_engine(engine: str) -> dict[str, str]:
-    """The engine as it goes into a config's ``summary.json`` record: nothing for the default
-    (runs of the fast engine keep the files they always had), ``{"engine": name}`` otherwise."""
-    return {} if engine == "fast" else {"engine": engine}
+    """``--engine NAME`` for an analysis that runs on any engine (:mod:`probes.engines`): the
+    engine is chosen, and checked to run here, as the options are read; ``args.engine`` is it."""
+    parser.add_argument("--engine", default=engines.DEFAULT, type=engines.choose,
+                        metavar="{" + ",".join(engines.names()) + "}",
+                        help="; ".join(f"{name}: {engines.named(name).summary}"
+                                       for name in engines.names()) + " (default: "
+                             f"{engines.DEFAULT.name})")

@@ -217,13 +217,13 @@ class RayBackend:
 
     @classmethod
     def from_args(cls, args) -> RayBackend:
-        """The backend an analysis CLI's options name (``--backend ray``)."""
+        """The backend an analysis CLI's options name (``--backend ray``): every worker loads
+        the run's :class:`~analyses.common.RunSpec`, the one the local path loads."""
+        from analyses.common import RunSpec
+
         _import_ray()
-        model = {"model": args.model, "device": args.device, "dtype": args.dtype,
-                 "trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle,
-                 "device_map": getattr(args, "device_map", None)}
-        data = {"name": args.data, "split": args.split, "limit": args.limit}
-        return cls(model, data, workers=getattr(args, "workers", None),
+        spec = RunSpec.from_args(args)
+        return cls(spec.model, spec.data, workers=getattr(args, "workers", None),
                    gpus_per_worker=getattr(args, "gpus_per_worker", None))
 
     # -- the cluster ------------------------------------------------------------------------

@@ -53,14 +53,15 @@ from analyses.token_importance.dynamics import (
     mean_attention,
     scan_ratios,
 )
-from probes import attention
+from probes.engine import Engine, Prefill
+from probes.engines import DEFAULT
 from probes.errors import UserError
 from probes.masking import SetKnockout
 from probes.models.adapters import VLInputs
 from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
 from probes.record import AttentionRecorder
-from probes.run import CleanPass, Generation, clean_pass, masked_generate
+from probes.run import Generation
 from probes.tokens import TokenGroups, token_groups
 
 HEADS = {"mean": "mean_heads", "max": "max_heads"}
@@ -134,16 +135,23 @@ class TokenImportance:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What one input's clean profiling pass leaves for any number of masked decodes (for one
-    only when ``one_shot``: that decode continues in the clean pass's buffers and spends it)."""
+    """What one input's clean profiling pass leaves for any number of masked decodes on its
+    engine (for one only when ``one_shot``: that decode may continue in the clean pass's
+    buffers and spend it)."""
 
-    inputs: VLInputs
-    groups: TokenGroups
-    clean: CleanPass
+    prefill: Prefill
     importance: TokenImportance
     config: AIFConfig
     one_shot: bool = False
-    engine: str = "fast"  # "nnsight": no clean pass; decodes run in nnsight traces
+    engine: Engine = DEFAULT
+
+    @property
+    def inputs(self) -> VLInputs:
+        return self.prefill.inputs
+
+    @property
+    def groups(self) -> TokenGroups:
+        return self.prefill.groups
 
 
 @dataclass(frozen=True)
@@ -178,26 +186,17 @@ def build(loaded: LoadedModel, image: Image.Image, question: str) -> tuple[VLInp
 
 @torch.inference_mode()
 def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
-            config: AIFConfig = AIFConfig(), reserve: int = 0, engine: str = "fast",
-            ) -> tuple[TokenImportance, CleanPass | None]:
-    """The clean pass of one input with the token dynamics recorded on the way (``reserve``:
-    see :func:`probes.run.clean_pass`); ``engine="nnsight"`` records inside an nnsight trace
-    (:func:`probes.nnsight.record`) and keeps no clean pass (None)."""
+            config: AIFConfig = AIFConfig(), reserve: int = 0, engine: Engine = DEFAULT,
+            ) -> tuple[TokenImportance, Prefill]:
+    """The clean pass of one input on ``engine`` with the token dynamics recorded on the way
+    (``reserve``: see :func:`probes.run.clean_pass`)."""
     config.validate()
     positions, cells = image_patches(groups)
     rows = groups.get(config.text_rows)
     layers = loaded.adapter.num_layers
     recorder = AttentionRecorder(queries=rows, keys=positions, reduce=HEADS[config.heads],
                                  max_queries=True)
-    if engine == "nnsight":
-        from probes import nnsight
-
-        nnsight.record(loaded, inputs, recorder)
-        clean = None
-    else:
-        attention.enable(loaded.model)
-        with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
-            clean = clean_pass(loaded, inputs, reserve=reserve)
+    clean = engine.prefill(loaded, inputs, groups, record=recorder, reserve=reserve)
     dynamics = np.stack([recorder.maps[layer][0, 0, 0].double().cpu().numpy()
                          for layer in range(layers)], axis=1)  # [tokens, layers]
     entropy, mu = curve_entropy(dynamics), mean_attention(dynamics)
@@ -207,14 +206,14 @@ def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
 
 def prepare(loaded: LoadedModel, image: Image.Image, question: str,
             config: AIFConfig = AIFConfig(), one_shot: bool = False,
-            engine: str = "fast") -> Prepared:
+            engine: Engine = DEFAULT) -> Prepared:
     """Inputs, token groups, the clean pass and the token importance of one question.
     ``one_shot``: the clean pass keeps room for the one decode that follows to continue in
     its buffers, which that decode then spends. ``engine``: see :func:`profile`."""
     inputs, groups = build(loaded, image, question)
     reserve = config.max_new_tokens if one_shot else 0
-    importance, clean = profile(loaded, inputs, groups, config, reserve, engine)
-    return Prepared(inputs, groups, clean, importance, config, one_shot, engine)
+    importance, prefill = profile(loaded, inputs, groups, config, reserve, engine)
+    return Prepared(prefill, importance, config, one_shot, engine)
 
 
 def knockout(loaded: LoadedModel, groups: TokenGroups, masked: np.ndarray,
@@ -233,30 +232,17 @@ def decode(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Gener
 
 def decode_all(loaded: LoadedModel, prepared: Prepared, masks: list[np.ndarray]
                ) -> list[Generation]:
-    """:func:`decode` of each of ``masks``: one decode after another on the fast engine, every
-    mask a row of one ``generate`` trace on the nnsight engine."""
+    """:func:`decode` of each of ``masks``, on the prepared input's engine."""
     config = prepared.config
-    if prepared.engine == "nnsight":
-        from probes import nnsight
-
-        knockouts = [knockout(loaded, prepared.groups, m, config.mask_generated) for m in masks]
-        return nnsight.masked_generate(loaded, prepared.inputs, knockouts,
-                                       config.max_new_tokens, prepared.groups)
-    return [_decode_fast(loaded, prepared, masked) for masked in masks]
-
-
-def _decode_fast(loaded: LoadedModel, prepared: Prepared, masked: np.ndarray) -> Generation:
-    config = prepared.config
-    return masked_generate(loaded, prepared.inputs,
-                           knockout(loaded, prepared.groups, masked, config.mask_generated),
-                           max_new_tokens=config.max_new_tokens, clean=prepared.clean,
-                           groups=prepared.groups, donate=prepared.one_shot)
+    knockouts = [knockout(loaded, prepared.groups, m, config.mask_generated) for m in masks]
+    return prepared.engine.generate(prepared.prefill, knockouts, config.max_new_tokens,
+                                    donate=prepared.one_shot)
 
 
 def aif_generate(loaded: LoadedModel, image: Image.Image, question: str,
-                 config: AIFConfig = AIFConfig(), engine: str = "fast") -> AIFResult:
-    """Answer ``question`` about ``image`` with AIF: profile, choose the ratio, mask, decode
-    (on the fast engine, or with ``engine="nnsight"`` inside nnsight traces)."""
+                 config: AIFConfig = AIFConfig(), engine: Engine = DEFAULT) -> AIFResult:
+    """Answer ``question`` about ``image`` with AIF on ``engine``: profile, choose the ratio,
+    mask, decode."""
     # one decode follows the profile: it continues in the clean pass's buffers (no copy)
     prepared = prepare(loaded, image, question, config, one_shot=True, engine=engine)
     ratio = prepared.importance.scan.ratio if config.ratio is None else config.ratio

@@ -40,7 +40,6 @@ import torch
 from analyses.grading import is_correct
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
-from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci, method_rows, sign_flip_p_values
 from analyses.token_importance.aif import (
@@ -55,6 +54,8 @@ from analyses.token_importance.dynamics import (
     object_recall,
     scan_ratios,
 )
+from probes import engines
+from probes.engine import Engine
 from probes.errors import UserError
 from probes.models.answer import answer_text
 from probes.models.loading import LoadedModel
@@ -73,10 +74,12 @@ class TokenImportanceConfig:
     timed_samples: int = 20  # samples on which plain generate and AIF are timed side by side
     seed: int = 0
     n_bootstrap: int = 2000
-    engine: str = "fast"  # "fast" (probes.run) or "nnsight" (probes.nnsight): the same answers
+    engine: Engine = engines.DEFAULT  # any of probes.engines: the same answers
+
+    def __post_init__(self) -> None:  # an engine's name (as recorded) is that engine
+        object.__setattr__(self, "engine", engines.named(self.engine))
 
     def validate(self) -> None:
-        check_engine(self.engine)
         self.aif.validate()
         if any(not 0.0 < r < 1.0 for r in self.fixed_ratios):
             raise UserError("--fixed-ratios must lie strictly between 0 and 1.")
@@ -92,7 +95,7 @@ class TokenImportanceConfig:
 
     def recorded(self) -> dict[str, Any]:
         config = asdict(self)
-        config.update(recorded_engine(config.pop("engine")))  # the default is not recorded
+        config.update(engines.recorded(config.pop("engine")))
         config["aif"] = self.aif.recorded()
         config["methods"] = self.methods
         config["small_object"] = f"object tokens <= {SMALL_OBJECT:g} of the image tokens"
@@ -143,7 +146,7 @@ def _timed(function: Callable[[], Any]) -> float:
 
 
 def time_side_by_side(loaded: LoadedModel, sample, config: AIFConfig,
-                      engine: str = "fast") -> tuple[float, float]:
+                      engine: Engine = engines.DEFAULT) -> tuple[float, float]:
     """Seconds of a plain greedy ``generate`` and of :func:`aif_generate`, each from the image
     and question, the faster of two alternating runs each."""
 

@@ -15,9 +15,7 @@ compares patterns only, and says so.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -85,18 +83,6 @@ class Crosscheck:
         return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _attention_kept(model: torch.nn.Module) -> Iterator[None]:
-    """Give ``model`` back with the attention implementation it had (the probes switch it to
-    their passthrough)."""
-    before = model.config.get_text_config()._attn_implementation
-    try:
-        yield
-    finally:
-        if model.config.get_text_config()._attn_implementation != before:
-            model.set_attn_implementation({"text_config": before})
-
-
 def _largest(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return float((ours.float().cpu() - theirs.float().cpu()).abs().max())
 
@@ -146,7 +132,7 @@ def crosscheck(loaded: LoadedModel, image: Image.Image, question: str, *,
     heads = loaded.model.config.get_text_config().num_attention_heads
     rows, compared = compared_rows(groups, heads, len(layers))
     recorder = AttentionRecorder(queries=rows)
-    with _attention_kept(loaded.model), torch.no_grad():
+    with attention.kept(loaded.model), torch.no_grad():
         attention.enable(loaded.model)
         with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
             our_logits = loaded.model(**inputs.batch).logits[0, -1]
@@ -174,7 +160,7 @@ def crosscheck(loaded: LoadedModel, image: Image.Image, question: str, *,
                     "edits of hook_attn_scores do not reach its output: knockouts are not "
                     "compared, patterns only.")
         else:
-            with _attention_kept(loaded.model):
+            with attention.kept(loaded.model):
                 ours = run_knockouts(loaded, inputs, knockouts, groups=groups)
             positions = torch.arange(groups.length)
             for layer, knockout in zip(layers, knockouts):

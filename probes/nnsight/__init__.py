@@ -8,8 +8,9 @@ and returns the recorded probabilities; :func:`block` is :func:`apply` for knock
 They compose with your own interventions in the same trace (nnsight serves a trace's values in
 the order the forward makes them: call :func:`apply` before reading or editing any layer after
 the first one it edits). The analyses use the
-engine through :func:`run_knockouts`, :func:`record` and :func:`masked_generate`
-(``--engine nnsight``).
+engine through :mod:`probes.engines.nnsight` (``--engine nnsight``), the
+:class:`~probes.engine.Engine` over :func:`run_knockouts`, :func:`record` and
+:func:`masked_generate`.
 
 >>> import torch
 >>> from PIL import Image

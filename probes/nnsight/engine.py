@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from probes.attention import IMPLEMENTATIONS
+from probes import attention
 from probes.errors import UserError
 from probes.masking import EdgeMaskPlan, Edges
 from probes.models.adapters import VLInputs
@@ -30,15 +30,6 @@ from probes.tokens import TokenGroups, token_groups, token_groups_batch
 _WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def plain_attention(loaded: LoadedModel) -> None:
-    """Route the language model through transformers' own sdpa or eager (undoing
-    :func:`probes.attention.enable`): the nnsight engine registers no attention function."""
-    config = loaded.model.config.get_text_config()
-    for base, name in IMPLEMENTATIONS.items():
-        if config._attn_implementation == name:
-            loaded.model.set_attn_implementation({"text_config": base})
-
-
 def wrap(loaded: LoadedModel):
     """``loaded.model`` as nnsight's vision-language model (``TransformersModel(...,
     task="image-text-to-text")``: ``LanguageModel`` would drop the image), made once per
@@ -46,7 +37,7 @@ def wrap(loaded: LoadedModel):
     check_version()
     from nnsight.modeling.transformers import TransformersModel
 
-    plain_attention(loaded)
+    attention.use(loaded.model, edited=False)  # the nnsight engine registers no function
     if loaded.model not in _WRAPPED:
         _WRAPPED[loaded.model] = TransformersModel(loaded.model, task="image-text-to-text",
                                                    processor=loaded.processor)

@@ -1,0 +1,113 @@
+"""The fast engine: :mod:`probes.run`'s executor (the clean pass's keys and values shared by
+every condition, conditions joining at their first blocked layer) and plain forwards with
+hooks, under fusionlens' registered attention function (:func:`probes.attention.enable`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from probes import attention, logit_lens, run
+from probes.engine import Engine, Patch, Prefill
+from probes.models.loading import LoadedModel
+
+
+@dataclass
+class FastPrefill(Prefill):
+    """A prefill with the clean pass whose keys and values the conditions share."""
+
+    clean: run.CleanPass | None = None
+
+
+class FastEngine(Engine):
+    name = "fast"
+    summary = "the probes' executor (shared prefix, registered attention function)"
+
+    @torch.inference_mode()
+    def prefill(self, loaded, inputs, groups, record=None, reserve=0) -> FastPrefill:
+        with _recording(loaded, record):
+            clean = run.clean_pass(loaded, inputs, reserve=reserve)
+        return FastPrefill(loaded, inputs, groups, clean.logits.float().cpu(), clean)
+
+    @torch.inference_mode()
+    def record(self, loaded, inputs, recorder) -> torch.Tensor:
+        with _recording(loaded, recorder):
+            output = loaded.model(**inputs.batch, use_cache=False, logits_to_keep=1)
+        return output.logits[:, -1].float().cpu()
+
+    def knockouts(self, prefill: FastPrefill, knockouts, batch_size=16, record=None):
+        return run.run_knockouts(prefill.loaded, prefill.inputs, knockouts, batch_size,
+                                 prefill.clean, prefill.groups, record=record)
+
+    def generate(self, prefill: FastPrefill, knockouts, max_new_tokens=8, donate=False):
+        return [run.masked_generate(prefill.loaded, prefill.inputs, knockout, max_new_tokens,
+                                    clean=prefill.clean, groups=prefill.groups, donate=donate)
+                for knockout in knockouts]
+
+    @torch.inference_mode()
+    def residual(self, prefill, layers, positions) -> torch.Tensor:
+        return logit_lens.residuals(prefill.loaded, prefill.inputs, [int(p) for p in positions],
+                                    list(layers)).float().cpu()
+
+    @torch.inference_mode()
+    def lens(self, prefill: FastPrefill, layers, positions) -> torch.Tensor:
+        # the clean pass kept every layer's hidden states: entry i + 1 leaves layer i, and the
+        # last entry is already through the final norm
+        loaded, states = prefill.loaded, prefill.clean.hidden_states
+        norm = loaded.adapter.final_norm(loaded.model)
+        head = loaded.adapter.lm_head(loaded.model)
+        rows = [states[layer + 1][0, list(positions)] for layer in layers]
+        normed = [row if layer + 1 == len(states) - 1 else norm(row)
+                  for layer, row in zip(layers, rows)]
+        return head(torch.stack(normed)).float().cpu()
+
+    @torch.inference_mode()
+    def patch(self, prefill, patches: Sequence[Patch]) -> torch.Tensor:
+        def put(layer_patches: list[Patch]) -> Callable:
+            def edit(layer: int, hidden: torch.Tensor) -> None:
+                for patch in layer_patches:
+                    hidden[:, list(patch.positions)] = patch.values.to(hidden.device, hidden.dtype)
+            return edit
+
+        by_layer: dict[int, list[Patch]] = {}
+        for patch in patches:
+            by_layer.setdefault(patch.layer, []).append(patch)
+        output = _forward(prefill.loaded, prefill.inputs,
+                          {layer: put(found) for layer, found in by_layer.items()})
+        return output.logits[0, -1].float().cpu()
+
+
+@contextlib.contextmanager
+def _recording(loaded: LoadedModel, recorder):
+    """The language model's attention through fusionlens, with ``recorder`` attached."""
+    attention.enable(loaded.model)
+    if recorder is None:
+        yield
+        return
+    with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
+        yield
+
+
+def _forward(loaded: LoadedModel, inputs, on_layer: dict[int, Callable]):
+    """One plain forward (last position's logits) with ``on_layer[i](i, hidden)`` seeing (and
+    free to edit in place) the hidden states leaving decoder layer i."""
+    layers = loaded.adapter.decoder_layers(loaded.model)
+
+    def hook(index: int):
+        def call(module, args, output):
+            on_layer[index](index, output[0] if isinstance(output, tuple) else output)
+        return call
+
+    handles = [layers[index].register_forward_hook(hook(index)) for index in on_layer]
+    try:
+        attention.enable(loaded.model)
+        return loaded.model(**inputs.batch, use_cache=False, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+ENGINE = FastEngine()
