@@ -21,8 +21,10 @@ import numpy as np
 
 from analyses.grading import grade
 from analyses.layer_masking.sweep import has_region, sample_groups
+from probes import engines
+from probes.engine import Engine
 from probes.inputs import token_boxes
-from probes.logit_lens import lens_readout, residuals, unembed
+from probes.logit_lens import lens_readout, unembed
 from probes.models.loading import LoadedModel
 from probes.tokens import token_groups
 
@@ -51,16 +53,8 @@ def share(names: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     return names[:, chosen].mean(1)
 
 
-def state_reader(engine: str):
-    """:func:`probes.logit_lens.residuals` of the engine named (the same numbers)."""
-    if engine == "nnsight":
-        from probes.nnsight.lens import residuals as traced
-
-        return traced
-    return residuals
-
-
-def measure_sample(loaded: LoadedModel, sample, engine: str = "fast") -> dict[str, Any]:
+def measure_sample(loaded: LoadedModel, sample, engine: Engine | str = engines.DEFAULT
+                   ) -> dict[str, Any]:
     """The record of one sample (see the module docstring), plus what the figures need: each
     image token's pixel box, and the text of every token id the record holds."""
     adapter = loaded.adapter
@@ -69,7 +63,10 @@ def measure_sample(loaded: LoadedModel, sample, engine: str = "fast") -> dict[st
     groups = sample_groups(loaded, inputs, sample) if region else token_groups(adapter, inputs)
     image = groups.image
     positions = np.concatenate([image, groups.last])
-    states = state_reader(engine)(loaded, inputs, positions)
+    engine = engines.named(engine)  # an engine, or its name
+    prefill = engine.prefill(loaded, inputs, groups)
+    layers = range(adapter.num_layers)
+    states = engine.residual(prefill, layers, positions).to(loaded.dtype)  # [layer, pos, hidden]
     answer = int(unembed(loaded, states[-1, -1]).argmax())
     readout = lens_readout(loaded, inputs, positions, tokens=[answer], top_k=1, states=states)
     rank = readout.token_ranks[:, -1, 0].numpy()

@@ -22,9 +22,10 @@ from PIL import Image
 from analyses.logit_lens.measure import IMAGE_SERIES, measure_sample
 from analyses.results import SUMMARY, RunResult, provenance, skip
 from analyses.runner import Analysis, Pass, RunInfo
-from analyses.runner.cli import check_engine, recorded_engine
 from analyses.runner.spec import Records
 from analyses.stats import bootstrap_mean_ci
+from probes import engines
+from probes.engine import Engine
 from probes.errors import UserError
 from probes.masking import check_layers
 
@@ -44,11 +45,13 @@ class LensConfig:
     figure_layers: tuple[int, ...] | None = None  # None: up to 4 evenly spaced layers
     n_bootstrap: int = 2000
     seed: int = 0
-    engine: str = "fast"  # "fast" (hooks on a plain forward) or "nnsight": the same numbers
+    engine: Engine = engines.DEFAULT  # any of probes.engines: the same numbers
     layer_masking: dict | None = None
 
+    def __post_init__(self) -> None:  # an engine's name (as recorded) is that engine
+        object.__setattr__(self, "engine", engines.named(self.engine))
+
     def validate(self, num_layers: int) -> None:
-        check_engine(self.engine)
         if self.n_bootstrap < 1:
             raise UserError(f"--bootstrap must be at least 1, not {self.n_bootstrap}.")
         if self.figure_layers is not None:
@@ -114,7 +117,7 @@ class LogitLens(Analysis):
 
     def recorded(self) -> dict[str, Any]:
         recorded = asdict(self.config)
-        recorded.update(recorded_engine(recorded.pop("engine")))  # the default is not recorded
+        recorded.update(engines.recorded(recorded.pop("engine")))  # the default is not recorded
         return recorded
 
     def validate(self, num_layers: int) -> None:
