@@ -4,7 +4,6 @@ one piece. Every shard 0/n..n-1/n of one analysis, model, data and config must b
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from analyses.runner.registry import rebuild
 from analyses.runner.spec import RunInfo
 from analyses.runner.store import KEY_FILE, RecordStore
 from figures.style import use_file_backend
+from probes.arguments import ArgumentParser
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -96,7 +96,7 @@ def merge(directories: Sequence[Path]) -> RunResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     use_file_backend()
-    parser = argparse.ArgumentParser(prog="python -m analyses.merge",
+    parser = ArgumentParser(prog="python -m analyses.merge",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("shards", nargs="+", type=Path, help="the shard runs' --out directories")
     parser.add_argument("--out", type=Path, required=True)

@@ -9,6 +9,7 @@ on the backend, on ``--resume`` or on ``--shard`` + merge.
 from __future__ import annotations
 
 import time
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from analyses.common import data_record, model_record
 from analyses.results import RunResult
 from analyses.runner.spec import Analysis, Pass, RunInfo
 from analyses.runner.store import RecordStore
+from probes.arguments import shard
 from probes.errors import UserError
 
 RECORDS = "records"  # a shard run keeps its records here, for analyses.merge
@@ -39,14 +41,12 @@ class RunOptions:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    """``"i/n"`` -> (i, n) with 0 <= i < n (:func:`probes.arguments.shard`, the option's
+    ``type=``, outside a parser)."""
     try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard takes i/n, e.g. 0/4, not {text!r}.") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard {text}: need 0 <= i < n.")
-    return index, count
+        return shard(text)
+    except ArgumentTypeError as err:
+        raise UserError(f"--shard {err}.") from None
 
 
 def units_of(indices: Sequence[int], batch: int) -> list[list[int]]:
