@@ -137,7 +137,7 @@ def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) ->
         raise KeyboardInterrupt(interrupted_hint(options.out)) from None
     finally:
         backend.close()
-    write_run(result, options.out, analysis.table(result.summary) + failed_line(result))
+    write_run(result, options.out, printed(analysis, result))
     return result
 
 
@@ -159,6 +159,14 @@ def interrupted_hint(out: Path) -> str:
     if not counts:
         return ""
     return f"the run in {out} has {describe_counts(counts)}; continue it with: {resume_command()}"
+
+
+def printed(analysis: Analysis, result: RunResult) -> str:
+    """What the CLI prints of a run: its table and what failed (an empty shard has neither:
+    :func:`analyses.common.write_run` says why it is empty)."""
+    if result.summary.get("empty_shard"):
+        return ""
+    return analysis.table(result.summary) + failed_line(result)
 
 
 def failed_line(result: RunResult) -> str:

@@ -20,9 +20,9 @@ from analyses.runner import PARTIAL, LocalBackend, run
 from analyses.runner.cli import (
     add_analysis_arguments,
     check_out_from_args,
-    failed_line,
     make_backend,
     options_from_args,
+    printed,
 )
 from analyses.runner.store import KEY_FILE
 from analyses.train_vif.run import WEIGHTS, VIFEvaluation, train_module, training_record
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(analysis, backend, test, options)
     finally:
         backend.close()
-    write_run(result, options.out, analysis.table(result.summary) + failed_line(result))
+    write_run(result, options.out, printed(analysis, result))
     return 0
 
 
