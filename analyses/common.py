@@ -163,6 +163,9 @@ def write_run(result, out: Path, table: str) -> None:
     from figures.style import save
 
     result.save(out)
+    if result.summary.get("empty_shard"):  # nothing measured, nothing to draw
+        sys.stdout.write(f"{result.summary['empty_shard']}.\nits records in {out}\n")
+        return
     for name, text in text_files(result).items():
         write_atomic(Path(out) / name, text.encode())
     for name, figure in draw_run(result).items():

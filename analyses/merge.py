@@ -4,8 +4,8 @@ one piece. Every shard 0/n..n-1/n of one analysis, model, data and config must b
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,10 +13,11 @@ from pathlib import Path
 from analyses.common import write_run
 from analyses.registry import rebuild
 from analyses.results import SUMMARY, RunResult
-from analyses.runner.execute import RECORDS
+from analyses.runner.execute import RECORDS, nothing_measured
 from analyses.runner.spec import RunInfo
 from analyses.runner.store import KEY_FILE, RecordStore
 from figures.style import use_file_backend
+from probes.arguments import ArgumentParser
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -26,7 +27,21 @@ def _shard_store(directory: Path) -> RecordStore:
     if not key_path.is_file():
         raise UserError(f"{directory} holds no shard records ({RECORDS}/{KEY_FILE}); merge "
                         "takes the --out directories of runs made with --shard i/n.")
-    return RecordStore(directory / RECORDS, json.loads(key_path.read_text()))
+    try:
+        key = json.loads(key_path.read_text())
+    except ValueError:
+        raise UserError(f"{key_path} is damaged (its node stopped while writing it); run that "
+                        "shard again with --overwrite.") from None
+    return RecordStore(directory / RECORDS, key)
+
+
+def _shard_summary(directory: Path) -> dict | None:
+    """A shard run's summary; None when it kept its records but not its summary (stopped
+    after measuring: it merges, its timing unknown) or the summary is damaged."""
+    try:
+        return json.loads((directory / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class LazyDataset:
@@ -82,21 +97,28 @@ def merge(directories: Sequence[Path]) -> RunResult:
             records[step.name].update(store.records(step.name))
         failed.update({(row["pass"], row["index"]): row for row in store.failures()})
     records = {name: dict(sorted(found.items())) for name, found in records.items()}
-    summaries = [json.loads((d / SUMMARY).read_text()) for d in directories]
+    rows = [failed[k] for k in sorted(failed)]
+    for step in analysis.passes:  # as the whole run would: a pass whose samples all failed
+        if not records[step.name] and any(row["pass"] == step.name for row in rows):
+            data = first["data"]
+            raise nothing_measured(f"{data['name']}/{data['split']}", step.name, rows)
+    # a shard without its summary (stopped after its records were kept) still merges; the
+    # timing is that of the shards that have one
+    summaries = [s for s in map(_shard_summary, directories) if s is not None]
     counts = [s["n_samples"] for s in summaries]
     seconds = sum(s["timing"]["seconds_per_sample"] * n for s, n in zip(summaries, counts))
     info = RunInfo(model=first["model"], data=first["data"],
-                   device=summaries[0]["timing"]["device"],
-                   seconds_per_sample=seconds / max(1, sum(counts)),
+                   device=summaries[0]["timing"]["device"] if summaries else "unknown",
+                   seconds_per_sample=seconds / max(1, sum(counts)) if summaries else math.nan,
                    dataset=LazyDataset(first["data"], first["model"].get("family")))
     result = analysis.aggregate(records, info)
-    result.summary["failed"] = [failed[k] for k in sorted(failed)]
+    result.summary["failed"] = rows
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     use_file_backend()
-    parser = argparse.ArgumentParser(prog="python -m analyses.merge",
+    parser = ArgumentParser(prog="python -m analyses.merge",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("shards", nargs="+", type=Path, help="the shard runs' --out directories")
     parser.add_argument("--out", type=Path, required=True)

@@ -44,7 +44,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory + rename; the
     file gets the mode of any file the user makes (0666 less the umask: 0644 under umask 022),
     not mkstemp's private 0600, so others sharing the results (a cluster's file system) can
-    read them."""
+    read them. The data reaches the disk (fsync) before the rename, so a node that dies
+    leaves the old file or the whole new one, never an empty or cut-short one under the name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -52,6 +53,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.chmod(temporary, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -22,7 +22,6 @@ answers yes/no by a text-only prior (82.5%); 6 x 128 (the default) learns the co
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,7 +33,17 @@ from pathlib import Path
 import torch
 
 from analyses.data import load_dataset, vocabulary
+from probes.arguments import (
+    NONNEGATIVE,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    PROBABILITY,
+    SEED,
+    THREADS,
+    ArgumentParser,
+)
 from probes.cli import run_cli
+from probes.errors import UserError
 from probes.models.adapters import LlavaAdapter
 from probes.models.zoo import tiny_llava
 from probes.models.zoo.checkpoint import save
@@ -307,27 +316,30 @@ def train(config: TrainConfig, out: Path, resume: bool, log=sys.stderr.write) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analyses.train_tiny", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m analyses.train_tiny", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("probes/models/zoo/checkpoints/tiny-llava"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--steps", type=POSITIVE, default=TrainConfig.steps)
+    parser.add_argument("--threads", type=THREADS, default=1, metavar="N",
                         help="CPU threads torch trains with (default 1)")
-    parser.add_argument("--shape-only-fraction", type=float, default=TrainConfig.shape_only_fraction)
-    parser.add_argument("--fine-grained-share", type=float, default=TrainConfig.fine_grained_share)
-    parser.add_argument("--shape-oversample", type=float, default=TrainConfig.shape_oversample)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    parser.add_argument("--shape-only-fraction", type=PROBABILITY, default=TrainConfig.shape_only_fraction)
+    parser.add_argument("--fine-grained-share", type=PROBABILITY, default=TrainConfig.fine_grained_share)
+    parser.add_argument("--shape-oversample", type=POSITIVE_NUMBER, default=TrainConfig.shape_oversample)
+    parser.add_argument("--lr", type=POSITIVE_NUMBER, default=TrainConfig.lr)
+    parser.add_argument("--warmup", type=NONNEGATIVE, default=TrainConfig.warmup)
     parser.add_argument("--balance-yes-no", action="store_true",
                         help="draw yes/no questions about present and absent attributes equally")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="stage 2: start from this checkpoint's weights (same vocabulary)")
-    parser.add_argument("--text-width", type=int, default=TrainConfig.text_width)
-    parser.add_argument("--text-layers", type=int, default=TrainConfig.text_layers)
+    parser.add_argument("--text-width", type=POSITIVE, default=TrainConfig.text_width)
+    parser.add_argument("--text-layers", type=POSITIVE, default=TrainConfig.text_layers)
     parser.add_argument("--save-dtype", choices=("float32", "float16"), default="float32",
                         help="dtype of the saved weights (training runs in float32)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    if args.text_width % (2 * TrainConfig.heads):  # an even width per head, for the rotation
+        raise UserError(f"--text-width must be a multiple of {2 * TrainConfig.heads}, not "
+                        f"{args.text_width}.")
     config = TrainConfig(
         seed=args.seed, steps=args.steps, threads=args.threads,
         shape_only_fraction=args.shape_only_fraction, fine_grained_share=args.fine_grained_share,

@@ -6,7 +6,6 @@ and ``arrays.npz``; the figures are written next to them as PNG and PDF, or into
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from analyses.registry import drawer
 from analyses.results import RunResult
 from figures.style import save, use_file_backend
+from probes.arguments import ArgumentParser
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -37,7 +37,7 @@ def redraw(directory: Path, out: Path | None = None) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     use_file_backend()
-    parser = argparse.ArgumentParser(prog="python -m figures.paper", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m figures.paper", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (with summary.json)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the figures here instead of into each run directory")

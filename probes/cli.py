@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from probes.arguments import THREADS
 from probes.errors import UserError
 
 EXIT_BAD_INPUT = 2
@@ -51,21 +52,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: the CPU threads torch computes with (:func:`set_threads`)."""
     parser.add_argument(
-        "--threads", type=_thread_count, default=None, metavar="N",
+        "--threads", type=THREADS, default=None, metavar="N",
         help="CPU threads torch computes with (default: OMP_NUM_THREADS if set, else one less "
         "than the CPUs this process may use, at least 1: torch's own default, every core, "
         "slows to a crawl when another job holds one of them)",
     )
-
-
-def _thread_count(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"--threads takes a whole number of at least 1, not {text!r}")
-    return count
 
 
 def available_cpus() -> int:

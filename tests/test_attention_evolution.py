@@ -349,18 +349,18 @@ def test_clis_write_results_and_figures_that_redraw_without_a_model(tmp_path, ca
 
 
 @pytest.mark.parametrize("main, argv, message", [
-    (evolution_main, ["--limit", "0"], "--limit must be at least 1"),
+    (evolution_main, ["--limit", "0"], "--limit takes a whole number of at least 1"),
     (evolution_main, ["--figure-layers", "2,9"], "layer 9 is out of range"),
     (evolution_main, ["--figure-layers", "a"], "takes layer numbers separated by commas"),
-    (evolution_main, ["--top-share", "1.5"], "--top-share must lie strictly between 0 and 1"),
+    (evolution_main, ["--top-share", "1.5"], "--top-share takes a number in (0, 1)"),
     (evolution_main, ["--data", "nowhere"], "nowhere"),
     (contrastive_main, ["--late-layer", "6"], "layer 6 is out of range"),
     (contrastive_main, ["--early-layer", "5"], "must come before the late layer"),
     (contrastive_main, ["--late-layer", "0"], "no early layer can precede late layer 0"),
-    (contrastive_main, ["--ratio", "1.0"], "--ratio must lie in [0, 1)"),
+    (contrastive_main, ["--ratio", "1.0"], "--ratio takes a number in [0, 1)"),
     (contrastive_main, ["--ratio", "0.2", "--threshold", "-1"], "either --ratio or --threshold"),
     (contrastive_main, ["--mode", "gentle"], "--mode must be one of soft, hard"),
-    (contrastive_main, ["--bias", "1"], "--bias must be 0 or negative"),
+    (contrastive_main, ["--bias", "1"], "--bias takes a number of at most 0"),
     (contrastive_main, ["--series", "image"], "--series must be one of question, last"),
     (contrastive_main, ["--refine-layers", "4,x"], "takes layer numbers separated by commas"),
     (contrastive_main, ["--layer-masking", "/nonexistent"], "cannot read a layer-masking result"),

@@ -256,9 +256,9 @@ def test_cli_refuses_to_replace_a_finished_run_without_overwrite(tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--limit", "0"], "--limit must be at least 1"),
-    (["--small-cells", "0"], "--small-cells must be positive"),
-    (["--bootstrap", "0"], "--bootstrap must be at least 1"),
+    (["--limit", "0"], "--limit takes a whole number of at least 1"),
+    (["--small-cells", "0"], "--small-cells takes a number above 0"),
+    (["--bootstrap", "0"], "--bootstrap takes a whole number from 1 to 1000000"),
     (["--batch-size", "4"], "--batch-size must be 1"),
     (["--data", "nowhere"], "nowhere"),
     (["--model", "no-such-model"], "no-such-model"),

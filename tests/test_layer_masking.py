@@ -218,8 +218,8 @@ def test_cli_writes_results_and_figures_and_figures_redraw_without_a_model(tmp_p
     (["--flows", "image->nowhere"], "unknown token group 'nowhere'"),
     (["--flows", "image-question"], "is not of the form SRC->DST"),
     (["--window", "7"], "a window of 7 layers does not fit a model with 6 layers"),
-    (["--limit", "0"], "--limit must be at least 1"),
-    (["--shard", "3/2"], "need 0 <= i < n"),
+    (["--limit", "0"], "--limit takes a whole number of at least 1"),
+    (["--shard", "3/2"], "--shard takes i/n with 0 <= i < n"),
 ])
 def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys):
     assert run_cli(cli_main, [*argv, "--out", str(tmp_path)]) == 2

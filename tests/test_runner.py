@@ -195,7 +195,7 @@ def test_an_out_that_is_a_file_or_cannot_be_made_is_one_sentence(tmp_path):
 def test_an_empty_dataset_and_a_run_where_everything_failed_are_one_sentence():
     with pytest.raises(UserError, match="holds no samples"):
         toy_run(Toy(), ToyDataset(0))
-    with pytest.raises(UserError, match=r"no sample of toy/test could be measured \(2 failed"):
+    with pytest.raises(UserError, match=r"every sample of toy/test failed in the square pass \(2 of them\)"):
         toy_run(Toy(bad={0, 1}), ToyDataset(2))
 
 

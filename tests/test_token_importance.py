@@ -340,13 +340,13 @@ def test_cli_refuses_to_replace_a_finished_run_without_overwrite(tmp_path, capsy
 @pytest.mark.parametrize("argv, message", [
     (["--heads", "median"], "--heads must be one of mean, max"),
     (["--text-rows", "image"], "--text-rows takes prompt text groups"),
-    (["--ratio", "1.5"], "--ratio must lie in [0, 1]"),
+    (["--ratio", "1.5"], "--ratio takes a number in [0, 1]"),
     (["--ratios", "0,0.5"], "candidate mask ratios must lie strictly between 0 and 1"),
     (["--fixed-ratios", "a,b"], "--fixed-ratios takes numbers separated by commas"),
     (["--scan", "best"], "--scan must be one of published, normalized"),
-    (["--top-fraction", "0"], "--top-fraction must lie in (0, 1]"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    (["--limit", "0"], "--limit must be at least 1"),
+    (["--top-fraction", "0"], "--top-fraction takes a number in (0, 1]"),
+    (["--max-new-tokens", "0"], "--max-new-tokens takes a whole number of at least 1"),
+    (["--limit", "0"], "--limit takes a whole number of at least 1"),
     (["--batch-size", "4"], "--batch-size must be 1"),
     (["--data", "nope"], "nope"),
 ])

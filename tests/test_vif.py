@@ -383,14 +383,14 @@ def test_cli_refuses_a_finished_run_before_training_and_resumes_without_training
 @pytest.mark.parametrize("argv, message", [
     (["--apply-layers", "9"], "out of range"),
     (["--learn-layers", "4", "--apply-layers", "3"], "must all come before"),
-    (["--apply-layers", "x"], "integers separated by commas"),
-    (["--alpha", "2"], "alpha must lie in 0..1"),
-    (["--steps", "-1"], "--steps must be at least 0"),
-    (["--fine-fraction", "2"], "--fine-fraction must lie in 0..1"),
+    (["--apply-layers", "x"], "--apply-layers takes layer numbers separated by commas"),
+    (["--alpha", "2"], "--alpha takes a number in [0, 1]"),
+    (["--steps", "-1"], "--steps takes a whole number of at least 0"),
+    (["--fine-fraction", "2"], "--fine-fraction takes a number in [0, 1]"),
     (["--load", "nowhere.safetensors"], "no VIF module"),
     (["--shard", "1/2"], "train it once"),
     (["--resume", "--overwrite"], "give one"),
-    (["--limit", "0"], "--limit must be at least 1"),
+    (["--limit", "0"], "--limit takes a whole number of at least 1"),
 ])
 def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys):
     assert run_cli(cli_main, [*argv, "--out", str(tmp_path)]) == 2

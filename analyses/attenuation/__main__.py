@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from analyses.attenuation import AttenuationConfig
 from analyses.attenuation.run import Attenuation
 from analyses.runner.cli import add_analysis_arguments, run_from_args
+from probes.arguments import BOOTSTRAP, POSITIVE_NUMBER, ArgumentParser
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -17,12 +17,12 @@ DEFAULT_OUT = "runs/attenuation"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analyses.attenuation",
+    parser = ArgumentParser(prog="python -m analyses.attenuation",
                                      description=__doc__.split("\n")[0])
     add_analysis_arguments(parser, DEFAULT_OUT, default_batch_size=1)
-    parser.add_argument("--small-cells", type=float, default=1.0,
+    parser.add_argument("--small-cells", type=POSITIVE_NUMBER, default=1.0,
                         help="targets covering fewer patch cells than this are small (default 1)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap", type=BOOTSTRAP, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
     if args.batch_size != 1:
         raise UserError("attenuation measures one sample per forward; --batch-size must be 1.")

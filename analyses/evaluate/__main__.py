@@ -4,29 +4,29 @@ under every method of ``--methods``, graded by the benchmarks' own rules. Shard 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from analyses.evaluate import Evaluate, EvaluateConfig
 from analyses.evaluate.methods import METHODS, check_vif_paths, parse_methods
 from analyses.runner.cli import add_analysis_arguments, run_from_args
+from probes.arguments import BOOTSTRAP, POSITIVE, ArgumentParser
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/evaluate"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analyses.evaluate",
+    parser = ArgumentParser(prog="python -m analyses.evaluate",
                                      description=__doc__.split("\n")[0].split(": ", 1)[1])
     add_analysis_arguments(parser, DEFAULT_OUT, default_batch_size=8)
     parser.add_argument("--methods", default="clean,aif",
                         help=f"comma-separated, among {', '.join(METHODS)} (clean is always "
                              "run: the reference; default: clean,aif)")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
+    parser.add_argument("--max-new-tokens", type=POSITIVE, default=None,
                         help="reply length for every benchmark (default: the benchmark's, 16 "
                              "tokens, 128 for RefCOCO boxes)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap", type=BOOTSTRAP, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
     methods = parse_methods(args.methods)
     check_vif_paths(methods)  # before the model loads

@@ -26,7 +26,7 @@ from analyses.evaluate.config import EvaluateConfig, max_new_tokens, stub
 from analyses.grading import replies as greedy_replies
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, Pass, Plan, RunInfo
-from analyses.runner.spec import Records
+from analyses.runner.spec import Records, first_readable
 from probes.errors import UserError
 
 ANALYSIS = "evaluate"
@@ -80,7 +80,7 @@ class Evaluate(Analysis):
         """Refuse box benchmarks for a family whose box replies fusionlens cannot read, once,
         before any sample (from the first sample of each benchmark)."""
         for part in getattr(dataset, "parts", [dataset]):
-            first = part[0] if len(part) else None
+            first = first_readable(part)
             if first is not None and first.scorer in BOX_SCORERS:
                 scoring.frame_for(loaded.adapter, first.image.size)
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
@@ -17,28 +16,29 @@ from analyses.runner.cli import (
     check_out_from_args,
     run_from_args,
 )
+from probes.arguments import BOOTSTRAP, POSITIVE, ArgumentParser, number
 from probes.cli import run_cli
 
 DEFAULT_OUT = "runs/layer_masking"
 
 
 def main_run(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analyses.layer_masking",
+    parser = ArgumentParser(prog="python -m analyses.layer_masking",
                                      description=__doc__.split("\n")[0])
     add_analysis_arguments(parser, DEFAULT_OUT)
     add_engine_argument(parser)
     parser.add_argument("--flows", default=";".join(DEFAULT_FLOWS),
                         help="flows to block, separated by ';' (default: image->question,last); "
                              "e.g. 'image->last;question->last;object->last'")
-    parser.add_argument("--window", type=int, default=1,
+    parser.add_argument("--window", type=POSITIVE, default=1,
                         help="layers blocked around each layer (default 1; the literature used 9)")
     parser.add_argument("--all-samples", action="store_true",
                         help="sweep every sample, not only those the model answers correctly")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    parser.add_argument("--min-effect", type=float, default=LayerMaskingConfig.min_effect,
+    parser.add_argument("--bootstrap", type=BOOTSTRAP, default=2000, help="bootstrap resamples")
+    parser.add_argument("--min-effect", type=number(0, 100), default=LayerMaskingConfig.min_effect,
                         help="smallest mean drop of p(answer) in %% that can make a fusion layer "
                              "(default 2.0)")
-    parser.add_argument("--min-kind-samples", type=int, default=MIN_KIND_SAMPLES,
+    parser.add_argument("--min-kind-samples", type=POSITIVE, default=MIN_KIND_SAMPLES,
                         help="fewest samples of a question kind for its own fusion layers; "
                              f"smaller kinds are listed with their n (default {MIN_KIND_SAMPLES})")
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ from pathlib import Path
 from analyses.common import DEFAULT_DATA, load_data, load_model_from_args, prompt_data, write_run
 from analyses.data import available_datasets
 from analyses.results import RunResult
-from analyses.runner.execute import LocalBackend, RunOptions, parse_shard, run
+from analyses.runner.execute import LocalBackend, RunOptions, run
 from analyses.runner.spec import Analysis
 from analyses.runner.store import (
     KEY_FILE,
@@ -25,6 +25,7 @@ from analyses.runner.store import (
 )
 from figures.style import use_file_backend
 from probes import engines
+from probes.arguments import NONNEGATIVE_NUMBER, POSITIVE, SEED, shard
 from probes.cli import add_model_arguments
 from probes.errors import UserError
 
@@ -45,12 +46,12 @@ def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
     parser.add_argument("--prompt", default=None, metavar="TEMPLATE",
                         help="the prompt template instead of the dataset's default for the "
                              "model's family; placeholders {question} and {choices}")
-    parser.add_argument("--limit", type=int, default=None, help="the first N samples only")
+    parser.add_argument("--limit", type=POSITIVE, default=None, help="the first N samples only")
     parser.add_argument("--out", type=Path, default=Path(default_out),
                         help=f"directory for the result files (default: {default_out})")
-    parser.add_argument("--batch-size", type=int, default=default_batch_size,
+    parser.add_argument("--batch-size", type=POSITIVE, default=default_batch_size,
                         help=f"conditions or samples per forward (default: {default_batch_size})")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out instead of starting over")
     add_runner_arguments(parser)
@@ -58,17 +59,17 @@ def add_analysis_arguments(parser: argparse.ArgumentParser, default_out: str,
 
 def add_pixel_arguments(parser: argparse.ArgumentParser) -> None:
     """``--min-pixels --max-pixels``: the pixel budget of a family that has one (Qwen2.5-VL)."""
-    parser.add_argument("--min-pixels", type=int, default=None,
+    parser.add_argument("--min-pixels", type=POSITIVE, default=None,
                         help="Qwen2.5-VL: smallest image area after resizing, in pixels "
                              "(default: the checkpoint's; lmms-eval uses 200704)")
-    parser.add_argument("--max-pixels", type=int, default=None,
+    parser.add_argument("--max-pixels", type=POSITIVE, default=None,
                         help="Qwen2.5-VL: largest image area after resizing, in pixels "
                              "(default: the checkpoint's; lmms-eval uses 1605632)")
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     """``--shard --strict --overwrite --backend --workers --gpus-per-worker``."""
-    parser.add_argument("--shard", default="0/1",
+    parser.add_argument("--shard", type=shard, default="0/1",
                         help="i/n: run only the i-th of n shards of the data (merge the shard "
                              "runs with `python -m analyses.merge`)")
     parser.add_argument("--strict", action="store_true",
@@ -79,10 +80,10 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="local", choices=["local", "ray"],
                         help="local: this process; ray: actors on a Ray cluster (RAY_ADDRESS, "
                              "or a local one); needs fusionlens[ray]")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=POSITIVE, default=None,
                         help="ray: model replicas (default: the cluster's GPUs // "
                              "--gpus-per-worker; without GPUs, 2 or the CPUs if fewer)")
-    parser.add_argument("--gpus-per-worker", type=float, default=None,
+    parser.add_argument("--gpus-per-worker", type=NONNEGATIVE_NUMBER, default=None,
                         help="ray: GPUs each replica loads its model on (default 1 when the "
                              "cluster has GPUs, else 0); > 1 spreads a model with "
                              "--device-map auto")
@@ -99,7 +100,7 @@ def make_backend(args: argparse.Namespace):
 
 def options_from_args(args: argparse.Namespace, out: Path | None = None) -> RunOptions:
     return RunOptions(out=Path(out or args.out), resume=args.resume, overwrite=args.overwrite,
-                      shard=parse_shard(args.shard), strict=args.strict, progress=True)
+                      shard=args.shard, strict=args.strict, progress=True)
 
 
 def check_out_from_args(args: argparse.Namespace) -> None:
@@ -132,7 +133,7 @@ def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) ->
         raise KeyboardInterrupt(interrupted_hint(options.out)) from None
     finally:
         backend.close()
-    write_run(result, options.out, analysis.table(result.summary) + failed_line(result))
+    write_run(result, options.out, printed(analysis, result))
     return result
 
 
@@ -154,6 +155,14 @@ def interrupted_hint(out: Path) -> str:
     if not counts:
         return ""
     return f"the run in {out} has {describe_counts(counts)}; continue it with: {resume_command()}"
+
+
+def printed(analysis: Analysis, result: RunResult) -> str:
+    """What the CLI prints of a run: its table and what failed (an empty shard has neither:
+    :func:`analyses.common.write_run` says why it is empty)."""
+    if result.summary.get("empty_shard"):
+        return ""
+    return analysis.table(result.summary) + failed_line(result)
 
 
 def failed_line(result: RunResult) -> str:

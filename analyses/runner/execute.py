@@ -9,6 +9,8 @@ on the backend, on ``--resume`` or on ``--shard`` + merge.
 from __future__ import annotations
 
 import time
+from argparse import ArgumentTypeError
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from analyses.common import data_record, model_record
-from analyses.results import RunResult
+from analyses.results import RunResult, provenance
 from analyses.runner.spec import Analysis, Pass, RunInfo
 from analyses.runner.store import RecordStore
+from probes.arguments import shard
 from probes.errors import UserError
 
 RECORDS = "records"  # a shard run keeps its records here, for analyses.merge
@@ -39,14 +42,12 @@ class RunOptions:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    """``"i/n"`` -> (i, n) with 0 <= i < n (:func:`probes.arguments.shard`, the option's
+    ``type=``, outside a parser)."""
     try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard takes i/n, e.g. 0/4, not {text!r}.") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard {text}: need 0 <= i < n.")
-    return index, count
+        return shard(text)
+    except ArgumentTypeError as err:
+        raise UserError(f"--shard {err}.") from None
 
 
 def units_of(indices: Sequence[int], batch: int) -> list[list[int]]:
@@ -59,6 +60,34 @@ def shard_samples(length: int, passes: Sequence[Pass], shard: tuple[int, int]) -
     see alike mixes of the data and measure exactly the units of the unsharded run."""
     units = units_of(range(length), passes[0].batch)
     return [index for unit in units[shard[0]::shard[1]] for index in unit]
+
+
+def nothing_measured(where: str, step: str, failures: list[dict[str, Any]]) -> UserError:
+    """The sentence for a pass none of whose samples could be measured: how many failed and
+    the most common reason."""
+    reasons = Counter(row["reason"] for row in failures if row["pass"] == step)
+    if not reasons:
+        return UserError(f"no sample of {where} could be measured in the {step} pass.")
+    reason, count = reasons.most_common(1)[0]
+    total = sum(reasons.values())
+    return UserError(f"every sample of {where} failed in the {step} pass ({total} of them); "
+                     f"the most common reason ({count} of {total}): {reason.rstrip('.')}.")
+
+
+def empty_shard(analysis: Analysis, store: RecordStore, key: dict[str, Any], device: str,
+                options: RunOptions, reason: str) -> RunResult:
+    """The result of a shard that measured nothing (it holds no unit, or all its samples
+    failed): its key and failures are kept for ``analyses.merge``, which accepts it; the
+    summary says ``reason``; no figures."""
+    recorded = analysis.recorded()
+    summary = provenance(analysis.name, key["model"], key["data"], 0, recorded,
+                         recorded.get("seed", 0))
+    summary.update(timing={"seconds_per_sample": 0.0, "device": device},
+                   failed=store.failures(), shard=f"{options.shard[0]}/{options.shard[1]}",
+                   empty_shard=reason.rstrip("."))
+    if options.out is not None:
+        store.keep(Path(options.out) / RECORDS)
+    return RunResult(summary)
 
 
 def failure_reason(error: BaseException) -> str:
@@ -143,6 +172,14 @@ def run(analysis: Analysis, backend, dataset, options: RunOptions = RunOptions()
            "config": analysis.recorded(), "shard": list(options.shard)}
     store = RecordStore.open(options.out, key, options.resume, options.overwrite)
     mine = shard_samples(len(dataset), analysis.passes, options.shard)
+    where = f"{dataset.name}/{dataset.split}" + (
+        f" in shard {options.shard[0]}/{options.shard[1]}" if options.shard != (0, 1) else "")
+    if not mine:  # more shards than units (a SLURM array larger than the work): nothing here
+        units = len(units_of(range(len(dataset)), analysis.passes[0].batch))
+        return empty_shard(analysis, store, key, backend.device, options,
+                           f"shard {options.shard[0]}/{options.shard[1]} holds no sample: the "
+                           f"data's {len(dataset)} sample(s) make {units} unit(s) of work, "
+                           f"fewer than the {options.shard[1]} shards; it merges as empty")
     earlier: dict[str, dict] = {}
     seconds, measured = 0.0, 0
     for position, step in enumerate(analysis.passes):
@@ -173,14 +210,17 @@ def run(analysis: Analysis, backend, dataset, options: RunOptions = RunOptions()
         if last:
             seconds, measured = time.perf_counter() - started, sum(len(u) for u in todo)
         earlier[step.name] = store.records(step.name, plan.indices)
+        # an analysis may plan no sample for a pass (nothing there applies: its aggregate
+        # says so); a pass whose planned samples all failed ends the run, saying why
+        if plan.indices and not earlier[step.name]:
+            error = nothing_measured(where, step.name, store.failures())
+            if options.shard == (0, 1):
+                raise error
+            # a shard whose samples all failed keeps its failures for merge, which decides
+            return empty_shard(analysis, store, key, backend.device, options, str(error))
     failures = store.failures()
-    # an analysis may plan no sample for its last pass (nothing there applies: its aggregate
-    # says so); a last pass whose planned samples all failed, or no record at all, is refused
-    if not earlier[analysis.passes[-1].name] and (plan.indices
-                                                   or not any(earlier.values())):
-        raise UserError(f"no sample of {dataset.name}/{dataset.split} could be measured"
-                        + (f" ({len(failures)} failed, e.g. {failures[0]['reason']})"
-                           if failures else "") + ".")
+    if not any(earlier.values()):
+        raise UserError(f"no sample of {where} is one that {analysis.name} measures.")
     info = RunInfo(model=model, data=data_record(dataset), device=backend.device,
                    seconds_per_sample=seconds / max(1, measured), shard=options.shard,
                    dataset=dataset)

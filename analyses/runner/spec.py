@@ -74,6 +74,17 @@ class Plan:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+def first_readable(samples) -> Any | None:
+    """The first sample of ``samples`` (a dataset) that reads, or None when none does: how a
+    warm-up or a probe of the data reads a sample outside the runner's per-sample guard."""
+    for index in range(len(samples)):
+        try:
+            return samples[index]
+        except Exception:  # noqa: BLE001 - an unreadable image, a broken row: passed over
+            continue
+    return None
+
+
 class Analysis(ABC):
     """Base of every analysis the runner runs. Subclasses set ``name`` and ``passes``, keep
     their config, and implement :meth:`measure` and :meth:`aggregate` (and :meth:`plan` for
@@ -98,7 +109,9 @@ class Analysis(ABC):
         return Plan(list(candidates))
 
     def warm_up(self, loaded, dataset) -> None:
-        """Called once per worker before its first unit (e.g. to allocate before timing)."""
+        """Called once per worker before its first unit (e.g. to allocate before timing). A
+        sample it reads is read with :func:`first_readable`: an unreadable one fails only
+        itself, when the runner measures it."""
         return None  # default: nothing to prepare
 
     @abstractmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,11 @@ def as_record(values: Mapping[str, Any]) -> Record:
 
 
 def check_out(out: Path) -> None:
-    """``out`` can hold a run: a directory that exists or can be made, and can be written."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory; choose a directory.")
+    """``out`` can hold a run: a directory that exists or can be made, and can be written
+    (a name longer than the file system allows is refused like any other unwritable one)."""
     try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a directory; choose a directory.")
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
@@ -102,6 +104,28 @@ def check_unfinished(out: Path, resume: bool, overwrite: bool) -> None:
                         "--resume to continue it, or --overwrite to start over.")
 
 
+def readable(path: Path) -> bool:
+    """Whether the record or failure file at ``path`` reads whole (a node killed while the
+    file system had not yet written it leaves it empty or cut short)."""
+    try:
+        if path.name.endswith(FAILED):
+            json.loads(path.read_text())
+        else:
+            load_arrays(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+    return True
+
+
+def load_record(path: Path) -> Record:
+    """A stored record; a damaged one named in one sentence."""
+    try:
+        return load_arrays(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"the record {path} is damaged ({type(err).__name__}); run that "
+                        "shard again with --resume, which measures it again.") from None
+
+
 class RecordStore:
     """The records of one run (``directory``: its ``.partial`` folder, or None for memory)."""
 
@@ -124,12 +148,18 @@ class RecordStore:
         store = cls(out / PARTIAL, key)
         key_path = store.directory / KEY_FILE
         if resume and key_path.is_file():
-            saved = json.loads(key_path.read_text())
+            try:
+                saved = json.loads(key_path.read_text())
+            except ValueError:
+                raise UserError(f"the unfinished run in {out} has a damaged {KEY_FILE} (its "
+                                "node stopped while writing it); start over with --overwrite."
+                                ) from None
             if saved != store.key:
                 differs = ", ".join(name for name in sorted(set(saved) | set(store.key))
                                     if saved.get(name) != store.key.get(name))
                 raise UserError(f"the unfinished run in {out} used another {differs}; resume "
                                 "with the same model, data and options, or choose another --out.")
+            store.drop_damaged()
             return store
         check_finished(out, resume, overwrite)
         check_unfinished(out, resume, overwrite)
@@ -171,7 +201,7 @@ class RecordStore:
         folder = self.directory / step
         if indices is None:
             indices = [int(p.name[:7]) for p in folder.glob("*.npz")] if folder.is_dir() else []
-        return {i: load_arrays(self._path(step, i)) for i in sorted(indices)
+        return {i: load_record(self._path(step, i)) for i in sorted(indices)
                 if self._path(step, i).is_file()}
 
     def failures(self) -> list[dict[str, Any]]:
@@ -179,8 +209,28 @@ class RecordStore:
         if self.directory is None:
             rows = list(self._failed.values())
         else:
-            rows = [json.loads(p.read_text()) for p in self.directory.glob(f"*/*{FAILED}")]
+            rows = [self._failure(p) for p in self.directory.glob(f"*/*{FAILED}")]
         return sorted(rows, key=lambda r: (r["pass"], r["index"]))
+
+    @staticmethod
+    def _failure(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"the failure record {path} is damaged; run that shard again with "
+                            "--resume, which measures the sample again.") from None
+
+    def drop_damaged(self) -> list[Path]:
+        """Remove every record or failure file that does not read whole, so the samples are
+        measured again; the removed paths."""
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        damaged = [path for path in sorted(self.directory.glob("*/*"))
+                   if path.is_file() and not path.name.startswith(".")
+                   and path.name.endswith((".npz", FAILED)) and not readable(path)]
+        for path in damaged:
+            path.unlink()
+        return damaged
 
     def failed_indices(self) -> set[int]:
         return {row["index"] for row in self.failures()}

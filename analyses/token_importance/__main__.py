@@ -3,7 +3,6 @@ Shard runs merge with ``python -m analyses.merge``."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +10,7 @@ from analyses.runner.cli import add_analysis_arguments, add_engine_argument, run
 from analyses.token_importance.aif import HEADS, SCANS, AIFConfig
 from analyses.token_importance.dynamics import DEFAULT_RATIOS
 from analyses.token_importance.run import TokenImportance, TokenImportanceConfig
+from probes.arguments import BOOTSTRAP, NONNEGATIVE, POSITIVE, PROBABILITY, ArgumentParser, number
 from probes.cli import run_cli
 from probes.errors import UserError
 
@@ -26,7 +26,7 @@ def _ratios(text: str, option: str) -> tuple[float, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analyses.token_importance",
+    parser = ArgumentParser(prog="python -m analyses.token_importance",
                                      description=__doc__.split("\n")[0].split(": ", 1)[1])
     add_analysis_arguments(parser, DEFAULT_OUT, default_batch_size=1)
     add_engine_argument(parser)
@@ -40,16 +40,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"the S of the ratio scan: {', '.join(SCANS)} (default: published)")
     parser.add_argument("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS),
                         help="candidate mask ratios of the adaptive scan")
-    parser.add_argument("--ratio", type=float, default=None,
+    parser.add_argument("--ratio", type=PROBABILITY, default=None,
                         help="a fixed mask ratio for AIF instead of the adaptive one")
     parser.add_argument("--fixed-ratios", default="0.3,0.5,0.7",
                         help="fixed-ratio ablations (default: 0.3,0.5,0.7)")
-    parser.add_argument("--max-new-tokens", type=int, default=4)
-    parser.add_argument("--top-fraction", type=float, default=0.2,
+    parser.add_argument("--max-new-tokens", type=POSITIVE, default=4)
+    parser.add_argument("--top-fraction", type=number(0, 1, low_open=True), default=0.2,
                         help="object-token recall within this top share (default: 0.2)")
-    parser.add_argument("--timed-samples", type=int, default=20,
+    parser.add_argument("--timed-samples", type=NONNEGATIVE, default=20,
                         help="samples timed with a plain generate side by side (default: 20)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap", type=BOOTSTRAP, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
     if args.batch_size != 1:
         raise UserError("analyses.token_importance decodes one sample at a time; --batch-size "

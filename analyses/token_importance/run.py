@@ -40,7 +40,7 @@ import torch
 from analyses.grading import is_correct
 from analyses.results import RunResult, provenance
 from analyses.runner import Analysis, LocalBackend, Pass, RunInfo, RunOptions, run
-from analyses.runner.spec import Records
+from analyses.runner.spec import Records, first_readable
 from analyses.stats import bootstrap_mean_ci, method_rows, sign_flip_p_values
 from analyses.token_importance.aif import (
     AIFConfig,
@@ -198,8 +198,9 @@ class TokenImportance(Analysis):
         self.config.validate()
 
     def warm_up(self, loaded, dataset) -> None:
-        if self.config.timed_samples > 0:  # the first calls allocate: keep that out of timing
-            time_side_by_side(loaded, dataset[0], self.config.aif, self.config.engine)
+        sample = first_readable(dataset) if self.config.timed_samples > 0 else None
+        if sample is not None:  # the first calls allocate: keep that out of timing
+            time_side_by_side(loaded, sample, self.config.aif, self.config.engine)
 
     def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
         return [sample_values(loaded, sample, index, self.config)

@@ -20,14 +20,22 @@ from analyses.runner import PARTIAL, LocalBackend, run
 from analyses.runner.cli import (
     add_analysis_arguments,
     check_out_from_args,
-    failed_line,
     make_backend,
     options_from_args,
+    printed,
 )
 from analyses.runner.store import KEY_FILE
 from analyses.train_vif.run import WEIGHTS, VIFEvaluation, train_module, training_record
 from analyses.train_vif.train import TrainConfig
 from figures.style import use_file_backend
+from probes.arguments import (
+    NONNEGATIVE,
+    NONNEGATIVE_NUMBER,
+    POSITIVE_NUMBER,
+    PROBABILITY,
+    ArgumentParser,
+    layers,
+)
 from probes.cli import run_cli
 from probes.errors import UserError
 from probes.vif import VIF, VIFConfig
@@ -35,37 +43,28 @@ from probes.vif import VIF, VIFConfig
 DEFAULT_OUT = "runs/train_vif"
 
 
-def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"layers are given as integers separated by commas, not {text!r}.") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     use_file_backend()
-    parser = argparse.ArgumentParser(prog="python -m analyses.train_vif",
+    parser = ArgumentParser(prog="python -m analyses.train_vif",
                                      description=__doc__.split("\n")[0])
     add_analysis_arguments(parser, DEFAULT_OUT, default_batch_size=32)
     parser.set_defaults(data="fine-grained")
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--kl-weight", type=float, default=0.1)
-    parser.add_argument("--sparsity-weight", type=float, default=0.01)
-    parser.add_argument("--fine-fraction", type=float, default=0.5,
+    parser.add_argument("--steps", type=NONNEGATIVE, default=300, help="training steps (default 300)")
+    parser.add_argument("--lr", type=POSITIVE_NUMBER, default=2e-3)
+    parser.add_argument("--kl-weight", type=NONNEGATIVE_NUMBER, default=0.1)
+    parser.add_argument("--sparsity-weight", type=NONNEGATIVE_NUMBER, default=0.01)
+    parser.add_argument("--fine-fraction", type=PROBABILITY, default=0.5,
                         help="share of each batch from the fine-grained train split")
-    parser.add_argument("--alpha", type=float, default=0.5, help="mixing weight (default 0.5)")
-    parser.add_argument("--learn-layers", default=None,
+    parser.add_argument("--alpha", type=PROBABILITY, default=0.5, help="mixing weight (default 0.5)")
+    parser.add_argument("--learn-layers", type=layers, default=None,
                         help="e.g. '2,3' (default: fractions 0.34..0.55 of depth, stride 2)")
-    parser.add_argument("--apply-layers", default=None,
+    parser.add_argument("--apply-layers", type=layers, default=None,
                         help="e.g. '4,5' (default: fraction 0.78 of depth to the last layer)")
     parser.add_argument("--load", type=Path, default=None,
                         help="evaluate this saved vif.safetensors instead of training")
     args = parser.parse_args(argv)
-    vif_config = VIFConfig(alpha=args.alpha, learn_layers=parse_layers(args.learn_layers),
-                           apply_layers=parse_layers(args.apply_layers))
+    vif_config = VIFConfig(alpha=args.alpha, learn_layers=args.learn_layers,
+                           apply_layers=args.apply_layers)
     config = TrainConfig(steps=0 if args.load else args.steps, batch_size=args.batch_size,
                          lr=args.lr, kl_weight=args.kl_weight,
                          sparsity_weight=args.sparsity_weight, fine_fraction=args.fine_fraction,
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(analysis, backend, test, options)
     finally:
         backend.close()
-    write_run(result, options.out, analysis.table(result.summary) + failed_line(result))
+    write_run(result, options.out, printed(analysis, result))
     return 0
 
 

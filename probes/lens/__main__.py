@@ -12,12 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from probes.arguments import NONNEGATIVE_NUMBER, ArgumentParser
 from probes.cli import add_model_arguments, run_cli, set_threads
 from probes.lens.compare import DEFAULT_FLOWS
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m probes.lens", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m probes.lens", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("crosscheck", help="compare our attention and knockouts with "
                                 "TransformerLens's on one image and question")
@@ -26,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--question", required=True)
     check.add_argument("--flows", default=DEFAULT_FLOWS,
                        help=f"flows the knockouts block, one layer at a time (default: {DEFAULT_FLOWS})")
-    check.add_argument("--tolerance", type=float, default=None,
+    check.add_argument("--tolerance", type=NONNEGATIVE_NUMBER, default=None,
                        help="exit with code 1 when the largest difference exceeds this")
     return parser
 

@@ -10,20 +10,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from probes.arguments import POSITIVE, ArgumentParser
 from probes.cli import add_model_arguments, run_cli, set_threads
-from probes.errors import UserError
 from probes.models.adapters.base import check_question
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m probes.models", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m probes.models", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list model aliases")
     answer = commands.add_parser("answer", help="answer a question about an image")
     add_model_arguments(answer)
     answer.add_argument("--image", required=True, help="path to an image file")
     answer.add_argument("--question", required=True)
-    answer.add_argument("--max-new-tokens", type=int, default=16)
+    answer.add_argument("--max-new-tokens", type=POSITIVE, default=16)
     return parser
 
 
@@ -35,8 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, description in known_models().items():
             sys.stdout.write(f"{name:<20} {description}\n")
         return 0
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1.")
     check_question(args.question)  # before loading a 7B model
     from probes.images import load_image
     from probes.models.answer import answer_questions
