@@ -127,6 +127,8 @@ SPEC = {
         **RUNNER, "--top-share": Range(False, 0, 1, low_open=True, high_open=True),
         "--sink-threshold": Range(False, 0, 1, low_open=True), "--examples": SOME,
         "--bootstrap": BOOTSTRAP, "--figure-layers": LayerList()}),
+    "analyses.logit_lens": ([], {**RUNNER, "--bootstrap": BOOTSTRAP,
+                                 "--figure-layers": LayerList()}),
     "analyses.train_vif": ([], {
         **RUNNER, "--steps": SOME, "--lr": Range(False, 0, low_open=True),
         "--kl-weight": Range(False, 0), "--sparsity-weight": Range(False, 0),

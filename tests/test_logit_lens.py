@@ -309,7 +309,7 @@ def test_bad_layer_masking_run_gets_one_sentence_and_exit_2(kind, message, tmp_p
 
 @pytest.mark.parametrize("argv, message", [
     (["--batch-size", "4"], "--batch-size must be 1"),
-    (["--bootstrap", "0"], "--bootstrap must be at least 1"),
+    (["--bootstrap", "0"], "--bootstrap takes a whole number from 1"),
     (["--figure-layers", "9"], "layer 9 is out of range"),
 ])
 def test_bad_options_get_one_sentence_and_exit_2(argv, message, tmp_path, capsys):

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from analyses.attention_evolution.__main__ import parse_layers
 from analyses.common import data_record, load_data
 from analyses.logit_lens.run import LensConfig, LogitLens, read_layer_masking
 from analyses.runner.cli import add_analysis_arguments, add_engine_argument, run_from_args
+from probes.arguments import BOOTSTRAP, ArgumentParser, layers
 from probes.cli import run_cli
 from probes.errors import UserError
 from probes.models.registry import resolve
@@ -19,16 +18,16 @@ DEFAULT_OUT = "runs/logit_lens"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analyses.logit_lens",
-                                     description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m analyses.logit_lens",
+                            description=__doc__.split("\n")[0])
     add_analysis_arguments(parser, DEFAULT_OUT, default_batch_size=1)
     add_engine_argument(parser)
     parser.add_argument("--layer-masking", default=None, metavar="RUN",
                         help="a layer masking run (its --out) of the same model and data: its "
                              "fusion layers are shown beside the lens")
-    parser.add_argument("--figure-layers", default=None,
+    parser.add_argument("--figure-layers", type=layers, default=None,
                         help="layers shown in the image-token figure, e.g. 0,2,5 (default: 4)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap", type=BOOTSTRAP, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
     if args.batch_size != 1:
         raise UserError("the logit lens reads one sample per forward; --batch-size must be 1.")
@@ -38,11 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = resolve(args.model)
         model_id = source.location if source.kind == "hub" else source.name
         masking = read_layer_masking(args.layer_masking, model_id, data_record(dataset))
-    config = LensConfig(figure_layers=parse_layers(args.figure_layers, "--figure-layers"),
+    config = LensConfig(figure_layers=args.figure_layers,
                         n_bootstrap=args.bootstrap, seed=args.seed, engine=args.engine,
                         layer_masking=masking)
-    if config.n_bootstrap < 1:
-        raise UserError(f"--bootstrap must be at least 1, not {config.n_bootstrap}.")
     run_from_args(LogitLens(config), args, dataset)
     return 0
 
