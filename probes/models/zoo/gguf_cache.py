@@ -99,6 +99,7 @@ def build_into(target: Path, build: Callable[[Path], None]) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        scratch.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     except OSError as err:
         raise UserError(f"cannot write the model cache under {target.parent} ({err.strerror}); "
                         "set FUSIONLENS_CACHE to a writable directory.") from err
