@@ -164,3 +164,18 @@ def test_an_unreadable_image_is_recorded_skipped_and_counted(cache, tmp_path, ca
     assert failed["index"] == 1 and failed["reason"].startswith("cannot read the image of sample")
     assert result["n_samples"] == result["data"]["size"] - 1
     assert "1 sample(s) failed and were skipped" in capsys.readouterr().out
+
+
+def test_an_unreadable_image_of_a_sample_with_a_box_fails_that_sample_only(tmp_path):
+    """The box check at load reads each boxed sample's image header: an image that cannot be
+    read there is not a refusal of the whole file, it fails its own sample when measured."""
+    path = build_own_jsonl(tmp_path)
+    (path.parent / "images" / "c.png").write_bytes(b"not an image at all")  # the boxed sample
+    out = tmp_path / "run"
+    assert run_cli(cli("attenuation"), ["--data", str(path), "--bootstrap", "50",
+                                        "--out", str(out)]) == 0
+    result = summary(out)
+    [failed] = result["failed"]
+    assert failed["index"] == 3 and "boxed" in failed["reason"]
+    assert failed["reason"].startswith("cannot read the image of sample")
+    assert result["n_samples"] == 3

@@ -172,7 +172,10 @@ def load_own(path: str | Path, split: str | None = None, limit: int | None = Non
     records = [_record(table, i, name) for i in rows]
     for i, record in enumerate(records):
         if record.boxes:  # a box outside its image is a broken file: refused before any run
-            size = image_size(table.raw_image(i), table.base, f"sample {record.id}")
+            try:
+                size = image_size(table.raw_image(i), table.base, f"sample {record.id}")
+            except UserError:  # an unreadable image fails its own sample when it is read
+                continue
             for box in record.boxes:
                 strict_box(box, size, f"sample {record.id}")
     return records_dataset(
