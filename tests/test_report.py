@@ -480,3 +480,24 @@ def test_next_and_qwen_maps_are_each_tokens_value_on_its_box(browser, placed_run
                                           (width, height)))).mean() > 0.5
     shot(opened, f"placed-{model}")
     opened.close()
+
+
+def test_a_logit_lens_run_shows_its_curves_and_each_samples_answer_probability(browser, tmp_path):
+    from analyses.logit_lens.__main__ import main
+    from probes.cli import run_cli
+
+    out = tmp_path / "logit_lens"
+    assert run_cli(main, ["--limit", "3", "--bootstrap", "20", "--out", str(out)]) == 0
+    run = RunResult.load(out)
+    opened = Opened(browser, write_report([out], tmp_path / "logit_lens.html"))
+    page = opened.page
+    means = page.eval_on_selector_all("#view-overview circle.pt", "cs => cs.map(c => +c.dataset.mean)")
+    rows = [r["mean"] for r in run.summary["per_layer"] if r["mean"] == r["mean"]]
+    assert sorted(means) == sorted(rows)
+    tab(opened, "samples")
+    shown = page.eval_on_selector_all("#sample-detail circle.pt", "cs => cs.map(c => +c.dataset.mean)")
+    np.testing.assert_allclose(shown, run.arrays["answer_prob"][0], rtol=1e-4)
+    verdict = page.inner_text("#sample-detail table.verdicts")
+    assert ("correct" if run.arrays["correct"][0] else "wrong") in verdict
+    shot(opened, "logit_lens-samples")
+    opened.close()
