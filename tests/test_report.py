@@ -362,3 +362,142 @@ def test_an_evaluate_run_shows_each_methods_reply_and_score(browser, tmp_path):
     assert [float(r[2]) for r in rows] == run.arrays["scores"][0].tolist()
     shot(opened, "evaluate-samples")
     opened.close()
+
+
+# ---------- maps on each token's pixel box ----------
+
+SIZES = [(96, 64), (64, 128)]  # a landscape and a portrait image: LLaVA-1.5 centre-crops both
+
+
+@pytest.fixture(scope="module")
+def placed_runs(tmp_path_factory):
+    """An attention-evolution run on two white non-square images, on each family's tiny model."""
+    from PIL import Image
+
+    from analyses.attention_evolution.__main__ import main
+    from probes.cli import run_cli
+
+    folder = tmp_path_factory.mktemp("placed")
+    rows = []
+    for k, size in enumerate(SIZES):
+        Image.new("RGB", size, "white").save(folder / f"white{k}.png")
+        rows.append({"image": f"white{k}.png", "question": "what is it?", "answer": "white"})
+    (folder / "white.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    runs = {}
+    # LLaVA-1.5 crops both to one grid; the others' grids differ by size: the first image only
+    for model, limit in (("tiny-llava", 2), ("tiny-random-llava-next", 1),
+                         ("tiny-random-qwen2.5-vl", 1)):
+        out = folder / model
+        assert run_cli(main, ["--model", model, "--data", str(folder / "white.jsonl"),
+                              "--limit", str(limit), "--bootstrap", "20", "--out", str(out)]) == 0
+        runs[model] = out
+    return runs
+
+
+def opaque_overlay(opened: Opened) -> np.ndarray:
+    """The sample's overlay canvas at opacity 1, as uint8 [H, W, 4]."""
+    page = opened.page
+    tab(opened, "samples")
+    page.wait_for_selector("[data-placement=exact]")
+    page.fill("[data-control=opacity]", "100")
+    page.dispatch_event("[data-control=opacity]", "input")
+    width, height, data = page.evaluate(
+        "(() => { const c = document.querySelector('canvas.overlay'); "
+        "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, "
+        "c.height).data)]; })()")
+    return np.array(data, dtype=np.uint8).reshape(height, width, 4)
+
+
+def shown_boxes(opened: Opened, sample: int) -> np.ndarray:
+    """The page's boxes of ``sample`` in pixels of the embedded image, NaN where none."""
+    flat = opened.page.evaluate("([i]) => fusionReport.boxes(0, i)", [sample])
+    return np.array([np.nan if v is None else v for v in flat]).reshape(-1, 4)
+
+
+def test_llava_maps_fall_inside_the_centre_crop(browser, placed_runs, tmp_path):
+    run = placed_runs["tiny-llava"]
+    cells = RunResult.load(run).arrays["cells"]
+    opened = Opened(browser, write_report([run], tmp_path / "llava.html"))
+    # the 64 px shortest-edge resize and 64 px centre crop of the tiny CLIP processor, 8 px
+    # patches: the crop's origin is (16, 0) in the 96x64 image and (0, 32) in the 64x128 one
+    for sample, (dx, dy) in enumerate([(16, 0), (0, 32)]):
+        expected = np.array([[dx + 8 * c, dy + 8 * r, dx + 8 * c + 8, dy + 8 * r + 8]
+                             for _, r, c in cells], dtype=float)
+        np.testing.assert_array_equal(shown_boxes(opened, sample), expected)
+    pixels = opaque_overlay(opened)  # sample 0: 96x64 drawn on a 300x200 canvas
+    assert pixels.shape[:2] == (200, 300)
+    coloured = (pixels[..., :3] < 235).any(-1)  # the image is white; the colour map never is
+    columns = np.flatnonzero(coloured.any(0))
+    # the crop x in [16, 80) of 96 px: canvas columns [50, 250) (x 3.125), edges as raster's
+    assert columns.min() == 50 and columns.max() == 249
+    assert coloured[:, 50:250].all() and not coloured[:, :50].any() and not coloured[:, 250:].any()
+    shot(opened, "placed-llava-crop")
+    opened.close()
+
+
+@pytest.mark.parametrize("model", ["tiny-random-llava-next", "tiny-random-qwen2.5-vl"])
+def test_next_and_qwen_maps_are_each_tokens_value_on_its_box(browser, placed_runs, tmp_path,
+                                                             model):
+    from PIL import Image
+
+    from figures.overlay import raster
+    from probes.inputs import build_inputs, token_boxes
+    from probes.models.loading import load_model
+
+    run = placed_runs[model]
+    cells = RunResult.load(run).arrays["cells"]
+    opened = Opened(browser, write_report([run], tmp_path / f"{model}.html"))
+    # the boxes: the loaded model's inputs' token boxes of each cell, in the 96x64 image
+    inputs = build_inputs(load_model(model, device="cpu"), Image.new("RGB", SIZES[0], "white"),
+                          "what is it?")
+    where = {tuple(c): k for k, c in enumerate(inputs.images[0].layout.token_cells.tolist())}
+    truth = token_boxes(inputs)[[where[tuple(c)] for c in cells.tolist()]]
+    truth = np.clip(truth, 0, [96, 64, 96, 64])
+    boxes = shown_boxes(opened, 0)
+    assert np.abs(boxes - truth).max() <= 1 / 16  # stored in 1/8 pixels
+    pixels = opaque_overlay(opened)
+    height, width = pixels.shape[:2]
+    values = np.array(opened.page.evaluate(
+        "() => fusionReport.values(0, 'attention on the image (heads averaged)', 0, 0)"))
+    scale = np.array([width / 96, height / 64] * 2)
+    painted = raster(values, boxes * scale, (width, height))
+    covered = np.isfinite(painted)
+    assert covered.mean() > 0.9
+    low, high = values.min(), values.max()
+    rng = np.random.default_rng(0)
+    ys, xs = np.nonzero(covered)
+    pick = rng.choice(len(ys), 300, replace=False)
+    colours = np.array(opened.page.evaluate(
+        "ts => ts.map(t => fusionReport.colormap(t, false))",
+        ((painted[ys[pick], xs[pick]] - low) / (high - low)).tolist()))
+    assert np.abs(pixels[ys[pick], xs[pick], :3].astype(int) - colours).max() <= 1
+    assert (pixels[~covered][:, :3] >= 235).all()  # no box there: the white image
+    if model == "tiny-random-llava-next":  # base grid and tiles overlap: pixels show a mean
+        tiles = cells[:, 0] > 0
+        assert tiles.any() and (~tiles).any()
+        base = np.isfinite(raster(values[~tiles], boxes[~tiles] * scale, (width, height)))
+        assert (base & np.isfinite(raster(values[tiles], boxes[tiles] * scale,
+                                          (width, height)))).mean() > 0.5
+    shot(opened, f"placed-{model}")
+    opened.close()
+
+
+def test_a_logit_lens_run_shows_its_curves_and_each_samples_answer_probability(browser, tmp_path):
+    from analyses.logit_lens.__main__ import main
+    from probes.cli import run_cli
+
+    out = tmp_path / "logit_lens"
+    assert run_cli(main, ["--limit", "3", "--bootstrap", "20", "--out", str(out)]) == 0
+    run = RunResult.load(out)
+    opened = Opened(browser, write_report([out], tmp_path / "logit_lens.html"))
+    page = opened.page
+    means = page.eval_on_selector_all("#view-overview circle.pt", "cs => cs.map(c => +c.dataset.mean)")
+    rows = [r["mean"] for r in run.summary["per_layer"] if r["mean"] == r["mean"]]
+    assert sorted(means) == sorted(rows)
+    tab(opened, "samples")
+    shown = page.eval_on_selector_all("#sample-detail circle.pt", "cs => cs.map(c => +c.dataset.mean)")
+    np.testing.assert_allclose(shown, run.arrays["answer_prob"][0], rtol=1e-4)
+    verdict = page.inner_text("#sample-detail table.verdicts")
+    assert ("correct" if run.arrays["correct"][0] else "wrong") in verdict
+    shot(opened, "logit_lens-samples")
+    opened.close()

@@ -85,8 +85,9 @@ def findings(summary: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
     return tables, values
 
 
-def image_uri(image, side: int = IMAGE_SIDE) -> str:
-    """A sample's image as a JPEG data URI, its longer side at most ``side`` pixels."""
+def image_uri(image, side: int = IMAGE_SIDE) -> tuple[str, tuple[int, int]]:
+    """(a sample's image as a JPEG data URI, its longer side at most ``side`` pixels; the
+    JPEG's (width, height))."""
     from PIL import Image
 
     picture = image.convert("RGB") if isinstance(image, Image.Image) else \
@@ -94,7 +95,46 @@ def image_uri(image, side: int = IMAGE_SIDE) -> str:
     picture.thumbnail((side, side))
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=82)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return uri, picture.size
+
+
+def _map_cells(record: dict[str, Any], i: int):
+    """The (grid, row, col) of each value of sample ``i``'s maps, None where the maps differ."""
+    found = [np.asarray(e["cells"] if e["cells"] is not None else e["sample_cells"][i])
+             for e in record["maps"]]
+    if not found or any(c.shape != found[0].shape or (c != found[0]).any() for c in found):
+        return None
+    return found[0]
+
+
+def place_maps(run: Run, record: dict[str, Any], images: list) -> None:
+    """Add each sample's token boxes (:mod:`figures.report.boxes`) to ``record`` where the
+    run's model's processor can be built here; else a note that the maps are stretched."""
+    from figures.report.boxes import Placer, adapter_for
+
+    record["boxes"] = [None] * record["n"]
+    if not record["maps"]:
+        return
+    adapter, why = adapter_for(run.summary)
+    placed = 0
+    if adapter is not None:
+        placer = Placer(adapter)
+        for i, (image, shown) in enumerate(images):
+            cells = _map_cells(record, i)
+            if image is None or cells is None:
+                continue
+            try:
+                record["boxes"][i] = placer.pack(image, record["question"][i], cells, shown)
+                placed += 1
+            except Exception as err:  # a processor that refuses this image: say it, go on
+                why = why or f"the processor refused a sample's image ({str(err).rstrip('.')})"
+    if placed < record["n"]:
+        reason = f" ({why})" if why else " (its image is not available)"
+        record["notes"].append(
+            f"{record['n'] - placed} of {record['n']} samples' maps are drawn on the token grid "
+            f"stretched over the whole image{reason}: a processor's crop, padding or tiles are "
+            "not undone there (LLaVA-NeXT: its base grid only).")
 
 
 def sample_texts(run: Run, record: dict[str, Any]) -> None:
@@ -106,6 +146,7 @@ def sample_texts(run: Run, record: dict[str, Any]) -> None:
 
     count = record["n"]
     record.update(image=[None] * count, question=[""] * count, answer=[""] * count)
+    originals: list = [(None, None)] * count
     data = run.summary.get("data") or {}
     try:
         if not {"name", "split", "size", "fingerprint"} <= set(data):
@@ -113,7 +154,8 @@ def sample_texts(run: Run, record: dict[str, Any]) -> None:
         dataset = LazyDataset(data, (run.summary.get("model") or {}).get("family"))
         for i, index in enumerate(record["index"]):
             sample = dataset[index]
-            record["image"][i] = image_uri(sample.image)
+            record["image"][i], shown = image_uri(sample.image)
+            originals[i] = (sample.image, shown)
             record["question"][i] = sample.question
             record["answer"][i] = sample.answer
     except (UserError, Exception) as err:  # any failure of a user's data: say it, go on
@@ -123,11 +165,12 @@ def sample_texts(run: Run, record: dict[str, Any]) -> None:
         found = 0
         for i, index in enumerate(record["index"]):
             if examples is not None and index in where:
-                record["image"][i] = image_uri(examples[where[index]])
+                record["image"][i] = image_uri(examples[where[index]])[0]
                 found += 1
         record["notes"].append(f"the images and questions come from the run's dataset, which "
                                f"could not be loaded here ({reason}); {found} of {count} samples "
                                "have the example image the run saved.")
+    place_maps(run, record, originals)
 
 
 def run_view(run: Run) -> dict[str, Any]:

@@ -231,6 +231,44 @@ const fusionReport = (() => {
     const k = Math.min(stops.length - 2, Math.floor(t)), f = t - k;
     return stops[k].map((c, j) => Math.round(c + (stops[k + 1][j] - c) * f));
   }
+  // sample i's token boxes (uint16 [tokens, 4] in 1/UNIT pixels of the embedded image), or null
+  const UNIT = 8, NONE = 65535;
+  function boxesOf(run, i) {
+    const s = samplesOf(run);
+    const text = s.boxes && s.boxes[i];
+    if (!text) return null;
+    const key = `${run.label}|boxes|${i}`;
+    if (!cache.has(key)) {
+      const bin = atob(text); const bytes = new Uint8Array(bin.length);
+      for (let k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
+      cache.set(key, new Uint16Array(bytes.buffer));
+    }
+    return cache.get(key);
+  }
+  // each token's value on its box, the mean where several boxes cover a pixel (LLaVA-NeXT's base
+  // grid under its tiles), pixels no box covers left uncoloured: as figures.overlay.raster
+  function paintBoxes(ctx, boxes, value, color, W, H, sx, sy, alpha) {
+    const total = new Float64Array(W * H), count = new Uint16Array(W * H);
+    const n = boxes.length / 4;
+    for (let k = 0; k < n; k++) {
+      if (boxes[4 * k] === NONE) continue;
+      const v = value(k);
+      if (v === null) continue;
+      const edge = (b, s, lim) => Math.min(lim, Math.max(0, Math.ceil(Math.round((b / UNIT * s - 0.5) * 1e6) / 1e6)));
+      const x0 = edge(boxes[4 * k], sx, W), x1 = edge(boxes[4 * k + 2], sx, W);
+      const y0 = edge(boxes[4 * k + 1], sy, H), y1 = edge(boxes[4 * k + 3], sy, H);
+      for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) { total[y * W + x] += v; count[y * W + x]++; }
+    }
+    const out = ctx.createImageData(W, H);
+    for (let p = 0; p < W * H; p++) {
+      if (!count[p]) continue;
+      const rgb = color(total[p] / count[p]);
+      out.data.set([rgb[0], rgb[1], rgb[2], Math.round(alpha * 255)], 4 * p);
+    }
+    const layer = document.createElement("canvas"); layer.width = W; layer.height = H;
+    layer.getContext("2d").putImageData(out, 0, 0);
+    ctx.drawImage(layer, 0, 0);
+  }
   function drawMap(canvas, run, i, view) {
     const s = samplesOf(run);
     const ctx = canvas.getContext("2d");
@@ -254,6 +292,13 @@ const fusionReport = (() => {
     for (const [g, r, c] of cells) if (g === 0) { rows = Math.max(rows, r + 1); cols = Math.max(cols, c + 1); }
     const bound = Math.max(Math.abs(low), Math.abs(high)) || 1;
     const alpha = view.opacity;
+    const color = v => colormap(e.signed ? 0.5 + v / (2 * bound) : (high > low ? (v - low) / (high - low) : 0), e.signed);
+    const boxes = img ? boxesOf(run, i) : null;
+    if (boxes) {
+      const valueOf = k => k < e.tokens ? low + packed.q[m * e.tokens + k] / 255 * (high - low) : null;
+      paintBoxes(ctx, boxes, valueOf, color, W, H, W / img.naturalWidth, H / img.naturalHeight, alpha);
+      return { low, high, signed: e.signed, placed: true };
+    }
     for (let k = 0; k < cells.length && k < e.tokens; k++) {
       const [g, r, c] = cells[k];
       if (g !== 0 || r < 0 || c < 0) continue;
@@ -265,7 +310,7 @@ const fusionReport = (() => {
       const y0 = Math.floor(r / rows * H), y1 = Math.floor((r + 1) / rows * H);
       ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
     }
-    return { low, high, signed: e.signed, grids: new Set(cells.map(c => c[0])).size };
+    return { low, high, signed: e.signed, placed: false, grids: new Set(cells.map(c => c[0])).size };
   }
 
   function sampleViewer(run, i, ri) {
@@ -295,7 +340,9 @@ const fusionReport = (() => {
           const bar = el("canvas", { width: 140, height: 10 }); const bctx = bar.getContext("2d");
           for (let x = 0; x < 140; x++) { const c = colormap(x / 139, info.signed); bctx.fillStyle = `rgb(${c})`; bctx.fillRect(x, 0, 1, 10); }
           legend.append(fmt(info.low), bar, fmt(info.high),
-            info.grids > 1 ? el("span", {}, ` · grid 0 of ${info.grids} drawn (tiles not placed)`) : "");
+            info.placed ? el("span", { class: "muted", "data-placement": "exact" }, " · on each token's pixel box")
+              : el("span", { class: "muted", "data-placement": "stretched" }, info.grids > 1
+                ? ` · grid 0 of ${info.grids} stretched over the image (tiles not placed)` : " · grid stretched over the image"));
         } else legend.append("no map recorded for this sample");
       };
       const size = (w, h) => { const k = side / Math.max(w, h); canvas.width = Math.round(w * k); canvas.height = Math.round(h * k); };
@@ -328,7 +375,7 @@ const fusionReport = (() => {
           controls.append(el("label", {}, "head", el("select", { "data-control": "head", onchange: ev => { view.head = +ev.target.value; redraw(); } }, opts),
             el("span", { class: "muted" }, has ? "" : "n/a")));
         }
-        controls.append(el("label", {}, "opacity", el("input", { type: "range", min: 0, max: 100, value: Math.round(view.opacity * 100),
+        controls.append(el("label", {}, "opacity", el("input", { type: "range", min: 0, max: 100, "data-control": "opacity", value: Math.round(view.opacity * 100),
           oninput: ev => { view.opacity = ev.target.value / 100; redraw(); } }), el("span")));
       };
       rebuild();
@@ -444,5 +491,10 @@ const fusionReport = (() => {
     const low = p.lh[2 * m], high = p.lh[2 * m + 1];
     return Array.from(p.q.subarray(m * e.tokens, (m + 1) * e.tokens), q => low + q / 255 * (high - low));
   }
-  return { start, state, render, values };
+  // sample i's token boxes in pixels of the embedded image (for tests), null when not placed
+  function boxes(runIndex, i) {
+    const b = boxesOf(DATA.runs[runIndex], i);
+    return b ? Array.from(b, v => v === NONE ? null : v / UNIT) : null;
+  }
+  return { start, state, render, values, boxes, colormap };
 })();

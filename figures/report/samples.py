@@ -182,6 +182,13 @@ def _evaluate(summary, arrays, out):
     out["benchmark"] = _strings(arrays["benchmark"])
 
 
+def _logit_lens(summary, arrays, out):
+    out["verdicts"] = _verdicts(["clean"], arrays["correct"][:, None])
+    out["curve"] = {"title": "the answer's probability at the last position (logit lens)",
+                    "series": ["answer probability"],
+                    "values": _rounded(arrays["answer_prob"][:, None])}
+
+
 # analysis -> (the arrays it needs, the function filling the browser's record)
 BROWSERS = {
     "layer_masking": (("sample_index", "prob_change_pct"), _layer_masking),
@@ -193,6 +200,7 @@ BROWSERS = {
                                "suppressed"), _contrastive_attention),
     "attenuation": (("curves", "correct"), _attenuation),
     "evaluate": (("sample_index", "replies", "scores"), _evaluate),
+    "logit_lens": (("sample_index", "answer_prob", "correct"), _logit_lens),
 }
 
 

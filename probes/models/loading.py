@@ -291,3 +291,27 @@ def load_model(
         network_model.to(torch_device)
     adapter = adapter_type(network_model.config, processor)
     return LoadedModel(model=network_model, processor=processor, adapter=adapter, source=source)
+
+
+def load_adapter(model: str = DEFAULT_MODEL, trust_remote_code: bool = False,
+                 min_pixels: int | None = None, max_pixels: int | None = None) -> Adapter:
+    """The adapter of ``model`` with its processor, built from the checkpoint's config and
+    processor files alone (no weights are read): enough to build inputs and place image tokens
+    (:func:`probes.inputs.token_boxes`), as the report does for saved runs.
+
+    >>> adapter = load_adapter("tiny-random-llava")
+    >>> adapter.family, adapter.image_layout((96, 64)).n_tokens
+    ('llava', 64)
+    """
+    source = resolve(model)
+    model_type = _model_type(source, trust_remote_code)
+    if model_type not in supported_model_types():
+        raise UserError(f"{model!r} is a {model_type!r} model; fusionlens supports "
+                        f"{', '.join(supported_model_types())}.")
+    adapter_type = adapter_class(model_type)
+    budget = check_pixel_budget(adapter_type, min_pixels, max_pixels)
+    config = _fetch(source, lambda loc, **kw: transformers.AutoConfig.from_pretrained(
+        loc, trust_remote_code=trust_remote_code, **kw))
+    processor = _fetch(source, lambda loc, **kw: adapter_type.load_processor(
+        loc, trust_remote_code=trust_remote_code, **budget, **kw))
+    return adapter_type(config, processor)
