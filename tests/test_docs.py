@@ -137,8 +137,13 @@ class _Parsed(Exception):
 
 def run_main(module: str) -> None:
     """``python -m module`` in this process (``sys.argv`` set by the caller)."""
-    sys.modules.pop(f"{module}.__main__", None)  # a package's __main__ runs afresh, as from a shell
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    name = f"{module}.__main__"
+    imported = sys.modules.pop(name, None)  # a package's __main__ runs afresh, as from a shell
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:  # later tests that imported the module keep the one their names point into
+        if imported is not None:
+            sys.modules[name] = imported
 
 
 def parse_only(module: str, args: list[str]) -> str | None:

@@ -104,7 +104,9 @@ def options_from_args(args: argparse.Namespace, out: Path | None = None) -> RunO
 
 
 def check_out_from_args(args: argparse.Namespace) -> None:
-    """Refuse a bad ``--out`` before any work (a CLI that trains first calls this first)."""
+    """Refuse a bad ``--out`` before any work (a CLI that trains first calls this first); the
+    CLI's edge, so from here on figures are drawn into files (Agg)."""
+    use_file_backend()
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it; give one.")
     options = options_from_args(args)
