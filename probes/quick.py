@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from probes import attention
+from probes import engines
 from probes.inputs import token_boxes
 from probes.masking import Knockout, parse_flows
 from probes.models.adapters import VLInputs
@@ -86,10 +86,8 @@ def record_attention(loaded: LoadedModel, inputs: VLInputs, queries: str | Seque
     recorder = AttentionRecorder(_positions(loaded, inputs, queries),
                                  _positions(loaded, inputs, keys), layers, reduce)
     knockout = as_knockout(loaded, knockout)
-    if knockout is None:
-        attention.enable(loaded.model)
-        with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
-            loaded.model(**inputs.batch)
+    if knockout is None:  # the fast engine's recording forward
+        engines.DEFAULT.record(loaded, inputs, recorder)
         maps = {layer: values[0] for layer, values in sorted(recorder.maps.items())}
     else:
         result = run_knockouts(loaded, inputs, [knockout], record=recorder)
