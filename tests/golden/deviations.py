@@ -27,10 +27,11 @@ def main() -> int:
     parser.add_argument("--only", action="store_true", help="compare the runs already in OUT")
     args = parser.parse_args()
     import torch
-    from runs import RUNS, run
-    from test_golden import deviations, load_expected
 
     from analyses.results import RunResult
+
+    from runs import RUNS, run
+    from test_golden import deviations, load_expected
 
     if args.threads:
         torch.set_num_threads(args.threads)
