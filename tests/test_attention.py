@@ -8,6 +8,7 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FAMILIES
 from PIL import Image
 
 from probes import attention
@@ -18,7 +19,7 @@ from probes.models.loading import load_model
 from probes.record import AttentionRecorder
 from probes.tokens import token_groups_batch
 
-MODELS = ["tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl"]
+MODELS = list(TINY_FAMILIES)
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from accelerate import dispatch_model
 from accelerate.hooks import AlignDevicesHook
-from helpers import consistency_inputs
+from helpers import TINY_FAMILIES, consistency_inputs
 from test_run import _eager_attentions, _reference_generate
 
 from probes import attention
@@ -31,7 +31,7 @@ from probes.steer import Steering, SteeringPlan
 from probes.tokens import token_groups
 from probes.vif import VIF, VIFConfig, VIFSession
 
-MODELS = ["tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl"]
+MODELS = list(TINY_FAMILIES)
 
 
 def split_device_map(loaded, first: str, second: str) -> dict[str, str]:

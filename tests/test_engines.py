@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import consistency_inputs
+from helpers import TINY_FAMILIES, consistency_inputs
 
 from probes.engine import Patch, unembed
 from probes.engines import DEFAULT, choose, named, names, recorded
@@ -17,7 +17,7 @@ from probes.models.loading import load_model
 from probes.record import AttentionRecorder
 from probes.tokens import token_groups
 
-MODELS = ["tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl"]
+MODELS = list(TINY_FAMILIES)
 TOLERANCE = 1e-5
 FAST, NNSIGHT = named("fast"), named("nnsight")
 

@@ -11,12 +11,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FAMILIES
 from PIL import Image, ImageDraw
 
 from probes.logit_lens import lens_logits, lens_readout, residuals
 from probes.models.loading import load_model
 
-FAMILIES = ("tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl")
+FAMILIES = list(TINY_FAMILIES)
 EXACT = 1e-5
 
 

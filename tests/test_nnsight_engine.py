@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import consistency_inputs
+from helpers import TINY_FAMILIES, consistency_inputs
 from PIL import Image
 
 from probes import attention
@@ -21,7 +21,7 @@ from probes.record import AttentionRecorder
 from probes.run import masked_generate, run_knockouts
 from probes.tokens import token_groups
 
-MODELS = ["tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl"]
+MODELS = list(TINY_FAMILIES)
 TOLERANCE = 1e-6
 
 

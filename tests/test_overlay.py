@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import TINY_FAMILIES
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -28,7 +29,7 @@ from probes.models.adapters.grids import ImageTokens
 from probes.models.loading import load_model
 from probes.quick import record_attention
 
-FAMILIES = ("tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl")
+FAMILIES = list(TINY_FAMILIES)
 SIZES = [(64, 64), (100, 70), (70, 100)]
 BOX = (30, 20, 60, 50)  # inside every size, and inside LLaVA's centre crop of each
 

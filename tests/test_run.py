@@ -7,13 +7,13 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
-from helpers import consistency_inputs
+from helpers import TINY_FAMILIES, consistency_inputs
 
 from probes.masking import Knockout, parse_flows
 from probes.models.loading import load_model
 from probes.run import run_knockouts, run_knockouts_naively
 
-MODELS = ["tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl"]
+MODELS = list(TINY_FAMILIES)
 
 
 @pytest.fixture(scope="module", params=MODELS)
