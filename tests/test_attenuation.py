@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import assert_same_run, interrupt_at
 
-from analyses.attenuation import AttenuationConfig, logit_lens, measure_sample, run_attenuation
+from analyses.attenuation import AttenuationConfig, measure_sample, run_attenuation
 from analyses.attenuation.__main__ import main as cli_main
-from analyses.attenuation.measure import METRICS, answer_token
+from analyses.attenuation.measure import METRICS, answer_lens, answer_token
 from analyses.attenuation.run import difference_ci, subset_masks
 from analyses.data import load_dataset
 from analyses.layer_masking.sweep import has_region, sample_groups
@@ -26,6 +26,7 @@ from analyses.runner import PARTIAL, RecordStore
 from probes.cli import run_cli
 from probes.errors import UserError
 from probes.models.loading import load_model
+from probes.run import clean_pass
 from probes.tokens import token_groups
 
 
@@ -96,7 +97,7 @@ def test_logit_lens_at_the_last_layer_is_the_models_output(fine):
     inputs = loaded.adapter.build_inputs([sample.image], [sample.question])
     with torch.no_grad():
         output = loaded.model(**inputs.batch, output_hidden_states=True)
-    lens = logit_lens(loaded, output.hidden_states)
+    lens = answer_lens(loaded, clean_pass(loaded, inputs))
     assert lens.shape == (loaded.adapter.num_layers, loaded.model.config.text_config.vocab_size)
     torch.testing.assert_close(lens[-1], output.logits[0, -1].float().log_softmax(-1),
                                atol=1e-5, rtol=0)

@@ -13,14 +13,14 @@ answer becomes likely (logit lens); for all samples and for small vs large targe
 (4, (4, 8, 6))
 """
 
-from analyses.attenuation.measure import METRICS, SampleCurves, logit_lens, measure_sample
+from analyses.attenuation.measure import METRICS, SampleCurves, answer_lens, measure_sample
 from analyses.attenuation.run import AttenuationConfig, run_attenuation
 
 __all__ = [
     "METRICS",
     "AttenuationConfig",
     "SampleCurves",
-    "logit_lens",
+    "answer_lens",
     "measure_sample",
     "run_attenuation",
 ]

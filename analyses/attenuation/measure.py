@@ -34,6 +34,7 @@ import torch
 from analyses.layer_masking.sweep import has_region, sample_groups
 from probes import attention
 from probes.errors import UserError
+from probes.logit_lens import unembed
 from probes.models.loading import LoadedModel
 from probes.record import AttentionRecorder
 from probes.run import clean_pass
@@ -92,16 +93,14 @@ def value_ratio(probabilities: torch.Tensor, values: torch.Tensor, image: np.nda
 
 
 @torch.inference_mode()
-def logit_lens(loaded: LoadedModel, hidden_states, position: int = -1) -> torch.Tensor:
-    """[layers, vocab] log-probabilities at ``position`` from the residual stream after each
-    layer. ``hidden_states`` as ``output_hidden_states`` gives them: entry i enters layer i, the
-    last entry is already normed (so the last layer's lens is the model's own output)."""
-    model, adapter = loaded.model, loaded.adapter
-    norm, head = adapter.final_norm(model), adapter.lm_head(model)
-    layers = len(hidden_states) - 1
-    rows = [norm(hidden_states[i + 1][:, position]) for i in range(layers - 1)]
-    rows.append(hidden_states[layers][:, position])
-    return head(torch.cat(rows)).float().log_softmax(-1)
+def answer_lens(loaded: LoadedModel, clean) -> torch.Tensor:
+    """[layers, vocab] log-probabilities at the last position from the residual stream after
+    each layer (:func:`probes.logit_lens.unembed`); the last layer's lens is the model's own
+    output, so the clean pass's logits are used there."""
+    layers = len(clean.hidden_states) - 1
+    states = torch.cat([clean.hidden_states[i + 1][:, -1] for i in range(layers - 1)])
+    lens = torch.cat([unembed(loaded, states).cpu(), clean.logits.float().cpu()[None]])
+    return lens.log_softmax(-1)
 
 
 def target_area(sample) -> float:
@@ -134,7 +133,7 @@ def measure_sample(loaded: LoadedModel, sample) -> SampleCurves:
     image = groups.image_patches
     region = groups.object if visible else np.zeros(0, np.int64)
     token = answer_token(loaded, sample.answer)
-    lens = logit_lens(loaded, clean.hidden_states).cpu()
+    lens = answer_lens(loaded, clean)
     layers = adapter.num_layers
     values = np.full((len(METRICS), layers), np.nan)
     for layer in range(layers):
