@@ -7,6 +7,7 @@ the final residual stream."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import TINY_FAMILIES, consistency_inputs
@@ -16,8 +17,11 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from probes import attention
 from probes.engines import named
 from probes.errors import UserError
+from probes.heads import decompose, image_shares, logit_attribution
+from probes.logit_lens import residuals
 from probes.masking import EdgeMaskPlan, HeadKnockout, Knockout
 from probes.models.loading import load_model
+from probes.record import AttentionRecorder
 from probes.run import run_knockouts, run_knockouts_naively
 from probes.tokens import token_groups
 
@@ -138,3 +142,45 @@ def test_the_all_heads_mask_keeps_its_shape_and_per_head_masks_cover_chosen_head
 def test_a_head_out_of_range_is_refused_in_one_sentence():
     with pytest.raises(UserError, match="head 4 is out of range: the layers have heads 0..3"):
         HeadKnockout(Knockout(("image->last",), (0,)), (4,), 4)
+
+
+def test_the_parts_sum_to_the_final_residual_and_their_attributions_to_the_logit_difference(setup):
+    loaded, inputs, groups = setup
+    parts = decompose(loaded, inputs)
+    final = residuals(loaded, inputs, "last", [loaded.adapter.num_layers - 1])[0, 0].double()
+    scale = float(final.abs().max())
+    assert float((parts.final - final).abs().max()) <= TOLERANCE * scale
+    assert float((parts.total() - final).abs().max()) <= TOLERANCE * scale
+    # every head writes something: the parts are not a split of zeros
+    assert bool((parts.heads.norm(dim=-1) > 1e-3 * scale).all())
+    logits = loaded.model(**inputs.batch).logits[0, -1].double()
+    answer, other = logits.topk(2).indices.tolist()
+    for against, difference in ((other, logits[answer] - logits[other]),
+                                (None, logits[answer] - logits.mean())):
+        attributed = logit_attribution(loaded, parts, answer, against)
+        total = sum(float(value.sum()) for value in attributed.values())
+        assert abs(total - float(difference)) <= 1e-4 * max(1.0, float(logits.abs().max()))
+    # by hand for one head: its write through the clean norm's scale onto the direction
+    norm = loaded.adapter.final_norm(loaded.model)
+    rms = float(final.pow(2).mean().add(norm.variance_epsilon).sqrt())
+    unembedding = loaded.adapter.lm_head(loaded.model).weight.double()
+    head = parts.heads[1, 0] * norm.weight.double() / rms
+    by_hand = float(head @ (unembedding[answer] - unembedding[other]))
+    one = logit_attribution(loaded, parts, answer, other)["heads"][1, 0]
+    assert abs(float(one) - by_hand) <= 1e-9
+
+
+def test_image_shares_sum_each_heads_attention_on_the_image(setup):
+    loaded, inputs, groups = setup
+    queries = {"last": groups.last, "question": groups.question}
+    recorder = AttentionRecorder(queries=np.concatenate(list(queries.values())),
+                                 keys=groups.image)
+    FAST.record(loaded, inputs, recorder)
+    shares = image_shares(recorder, queries, loaded.adapter.num_layers)
+    assert shares.shape == (2, loaded.adapter.num_layers, loaded.adapter.num_heads)
+    full = AttentionRecorder(queries=groups.last)  # every key: the share by hand
+    FAST.record(loaded, inputs, full)
+    for layer in range(loaded.adapter.num_layers):
+        by_hand = full.maps[layer][0, :, 0, groups.image].double().sum(-1).numpy()
+        np.testing.assert_allclose(shares[0, layer], by_hand, atol=1e-6)
+    assert ((shares > 0) & (shares < 1)).all()
