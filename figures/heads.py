@@ -85,7 +85,7 @@ def top_heads(summary: Mapping[str, Any]) -> Figure:
     axes.set_xlabel("layer.head")
     axes.set_ylabel("drop of p(answer), %")
     axes.set_title(f"top heads, {summary['flow']} (n = {summary['n_tested']}; "
-                   "dark: key heads)", fontsize="small")
+                   "blue: key heads)", fontsize="small")
     axes.legend(fontsize="x-small")
     return figure
 

@@ -184,3 +184,130 @@ def test_image_shares_sum_each_heads_attention_on_the_image(setup):
         by_hand = full.maps[layer][0, :, 0, groups.image].double().sum(-1).numpy()
         np.testing.assert_allclose(shares[0, layer], by_hand, atol=1e-6)
     assert ((shares > 0) & (shares < 1)).all()
+
+
+# ----------------------------------------------------------------------------- the analysis
+@pytest.fixture(scope="module")
+def easy():
+    from analyses.data import load_dataset
+
+    return load_dataset("easy-vqa", limit=4)
+
+
+@pytest.fixture(scope="module")
+def heads_run(tmp_path_factory):
+    """The CLI on the embedded model, in process: 4 samples, a head set."""
+    from analyses.heads.__main__ import main
+    from analyses.results import RunResult
+
+    out = tmp_path_factory.mktemp("heads") / "run"
+    assert main(["--limit", "4", "--out", str(out), "--bootstrap", "100", "--heads", "0.3,1.0",
+                 "--controls", "3", "--all-samples"]) == 0
+    return out, RunResult.load(out)
+
+
+def test_cli_run_equals_the_heads_by_hand(heads_run, easy):
+    out, result = heads_run
+    arrays, summary = result.arrays, result.summary
+    loaded = load_model("tiny-llava")
+    sample = easy[1]
+    inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
+    groups = token_groups(loaded.adapter, inputs)
+    clean = reference_logits(loaded, inputs, {})
+    answer = int(clean.argmax())
+    assert arrays["answer_token"][1] == answer
+    p_clean = float(clean.double().softmax(-1)[answer])
+    for layer, head in [(0, 3), (5, 1)]:
+        knocked = reference_logits(loaded, inputs, _zeroed(groups, "image->last", layer,
+                                                           (head,), 4))
+        change = 100 * (float(knocked.double().softmax(-1)[answer]) - p_clean) / p_clean
+        assert abs(arrays["prob_change_pct"][1, layer, head] - change) <= 1e-3
+    # the control is the mean of the drawn heads' own changes, and the table the mean drops
+    drawn = arrays["control_heads"][1]
+    control = arrays["prob_change_pct"][1][drawn[:, 0], drawn[:, 1]].mean()
+    row = next(r for r in summary["heads"] if (r["layer"], r["head"]) == (0, 3))
+    assert abs(row["drop"] + arrays["prob_change_pct"][:, 0, 3].mean()) <= 1e-9
+    assert abs(row["control_drop"] + np.mean([
+        arrays["prob_change_pct"][s][arrays["control_heads"][s][:, 0],
+                                     arrays["control_heads"][s][:, 1]].mean()
+        for s in range(4)])) <= 1e-9
+    assert np.isfinite(control)
+    total = (arrays["dla_heads"].sum((1, 2)) + arrays["dla_mlps"].sum(1)
+             + arrays["dla_biases"].sum(1) + arrays["dla_embedding"])
+    np.testing.assert_allclose(total, arrays["logit_difference"], atol=1e-4)
+    assert summary["head_set"]["heads"] == ["0.3", "1.0"]
+    assert arrays["set_control_prob_change_pct"].shape == (4, 3)
+    assert len(summary["top_heads"]) == 10 and summary["num_heads"] == 4
+
+
+def test_figures_are_drawn_and_redraw_without_a_model(heads_run, tmp_path):
+    from figures.paper import main as paper
+
+    out, _ = heads_run
+    names = {"heads_heatmaps", "heads_top"}
+    assert {p.stem for p in out.glob("*.png")} == names
+    assert paper([str(out), "--out", str(tmp_path)]) == 0
+    assert {p.stem for p in (tmp_path / out.name).glob("*.png")} == names
+
+
+def test_shards_merge_into_the_whole_run(easy, tmp_path):
+    from helpers import assert_same_run
+
+    from analyses.heads import Heads, HeadsConfig
+    from analyses.merge import merge
+    from analyses.runner import LocalBackend, RunOptions, run
+
+    backend = LocalBackend(load_model("tiny-llava"))
+    analysis = Heads(HeadsConfig(n_bootstrap=50, controls=2, heads=((1, 0),)))
+    whole = run(analysis, backend, easy)
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part = run(analysis, backend, easy, RunOptions(out=out, shard=(index, 2)))
+        directories.append(part.save(out))
+    assert_same_run(whole, merge(directories))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--heads", "1.4"], "head 4 is out of range: the layers have heads 0..3"),
+    (["--heads", "7.0"], "layer 7 is out of range"),
+    (["--heads", "3"], "takes heads as LAYER.HEAD"),
+    (["--flow", "image->answer"], "unknown token group 'answer'"),
+    (["--flow", "image"], "is not of the form SRC->DST"),
+    (["--flow", "image->last;question->last"], "--flow takes one flow"),
+    (["--flow", "object->last", "--data", "NO_BOXES"], "none of the 2 samples marks a region"),
+])
+def test_bad_input_gets_one_sentence_and_exit_2(argv, message, tmp_path, capsys, easy):
+    import json
+
+    from analyses.heads.__main__ import main
+    from probes.cli import run_cli
+
+    if "NO_BOXES" in argv:
+        rows = []
+        for i, sample in enumerate(list(easy)[:2]):
+            sample.image.save(tmp_path / f"image{i}.png")
+            rows.append({"image": f"image{i}.png", "question": sample.question,
+                         "answer": sample.answer, "id": f"q{i}"})
+        (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        argv = [str(tmp_path / "data.jsonl") if a == "NO_BOXES" else a for a in argv]
+    code = run_cli(main, [*argv, "--limit", "2", "--out", str(tmp_path / "x")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: ")
+    assert message in errors[0]
+
+
+def test_both_engines_measure_the_same_sample_records(easy):
+    from analyses.heads import HeadsConfig, measure_sample
+
+    loaded = load_model("tiny-llava")
+    config = HeadsConfig(heads=((0, 3), (2, 1)), controls=2)
+    for index, sample in enumerate(list(easy)[:2]):
+        fast = measure_sample(loaded, sample, config, index, FAST)
+        other = measure_sample(loaded, sample, config, index, NNSIGHT)
+        assert fast["answer_token"] == other["answer_token"]
+        for name in ("prob_change_pct", "set_prob_change_pct", "set_control_prob_change_pct",
+                     "dla_heads", "image_share"):
+            np.testing.assert_allclose(other[name], fast[name], atol=1e-4, rtol=1e-5,
+                                       err_msg=name)
+        np.testing.assert_array_equal(other["control_heads"], fast["control_heads"])
