@@ -171,7 +171,7 @@ def head_tests(arrays: dict[str, np.ndarray], chosen: np.ndarray,
     difference = drops - control[:, None, None]
     d_mean, d_low, d_high = _mean_ci(drops, config)
     f_mean, _, _ = _mean_ci(difference, config)
-    p = sign_flip_p_values(difference.reshape(len(drops), -1), seed=config.seed)
+    p = sign_flip_p_values(difference.reshape(len(drops), layers * heads), seed=config.seed)
     adjusted = holm_adjust(p).reshape(layers, heads)
     p = np.asarray(p).reshape(layers, heads)
     a_mean, a_low, a_high = _mean_ci(arrays["dla_heads"][chosen], config)
