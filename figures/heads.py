@@ -6,7 +6,7 @@
 ...                       "drop_ci_low": 0.0, "drop_ci_high": 1.0, "control_drop": 0.5,
 ...                       "key_head": h == 2} for l in range(2) for h in range(3)],
 ...            "top_heads": ["1.2", "1.1"]}
->>> [axes.get_title() for axes in heatmaps(summary).axes[::2]]
+>>> [axes.get_title() for axes in heatmaps(summary).axes[:3]]
 ['drop of p(answer), % (image->last)', 'direct logit attribution', 'attention on the image from last']
 """
 
