@@ -39,6 +39,7 @@ ANALYSES = {
     "evaluate": Registered("analyses.evaluate.run:Evaluate", "figures.evaluate:draw_all",
                            "analyses.evaluate.table:table_files"),
     "logit_lens": Registered("analyses.logit_lens.run:LogitLens", "figures.logit_lens:draw_all"),
+    "heads": Registered("analyses.heads.run:Heads", "figures.heads:draw_all"),
 }
 
 

@@ -116,6 +116,20 @@ def layers(text: str) -> tuple[int, ...]:
     return found
 
 
+def heads(text: str) -> tuple[tuple[int, int], ...]:
+    """The ``type=`` of a list of attention heads as LAYER.HEAD: ``"3.1,5.0"`` ->
+    ((3, 1), (5, 0)); at least one, none negative (the model bounds them once it is known)."""
+    try:
+        found = tuple((int(layer), int(head)) for layer, _, head in
+                      (part.strip().partition(".") for part in text.split(",") if part.strip()))
+    except ValueError:
+        found = ()
+    if not found or min(min(pair) for pair in found) < 0:
+        raise argparse.ArgumentTypeError(f"takes heads as LAYER.HEAD separated by commas, e.g. "
+                                         f"3.1,5.0, not {_shown(text)}")
+    return found
+
+
 def shard(text: str) -> tuple[int, int]:
     """The ``type=`` of ``--shard``: ``"i/n"`` -> (i, n) with 0 <= i < n."""
     try:

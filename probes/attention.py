@@ -5,7 +5,8 @@ The language model's attention implementation is switched to ``fusionlens_sdpa``
 same arguments, so the numbers are unchanged. When a plan is attached (see :func:`attach`), the
 plan says, per layer and per call, what to edit:
 
-- ``blocked`` [batch, query, key]: edges a query may not read. Exact: the key's logit is set to
+- ``blocked`` [batch, query, key] (or [batch, head, query, key]: per query head): edges a
+  query may not read. Exact: the key's logit is set to
   the dtype's minimum before the softmax, so its probability underflows to exactly 0 and the
   row renormalises over the remaining keys;
 - ``bias`` [batch, query, key] (or [batch, head, query, key]): added to the logits;
@@ -102,7 +103,8 @@ class CombinedPlan:
         for edit in edits:
             if edit.blocked is not None:
                 blocked = edit.blocked.to(device)
-                combined.blocked = blocked if combined.blocked is None else combined.blocked | blocked
+                combined.blocked = blocked if combined.blocked is None else \
+                    _per_head(combined.blocked) | _per_head(blocked)
             if edit.bias is not None:
                 bias = edit.bias.to(device)
                 combined.bias = bias if combined.bias is None else combined.bias + bias
@@ -115,6 +117,11 @@ class CombinedPlan:
             combined.record_rows = rows
             combined.record = partial(_fan_out, recorders, rows)
         return combined
+
+
+def _per_head(blocked: torch.Tensor) -> torch.Tensor:
+    """``blocked`` [batch, query, key] or [batch, head, query, key] as the latter."""
+    return blocked if blocked.dim() == 4 else blocked[:, None]
 
 
 def _fan_out(recorders: list[LayerEdit], rows: torch.Tensor, layer: int, probabilities: torch.Tensor) -> None:
@@ -190,7 +197,8 @@ def _edited_attention(module, query, key, value, attention_mask, *, base, **kwar
         return base(module, query, key, value, attention_mask, **kwargs)
     mask = additive_mask(attention_mask, q_len, kv_len, query.dtype, query.device)
     if edit.blocked is not None:
-        mask = torch.where(edit.blocked[:, None].to(query.device), torch.finfo(query.dtype).min, mask)
+        mask = torch.where(_per_head(edit.blocked).to(query.device), torch.finfo(query.dtype).min,
+                           mask)
     if edit.bias is not None:
         bias = edit.bias if edit.bias.dim() == 4 else edit.bias[:, None]
         mask = mask + bias.to(device=query.device, dtype=query.dtype)

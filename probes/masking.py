@@ -15,7 +15,7 @@ Flow(source='image', target='question,last')
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -53,17 +53,22 @@ class Edges:
     """Blocked edges of one row: these query positions may not read these key positions at
     these layers (every query with every key). ``queries_from`` additionally blocks every query
     at or after that position (generated tokens, which do not exist yet when the plan is made).
-    ``paired=True`` blocks only the pairs ``(queries[i], keys[i])``: an arbitrary edge set."""
+    ``paired=True`` blocks only the pairs ``(queries[i], keys[i])``: an arbitrary edge set.
+    ``heads``: the (query) heads of the ``num_heads`` the edges are blocked in; None: all."""
 
     queries: np.ndarray
     keys: np.ndarray
     layers: frozenset[int]
     queries_from: int | None = None
     paired: bool = False
+    heads: tuple[int, ...] | None = None
+    num_heads: int = 0
 
     def __post_init__(self) -> None:
         if self.paired and (self.queries.shape != self.keys.shape or self.queries_from is not None):
             raise ValueError("paired edges need queries and keys of one length and no queries_from")
+        if self.heads is not None and not all(0 <= h < self.num_heads for h in self.heads):
+            raise ValueError(f"heads {self.heads} are not among the {self.num_heads} heads")
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,41 @@ class EdgeKnockout:
         return [Edges(queries, keys, frozenset(self.layers), paired=True)]
 
 
+@dataclass(frozen=True)
+class HeadKnockout:
+    """Another knockout (:class:`Knockout`, :class:`SetKnockout`, :class:`EdgeKnockout`) in
+    some attention heads only: its edges are blocked in the query heads ``heads`` of the
+    ``num_heads`` a layer has (with grouped KV heads, per query head), the other heads read
+    them as in the clean run.
+
+    >>> ko = HeadKnockout(EdgeKnockout(np.array([5]), np.array([1]), (2,)), (1,), 4)
+    >>> ko.layers, [(e.heads, e.num_heads) for e in ko.edges(None, 6)]
+    ((2,), [((1,), 4)])
+    """
+
+    knockout: object
+    heads: tuple[int, ...]
+    num_heads: int
+
+    def __post_init__(self) -> None:
+        check_heads(self.heads, self.num_heads)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.knockout.layers)
+
+    def edges(self, groups, num_layers: int) -> list[Edges]:
+        heads = tuple(sorted(set(self.heads)))
+        return [replace(e, heads=heads, num_heads=self.num_heads)
+                for e in self.knockout.edges(groups, num_layers)]
+
+
+def check_heads(heads: Iterable[int], num_heads: int) -> None:
+    for head in heads:
+        if not 0 <= head < num_heads:
+            raise UserError(f"head {head} is out of range: the layers have heads 0..{num_heads - 1}.")
+
+
 def check_layers(layers: Iterable[int], num_layers: int) -> None:
     for layer in layers:
         if not 0 <= layer < num_layers:
@@ -169,44 +209,63 @@ class EdgeMaskPlan:
         if not self.padding:
             self.padding = [0] * len(self.rows)
 
+    def heads(self, layer: int) -> int:
+        """The number of heads a per-head mask of this layer has (0: every edge here is
+        blocked in all heads, and the mask is shared by the heads)."""
+        return max((e.num_heads for row in self.rows for e in row
+                    if layer in e.layers and e.heads is not None), default=0)
+
     def blocked(self, layer: int, query_positions: torch.Tensor, kv_length: int) -> torch.Tensor | None:
-        """bool [batch, queries, keys] for this layer, or None when nothing is blocked here."""
+        """bool [batch, queries, keys] for this layer ([batch, heads, queries, keys] where some
+        edges are blocked in some heads only), or None when nothing is blocked here."""
         if layer not in self._layers:
             return None
         positions = query_positions.cpu().numpy()
-        blocked = np.zeros((len(self.rows), len(positions), kv_length), dtype=bool)
+        heads = self.heads(layer)
+        blocked = np.zeros((len(self.rows), *((heads,) if heads else ()), len(positions),
+                            kv_length), dtype=bool)
         for b, row in enumerate(self.rows):
             for edges in row:
                 if layer not in edges.layers:
                     continue
-                if edges.paired:
-                    rows = np.searchsorted(positions, edges.queries)
-                    hit = (rows < len(positions)) & (edges.keys < kv_length)
-                    hit[hit] &= positions[rows[hit]] == edges.queries[hit]
-                    blocked[b, rows[hit], edges.keys[hit]] = True
+                if not heads:  # written in place: the all-heads mask as it always was
+                    _block(blocked[b], edges, positions, kv_length)
                     continue
-                is_query = np.isin(positions, edges.queries)
-                if edges.queries_from is not None:
-                    is_query |= positions >= edges.queries_from
-                keys = edges.keys[edges.keys < kv_length]
-                blocked[b][np.ix_(np.flatnonzero(is_query), keys)] = True
+                one = np.zeros(blocked.shape[2:], dtype=bool)
+                _block(one, edges, positions, kv_length)
+                blocked[b, list(edges.heads) if edges.heads is not None else slice(None)] |= one
         self._check_rows_keep_a_key(blocked, positions)
         return torch.from_numpy(blocked).to(query_positions.device)
 
     def _check_rows_keep_a_key(self, blocked: np.ndarray, positions: np.ndarray) -> None:
-        causal = np.arange(blocked.shape[2])[None, :] <= positions[:, None]  # [Q, K]
+        causal = np.arange(blocked.shape[-1])[None, :] <= positions[:, None]  # [Q, K]
         for b, pad in enumerate(self.padding):
-            readable = causal & ~blocked[b]
-            readable[:, :pad] = False
+            readable = causal & ~blocked[b]  # [(heads,) Q, K]
+            readable[..., :pad] = False
             real = positions >= pad
-            empty = real & ~readable.any(axis=1)
+            empty = real & ~readable.any(axis=-1)
             if empty.any():
                 raise UserError(
-                    f"the mask leaves query position {int(positions[empty][0])} with no key to "
-                    "attend to; a row needs at least one readable key (e.g. do not block a "
-                    "token from itself)."
+                    f"the mask leaves query position {int(positions[np.nonzero(empty)[-1][0]])} "
+                    "with no key to attend to; a row needs at least one readable key (e.g. do "
+                    "not block a token from itself)."
                 )
 
     def for_layer(self, layer: int, query_positions: torch.Tensor, kv_length: int) -> LayerEdit | None:
         blocked = self.blocked(layer, query_positions, kv_length)
         return None if blocked is None else LayerEdit(blocked=blocked)
+
+
+def _block(blocked: np.ndarray, edges: Edges, positions: np.ndarray, kv_length: int) -> None:
+    """Set ``blocked`` [queries at ``positions``, keys] where ``edges`` block (in place)."""
+    if edges.paired:
+        rows = np.searchsorted(positions, edges.queries)
+        hit = (rows < len(positions)) & (edges.keys < kv_length)
+        hit[hit] &= positions[rows[hit]] == edges.queries[hit]
+        blocked[rows[hit], edges.keys[hit]] = True
+        return
+    is_query = np.isin(positions, edges.queries)
+    if edges.queries_from is not None:
+        is_query |= positions >= edges.queries_from
+    keys = edges.keys[edges.keys < kv_length]
+    blocked[np.ix_(np.flatnonzero(is_query), keys)] = True

@@ -74,12 +74,13 @@ class SuffixMasks:
         if key not in self._built:
             blocked = EdgeMaskPlan([edges]).blocked(layer, self.positions, self.length)
             causal = self._causal.on(device)
-            self._built[key] = causal.masked_fill(blocked[:, None].to(device), self.low)
+            per_head = blocked if blocked.dim() == 4 else blocked[:, None]  # [1, heads or 1, Q, K]
+            self._built[key] = causal.masked_fill(per_head.to(device), self.low)
         return self._built[key]
 
     def for_call(self, layer: int, rows: Sequence[int], start: int, stop: int,
                  device: torch.device) -> torch.Tensor | None:
-        """[len(rows) or 1, 1, stop - start, stop] on ``device`` for queries ``start..stop-1``
+        """[len(rows) or 1, 1 (or heads, where a row blocks edges per head), stop - start, stop] on ``device`` for queries ``start..stop-1``
         reading keys ``0..stop-1``, or None where plain attention is exact (one query, nothing
         blocked)."""
         masks = [self._row(row, layer, device) for row in rows]
@@ -91,7 +92,9 @@ class SuffixMasks:
         elif len(masks) == 1:
             full = masks[0]
         else:
-            full = torch.cat([causal if mask is None else mask for mask in masks])
+            full = [causal if mask is None else mask for mask in masks]
+            heads = max(mask.shape[1] for mask in full)  # rows masked per head: every row so
+            full = torch.cat([mask.expand(-1, heads, -1, -1) for mask in full])
         return full[:, :, start - self.prefix : stop - self.prefix, :stop]
 
 

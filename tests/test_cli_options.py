@@ -77,6 +77,19 @@ class LayerList:
 
 
 @dataclass(frozen=True)
+class HeadList:
+    """LAYER.HEAD pairs separated by commas, at least one, none negative."""
+
+    def admits(self, text: str) -> bool:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        try:
+            pairs = [tuple(int(v) for v in part.split(".")) for part in parts]
+        except ValueError:
+            return False
+        return bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs)
+
+
+@dataclass(frozen=True)
 class Multiple:
     """A positive whole multiple of ``of``."""
 
@@ -129,6 +142,9 @@ SPEC = {
         "--bootstrap": BOOTSTRAP, "--figure-layers": LayerList()}),
     "analyses.logit_lens": ([], {**RUNNER, "--bootstrap": BOOTSTRAP,
                                  "--figure-layers": LayerList()}),
+    "analyses.heads": ([], {**RUNNER, "--bootstrap": BOOTSTRAP, "--heads": HeadList(),
+                            "--controls": COUNT, "--top": COUNT, "--alpha": SHARE,
+                            "--min-effect": Range(False, 0)}),
     "analyses.train_vif": ([], {
         **RUNNER, "--steps": SOME, "--lr": Range(False, 0, low_open=True),
         "--kl-weight": Range(False, 0), "--sparsity-weight": Range(False, 0),
@@ -292,6 +308,8 @@ def test_every_bound_of_every_option(module, stubs):
 def _edges(spec) -> list[str]:
     if isinstance(spec, LayerList):
         return ["0", "2,3", "-1", "1,-2", "", ",", "a", "1.5"]
+    if isinstance(spec, HeadList):
+        return ["0.0", "3.1,5.0", "-1.0", "1.-2", "3", "", ",", "a.b", "1.2.3"]
     if isinstance(spec, Multiple):
         return ["0", str(spec.of - 1), str(spec.of), str(spec.of + 1), str(2 * spec.of), "a"]
     if isinstance(spec, Shard):

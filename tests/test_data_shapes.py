@@ -38,6 +38,7 @@ from analyses.attention_evolution.__main__ import main as evolution_main
 from analyses.attenuation.__main__ import main as attenuation_main
 from analyses.contrastive_attention.__main__ import main as contrastive_main
 from analyses.evaluate.__main__ import main as evaluate_main
+from analyses.heads.__main__ import main as heads_main
 from analyses.layer_masking.__main__ import main as layer_masking_main
 from analyses.logit_lens.__main__ import main as logit_lens_main
 from analyses.token_importance.__main__ import main as token_importance_main
@@ -59,6 +60,7 @@ ANALYSES = {
                                                  "--examples", "2"]),
     "attenuation": (attenuation_main, FAST),
     "logit_lens": (logit_lens_main, FAST),
+    "heads": (heads_main, [*FAST, "--controls", "2"]),
     "train_vif": (train_vif_main, ["--steps", "1", "--batch-size", "2"]),
     "evaluate": (evaluate_main, [*FAST, "--methods", "clean,aif", "--max-new-tokens", "2"]),
 }

@@ -24,7 +24,7 @@ CALL_PREFIX = "attention_interface_"  # nnsight names a call `<callable>_<occurr
 class Edits:
     """What :func:`apply` does to each decoder layer of a trace whose batch has ``rows`` rows.
 
-    ``blocked[layer]``: bool [rows, T, T], query position x key position edges that may not be
+    ``blocked[layer]``: bool [rows, T, T] (or [rows, heads, T, T]: per query head), query position x key position edges that may not be
     read at that layer (T covers every position the trace sees, generated ones included);
     ``bias[layer]``: float [rows, T, T] or [rows, heads, T, T] added to the attention logits;
     ``record_positions``: absolute query positions whose attention probabilities are returned
@@ -116,8 +116,9 @@ def apply(model, edits: Edits) -> dict[int, torch.Tensor]:
         mask = additive_mask(given, q_len, kv_len, query.dtype, query.device)
         edited = layer in edits.blocked or layer in edits.bias
         if layer in edits.blocked:
-            blocked = edits.blocked[layer][:, first:kv_len, :kv_len].to(query.device)
-            mask = mask.masked_fill(blocked[:, None], torch.finfo(query.dtype).min)
+            blocked = edits.blocked[layer][..., first:kv_len, :kv_len].to(query.device)
+            blocked = blocked if blocked.dim() == 4 else blocked[:, None]  # per head, or shared
+            mask = mask.masked_fill(blocked, torch.finfo(query.dtype).min)
         if layer in edits.bias:
             bias = edits.bias[layer]
             bias = bias[:, None] if bias.dim() == 3 else bias
