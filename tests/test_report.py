@@ -183,6 +183,12 @@ def test_every_view_opens_and_shows_the_summary_numbers(browser, reports, name):
     assert summary["versions"]["torch"] in page.inner_text("#view-provenance")
     shot(opened, f"{name}-provenance")
     tab(opened, "samples")
+    if name == "layer_masking":  # the first sample's per-layer effect curve, each flow a line
+        change = RunResult.load(GOLDEN / name).arrays["prob_change_pct"][0]  # [series, layer]
+        shown = page.eval_on_selector_all("#sample-detail .chart >> nth=0",
+                                          "cs => [...cs[0].querySelectorAll('circle.pt')]"
+                                          ".map(c => +c.dataset.mean)")
+        np.testing.assert_allclose(shown, change[np.isfinite(change)], rtol=1e-4)
     shot(opened, f"{name}-samples")
     opened.close()
 
