@@ -151,6 +151,18 @@ def test_prompt_token_importance_equals_the_answer_rows_eager_attention(model, h
     np.testing.assert_allclose(importance.dynamics, dynamics, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("text_rows", ["question,last", "question"])
+def test_the_profile_records_the_same_on_the_nnsight_engine(trained, text_rows):
+    from probes import engines
+
+    config = AIFConfig(text_rows=text_rows)
+    fast = prepare(trained, _image(), QUESTION, config).importance
+    other = prepare(trained, _image(), QUESTION, config, engine=engines.named("nnsight")).importance
+    np.testing.assert_allclose(other.prompt_importance, fast.prompt_importance, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(other.dynamics, fast.dynamics, rtol=0, atol=1e-6)
+    assert other.prompt.tolist() == fast.prompt.tolist()
+
+
 def _brute_force_ratio(dynamics, ratios, normalized=False):
     """The published rule written out with Python loops and math.log."""
     n, layers = dynamics.shape
