@@ -164,6 +164,10 @@ def test_cli_run_equals_the_lens_by_hand(lens_run):
         start, stop = arrays["image_offsets"][index:index + 2]
         top = probabilities[:, :-1].argmax(-1).numpy()  # [layers, image tokens]
         np.testing.assert_array_equal(arrays["image_top1"][start:stop].T, top)
+        # each image token's (grid, row, col): LLaVA-1.5's one grid, row-major
+        side = int(round((stop - start) ** 0.5))
+        np.testing.assert_array_equal(arrays["image_cells"][start:stop],
+                                      [[0, r, c] for r in range(side) for c in range(side)])
         # in-box: the image patches whose pixel box overlaps the sample's mask
         from probes.inputs import token_boxes
 

@@ -183,6 +183,12 @@ def test_every_view_opens_and_shows_the_summary_numbers(browser, reports, name):
     assert summary["versions"]["torch"] in page.inner_text("#view-provenance")
     shot(opened, f"{name}-provenance")
     tab(opened, "samples")
+    if name == "layer_masking":  # the first sample's per-layer effect curve, each flow a line
+        change = RunResult.load(GOLDEN / name).arrays["prob_change_pct"][0]  # [series, layer]
+        shown = page.eval_on_selector_all("#sample-detail .chart >> nth=0",
+                                          "cs => [...cs[0].querySelectorAll('circle.pt')]"
+                                          ".map(c => +c.dataset.mean)")
+        np.testing.assert_allclose(shown, change[np.isfinite(change)], rtol=1e-4)
     shot(opened, f"{name}-samples")
     opened.close()
 
@@ -241,13 +247,16 @@ def test_the_filters_change_the_sample_list(browser, reports):
 
 @pytest.fixture(scope="module")
 def family_runs(tmp_path_factory):
-    """An attention-evolution run (with heads) on the tiny model of each other family."""
+    """An attention-evolution run (with heads) on the tiny model of each family of
+    tests/helpers.py TINY_FAMILIES (a family added there is covered here)."""
+    from helpers import TINY_FAMILIES
+
     from analyses.attention_evolution.__main__ import main
     from probes.cli import run_cli
 
     folder = tmp_path_factory.mktemp("families")
     runs = {}
-    for model in ("tiny-random-llava-next", "tiny-random-qwen2.5-vl"):
+    for model in TINY_FAMILIES:
         out = folder / model
         assert run_cli(main, ["--model", model, "--limit", "2", "--bootstrap", "20", "--heads",
                               "--out", str(out)]) == 0
@@ -266,11 +275,39 @@ def test_a_run_of_each_family_loads_with_heads(browser, family_runs, tmp_path):
         tab(opened, "samples")
         page.wait_for_function("document.querySelector('canvas.overlay').width > 1")
         heads = page.eval_on_selector_all("[data-control=head] option", "os => os.length")
-        assert heads == 1 + 4  # the mean and each of the tiny models' 4 heads
+        assert heads == 1 + RunResult.load(run).arrays["head_maps"].shape[3]  # mean + each
         before = page.evaluate("document.querySelector('canvas.overlay').toDataURL()")
         page.select_option("[data-control=head] >> nth=0", "2")
         assert page.evaluate("document.querySelector('canvas.overlay').toDataURL()") != before
         shot(opened, f"family-{model}-samples")
+        opened.close()
+
+
+def test_a_logit_lens_run_of_each_family_draws_its_map_on_the_token_boxes(browser, tmp_path):
+    """The lens's image tokens (LLaVA-NeXT's row newlines among them: no cell) placed on each
+    family's token boxes; the map's values are the saved top tokens' = the answer."""
+    from helpers import TINY_FAMILIES
+
+    from analyses.logit_lens.__main__ import main
+    from probes.cli import run_cli
+
+    name = "image tokens whose top token is the answer (names the answer)"
+    for model in TINY_FAMILIES:
+        out = tmp_path / model
+        assert run_cli(main, ["--model", model, "--limit", "1", "--bootstrap", "20", "--out",
+                              str(out)]) == 0
+        arrays = RunResult.load(out).arrays
+        opened = Opened(browser, write_report([out], tmp_path / f"{model}.html"))
+        tab(opened, "samples")
+        opened.page.wait_for_selector("[data-placement=exact]")
+        last = arrays["answer_rank"].shape[1] - 1
+        shown = opened.page.evaluate("([m, n]) => fusionReport.values(0, n, 0, m)", [last, name])
+        truth = arrays["image_top1"][:, last] == arrays["answer_token"][0]
+        np.testing.assert_array_equal(np.array(shown), truth.astype(float))
+        boxes = shown_boxes(opened, 0)
+        separators = arrays["image_cells"][:, 0] < 0
+        assert np.isnan(boxes[separators]).all() and np.isfinite(boxes[~separators]).all()
+        shot(opened, f"family-{model}-logit_lens")
         opened.close()
 
 
@@ -291,6 +328,38 @@ def test_an_unfinished_run_and_a_run_without_arrays_say_what_is_missing(browser,
     shot(opened, "broken-runs-overview")
     tab(opened, "samples")
     assert "no per-sample records" in opened.page.inner_text("#view-samples")
+    opened.close()
+
+
+def test_failed_samples_damaged_arrays_and_older_runs_say_what_is_missing(browser, tmp_path):
+    failed = tmp_path / "failed"
+    shutil.copytree(GOLDEN / "attenuation", failed)
+    summary = json.loads((failed / "summary.json").read_text())
+    summary["failed"] = [{"index": 7, "id": "x", "pass": "samples",
+                          "reason": "its image cannot be read"}]
+    (failed / "summary.json").write_text(json.dumps(summary))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(GOLDEN / "attenuation", damaged)
+    (damaged / "arrays.npz").write_bytes(b"not a zip")
+    lacking = tmp_path / "lacking"
+    shutil.copytree(GOLDEN / "attenuation", lacking)
+    arrays = dict(np.load(lacking / "arrays.npz"))
+    np.savez(lacking / "arrays.npz", **{k: v for k, v in arrays.items() if k != "curves"})
+    opened = Opened(browser, write_report([failed, damaged, lacking], tmp_path / "r.html"))
+    text = opened.page.inner_text("#view-overview")
+    assert "sample 7 failed (its image cannot be read)" in text
+    assert "arrays.npz cannot be read" in text
+    assert "the run's arrays lack curves" in text
+    tab(opened, "samples")
+    assert opened.page.eval_on_selector_all("canvas.overlay", "cs => cs.length") == 0
+    opened.close()
+    # a token importance run saved before prompt tokens were recorded: the rest shows, and a
+    # note says what is missing
+    opened = Opened(browser, write_report([GOLDEN / "token_importance"], tmp_path / "ti.html"))
+    tab(opened, "samples")
+    assert "predates prompt token importance" in opened.page.inner_text("#view-samples")
+    assert opened.page.query_selector("[data-prompt]") is None
+    assert opened.page.query_selector("canvas.overlay") is not None
     opened.close()
 
 
@@ -482,22 +551,85 @@ def test_next_and_qwen_maps_are_each_tokens_value_on_its_box(browser, placed_run
     opened.close()
 
 
-def test_a_logit_lens_run_shows_its_curves_and_each_samples_answer_probability(browser, tmp_path):
+def test_a_logit_lens_run_shows_its_curves_and_the_tokens_naming_the_answer(browser, tmp_path):
     from analyses.logit_lens.__main__ import main
     from probes.cli import run_cli
 
     out = tmp_path / "logit_lens"
     assert run_cli(main, ["--limit", "3", "--bootstrap", "20", "--out", str(out)]) == 0
     run = RunResult.load(out)
+    arrays = run.arrays
     opened = Opened(browser, write_report([out], tmp_path / "logit_lens.html"))
     page = opened.page
     means = page.eval_on_selector_all("#view-overview circle.pt", "cs => cs.map(c => +c.dataset.mean)")
     rows = [r["mean"] for r in run.summary["per_layer"] if r["mean"] == r["mean"]]
     assert sorted(means) == sorted(rows)
+    titles = page.eval_on_selector_all("#view-overview .chart", "cs => cs.map(c => c.dataset.title)")
+    assert {"answer_prob", "answer_rank", "answer_top1", "image_names_answer"} <= set(titles)
     tab(opened, "samples")
-    shown = page.eval_on_selector_all("#sample-detail circle.pt", "cs => cs.map(c => +c.dataset.mean)")
-    np.testing.assert_allclose(shown, run.arrays["answer_prob"][0], rtol=1e-4)
+    shown = page.eval_on_selector_all(
+        "#sample-detail .chart", "cs => cs.map(c => [...c.querySelectorAll('circle.pt')]"
+        ".map(p => +p.dataset.mean))")
+    np.testing.assert_allclose(shown[0], arrays["answer_prob"][0], rtol=1e-4)
+    assert shown[1] == arrays["answer_rank"][0].tolist()
     verdict = page.inner_text("#sample-detail table.verdicts")
-    assert ("correct" if run.arrays["correct"][0] else "wrong") in verdict
+    assert ("correct" if arrays["correct"][0] else "wrong") in verdict
+    values = page.inner_text("#sample-detail dl.kv")
+    assert f"first top-1 layer\n{arrays['first_top1'][0]}" in values
+    # the map of sample 0 at each layer: 1 where the image token's top token is the answer
+    start, stop = arrays["image_offsets"][:2]
+    names = arrays["image_top1"][start:stop].T == arrays["answer_token"][0]  # [layer, token]
+    name = "image tokens whose top token is the answer (names the answer)"
+    for layer in range(names.shape[0]):
+        decoded = page.evaluate("([i, m, n]) => fusionReport.values(0, n, i, m)", [0, layer, name])
+        np.testing.assert_array_equal(np.array(decoded), names[layer].astype(float))
+    page.wait_for_selector("[data-placement=exact]")
+    counts = names.sum(1)
+    low, high = int(np.argmin(counts)), int(np.argmax(counts))
+    assert counts[low] < counts[high]  # the answer spreads over the image with depth
+    pixels = "document.querySelector('canvas.overlay').toDataURL()"
+    drawn = {}
+    for layer in (low, high):
+        page.fill("[data-control=layer]", str(layer))
+        page.dispatch_event("[data-control=layer]", "input")
+        drawn[layer] = page.evaluate(pixels)
+    assert drawn[low] != drawn[high]
     shot(opened, "logit_lens-samples")
+    opened.close()
+
+
+def test_token_importance_colours_the_prompts_tokens_by_importance(browser, tmp_path):
+    from analyses.token_importance.__main__ import main
+    from probes.cli import run_cli
+
+    out = tmp_path / "token_importance"
+    assert run_cli(main, ["--limit", "2", "--timed-samples", "0", "--bootstrap", "20", "--out",
+                          str(out)]) == 0
+    arrays = RunResult.load(out).arrays
+    opened = Opened(browser, write_report([out], tmp_path / "ti.html"))
+    page = opened.page
+    tab(opened, "samples")
+    for sample in (0, 1):
+        page.click(f"#sample-list [data-sample] >> nth={sample}")
+        tokens = page.eval_on_selector_all(
+            "[data-prompt] .tok", "ts => ts.map(t => [t.textContent, +t.dataset.value, "
+            "t.dataset.group, getComputedStyle(t).backgroundColor])")
+        start, stop = arrays["prompt_offsets"][sample:sample + 2]
+        texts = [t if t.strip() else "\u2423" for t in arrays["prompt_tokens"][start:stop]]
+        assert [t[0] for t in tokens] == texts
+        values = arrays["prompt_importance"][start:stop]
+        np.testing.assert_allclose([t[1] for t in tokens], values, rtol=1e-4)
+        groups = arrays["prompt_groups"][start:stop]
+        question = groups == 1
+        assert [t[2] == "question" for t in tokens] == question.tolist()
+        # the colour: the value over the largest of the question's tokens, on the colour map
+        top = values[question].max()
+        expected = page.evaluate("ts => ts.map(t => fusionReport.colormap(t, false))",
+                                 np.minimum(values / top, 1).tolist())
+        assert [t[3] for t in tokens] == [f"rgb({r}, {g}, {b})" for r, g, b in expected]
+        page.hover(f"[data-prompt] .tok >> nth={int(np.argmax(np.where(question, values, -1)))}")
+        tip = page.inner_text("#tip")
+        assert "(question): " in tip
+        assert float(tip.split("(question): ")[1].split()[0]) == pytest.approx(top, rel=1e-3)
+    shot(opened, "token_importance-samples-prompt")
     opened.close()

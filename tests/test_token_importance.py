@@ -121,6 +121,48 @@ def test_dynamics_and_entropy_equal_numpy_from_eager_output_attentions(model, he
     assert np.ptp(importance.entropy) > 1e-5  # the curves differ between tokens
 
 
+@pytest.mark.parametrize("heads", ["mean", "max"])
+@pytest.mark.parametrize("text_rows", ["question,last", "question"])
+def test_prompt_token_importance_equals_the_answer_rows_eager_attention(model, heads, text_rows):
+    """Each prompt text token's importance = the answer position's eager attention to it
+    (heads reduced), averaged over layers; recording it leaves the dynamics those of the rows
+    alone, also where the answer position is not one of them."""
+    config = AIFConfig(heads=heads, text_rows=text_rows)
+    prepared = prepare(model, _image(), QUESTION, config)
+    groups, importance = prepared.groups, prepared.importance
+    maps = _eager_attentions(model, prepared.inputs)
+    image = set(groups.image.tolist())
+    text = [p for p in range(groups.length) if p not in image and p not in groups.padding]
+    last = int(groups.last[-1])
+    expected = np.mean([(m[:, last, text].mean(0) if heads == "mean" else m[:, last, text].max(0))
+                        for m in maps], axis=0)
+    assert importance.prompt.tolist() == text
+    np.testing.assert_allclose(importance.prompt_importance, expected, rtol=0, atol=1e-6)
+    assert np.ptp(expected) > 1e-4  # the answer reads some words more than others
+    named = {name: getattr(groups, name).tolist() for name in ("system", "question", "template",
+                                                               "last")}
+    codes = importance.prompt_groups.tolist()
+    assert [p for p, c in zip(text, codes) if c == 1] == named["question"]
+    assert [p for p, c in zip(text, codes) if c == 3] == named["last"]
+    keys, _ = image_patches(groups)
+    rows = groups.get(text_rows)
+    dynamics = np.stack([(m[:, rows][:, :, keys].mean(0) if heads == "mean"
+                          else m[:, rows][:, :, keys].max(0)).max(0) for m in maps], axis=1)
+    np.testing.assert_allclose(importance.dynamics, dynamics, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("text_rows", ["question,last", "question"])
+def test_the_profile_records_the_same_on_the_nnsight_engine(trained, text_rows):
+    from probes import engines
+
+    config = AIFConfig(text_rows=text_rows)
+    fast = prepare(trained, _image(), QUESTION, config).importance
+    other = prepare(trained, _image(), QUESTION, config, engine=engines.named("nnsight")).importance
+    np.testing.assert_allclose(other.prompt_importance, fast.prompt_importance, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(other.dynamics, fast.dynamics, rtol=0, atol=1e-6)
+    assert other.prompt.tolist() == fast.prompt.tolist()
+
+
 def _brute_force_ratio(dynamics, ratios, normalized=False):
     """The published rule written out with Python loops and math.log."""
     n, layers = dynamics.shape

@@ -8,6 +8,8 @@ every image token, after every layer, through the model's final norm and unembed
   which it stays the top token to the last layer (the last layer at the latest: there it is the
   model's own top token by definition);
 - ``image_top1`` [layer, image token]: each image token's top token id per layer;
+  ``image_cells`` [image token, 3]: each one's (grid, row, col) (-1s: LLaVA-NeXT's row
+  newlines), so the image tokens naming the answer can be drawn over the image;
 - ``names_answer`` [3, layer]: the share of image tokens whose top token is the answer token,
   over all image patches, over the patches inside the sample's region (``object``), and over
   those outside it (``background``, the control); NaN without a region (or an empty side).
@@ -77,6 +79,9 @@ def measure_sample(loaded: LoadedModel, sample, engine: Engine | str = engines.D
     out_box = np.isin(image, groups.background)
     names_answer = np.stack([share(names, patches), share(names, in_box),
                              share(names, out_box)])
+    tokens = groups.image_tokens
+    where = {int(p): k for k, p in enumerate(tokens.positions)}
+    cells = tokens.layout.token_cells[[where[int(p)] for p in image]]
     ids = np.unique(np.append(top1, answer))
     decode = loaded.processor.tokenizer.decode
     return {
@@ -86,7 +91,8 @@ def measure_sample(loaded: LoadedModel, sample, engine: Engine | str = engines.D
         "answer_prob": np.exp(readout.token_log_probs[:, -1, 0].double().numpy()),
         "answer_rank": rank.astype(np.int64),
         "first_top1": first_layer(rank == 0), "settled": settled_layer(rank == 0),
-        "image_top1": top1.astype(np.int32), "in_box": in_box, "has_region": region,
+        "image_top1": top1.astype(np.int32), "image_cells": cells.astype(np.int16),
+        "in_box": in_box, "has_region": region,
         "names_answer": names_answer,
         "boxes": token_boxes(inputs).astype(np.float32),
         "vocab_ids": ids.astype(np.int64),

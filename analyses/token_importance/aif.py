@@ -5,7 +5,11 @@ pass, token importance, the mask, and the second decoding pass.
    :class:`~probes.record.AttentionRecorder` attached: for every layer, the attention of the
    chosen text rows to the image patches, reduced over heads (``heads``) and then maxed over
    the rows: the token dynamics ``d[i, l]``. Recording only reads queries and keys, so this
-   prefill *is* the clean pass whose keys and values the second pass reuses.
+   prefill *is* the clean pass whose keys and values the second pass reuses. The same pass
+   records the **prompt token importance**: the answer position's (``last``) attention to each
+   text token of the prompt (system, question, template, last; heads reduced as for the
+   dynamics), averaged over layers: which words the answer reads
+   (:class:`ProfileRecorder`).
 2. **Importance** (:mod:`analyses.token_importance.dynamics`): entropy of each curve, mu, the
    ratio scan, the chosen ratio (or a fixed one).
 3. **Mask and decode.** :class:`~probes.masking.SetKnockout`: the text after the image (and,
@@ -66,6 +70,7 @@ from probes.tokens import TokenGroups, token_groups
 
 HEADS = {"mean": "mean_heads", "max": "max_heads"}
 PROFILE_GROUPS = ("system", "question", "template", "last")
+PROMPT_GROUPS = PROFILE_GROUPS  # prompt_groups codes: the index of the token's group here
 SCANS = ("published", "normalized")
 
 
@@ -117,6 +122,9 @@ class TokenImportance:
     entropy: np.ndarray  # [tokens] Ent_i
     mu: np.ndarray  # [tokens] mu_i
     scan: RatioScan  # the S-curve and the adaptive ratio
+    prompt: np.ndarray  # [prompt tokens] positions of the prompt's text tokens
+    prompt_groups: np.ndarray  # [prompt tokens] int8: the index in PROMPT_GROUPS
+    prompt_importance: np.ndarray  # [prompt tokens] mean over layers of last's attention
 
     def order(self, by: str = "entropy") -> np.ndarray:
         """Token indices in the order they are masked: ``entropy`` (highest first, AIF),
@@ -173,6 +181,45 @@ def image_patches(groups: TokenGroups) -> tuple[np.ndarray, np.ndarray]:
     return tokens.positions[is_patch], tokens.layout.token_cells[is_patch]
 
 
+def prompt_text(groups: TokenGroups) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the prompt's text tokens in order and the index of each one's group in
+    :data:`PROMPT_GROUPS` (int8)."""
+    parts = [getattr(groups, name) for name in PROMPT_GROUPS]
+    codes = np.concatenate([np.full(len(p), k, np.int8) for k, p in enumerate(parts)])
+    positions = np.concatenate(parts).astype(np.int64)
+    order = np.argsort(positions, kind="stable")
+    return positions[order], codes[order]
+
+
+@dataclass
+class ProfileRecorder(AttentionRecorder):
+    """The profiling pass's recorder: ``maps`` as :class:`AttentionRecorder` records them from
+    the ``rows`` (the dynamics: attention to the image patches, heads reduced, max over the
+    rows), and from the same probabilities ``answer_maps[layer]``: the ``answer`` position's
+    attention to each of ``prompt`` (heads reduced alike), float32 [prompt tokens]. The
+    queries are ``rows`` and ``answer``; the dynamics never see the answer row unless it is
+    one of ``rows``."""
+
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    answer: int = -1
+    prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    answer_maps: dict = field(default_factory=dict)
+
+    def _store(self, layer: int, probabilities: torch.Tensor) -> None:
+        if probabilities.shape[2] != self.queries.size:
+            raise ValueError("the profiling pass records its every query row in one call")
+        at = int(np.searchsorted(self.queries, self.answer))
+        keys = torch.as_tensor(self.prompt, device=probabilities.device)
+        answer = probabilities[:, :, at][..., keys]  # [batch, heads, prompt tokens]
+        answer = answer.mean(1) if self.reduce == "mean_heads" else answer.amax(1)
+        self.answer_maps[layer] = answer[0].float().cpu()
+        chosen = np.isin(self.queries, self.rows)
+        if not chosen.all():
+            probabilities = probabilities[:, :, torch.as_tensor(np.flatnonzero(chosen),
+                                                                device=probabilities.device)]
+        super()._store(layer, probabilities)
+
+
 def text_queries(groups: TokenGroups) -> np.ndarray:
     """The prompt's text after the image: the queries the mask forbids to read masked tokens."""
     prompt = np.concatenate([groups.system, groups.question, groups.template, groups.last])
@@ -194,14 +241,19 @@ def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
     positions, cells = image_patches(groups)
     rows = groups.get(config.text_rows)
     layers = loaded.adapter.num_layers
-    recorder = AttentionRecorder(queries=rows, keys=positions, reduce=HEADS[config.heads],
-                                 max_queries=True)
+    prompt, prompt_groups = prompt_text(groups)
+    answer = int(groups.last[-1])
+    recorder = ProfileRecorder(queries=np.union1d(rows, [answer]), keys=positions,
+                               reduce=HEADS[config.heads], max_queries=True, rows=rows,
+                               answer=answer, prompt=prompt)
     clean = engine.prefill(loaded, inputs, groups, record=recorder, reserve=reserve)
     dynamics = np.stack([recorder.maps[layer][0, 0, 0].double().cpu().numpy()
                          for layer in range(layers)], axis=1)  # [tokens, layers]
     entropy, mu = curve_entropy(dynamics), mean_attention(dynamics)
     scan = scan_ratios(mu, mask_order(entropy), config.ratios, config.scan == "normalized")
-    return TokenImportance(positions, cells, dynamics, entropy, mu, scan), clean
+    reads = np.stack([recorder.answer_maps[layer].double().numpy() for layer in range(layers)])
+    return TokenImportance(positions, cells, dynamics, entropy, mu, scan, prompt,
+                           prompt_groups, reads.mean(0)), clean
 
 
 def prepare(loaded: LoadedModel, image: Image.Image, question: str,

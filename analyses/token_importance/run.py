@@ -18,6 +18,11 @@ chosen ratio, so that the ablations differ from AIF only in *which* tokens they 
 Accuracy: exact match of the greedy answer (:func:`analyses.grading.is_correct`), 95% Wilson
 intervals, two-sided exact McNemar p-values of each method against clean on the same samples
 (:func:`analyses.stats.method_rows`).
+Prompt token importance: each text token of the prompt with the answer position's attention to
+it, averaged over layers (:mod:`analyses.token_importance.aif`), saved for all samples end to
+end: ``prompt_importance`` (float32), ``prompt_tokens`` (each token's text), ``prompt_groups``
+(int8, the index in :data:`~analyses.token_importance.aif.PROMPT_GROUPS`), sample s's at
+``prompt_offsets[s]:prompt_offsets[s + 1]``.
 Object-token recall: where a sample's target has pixels, the share of its object tokens among
 the top ``top_fraction`` of the image tokens by low entropy vs by highest mu.
 
@@ -247,6 +252,10 @@ def sample_values(loaded: LoadedModel, sample, index: int,
     add("entropy", importance.entropy)
     add("mu", importance.mu)
     add("cells", importance.cells)
+    add("prompt_importance", importance.prompt_importance.astype(np.float32))
+    add("prompt_groups", importance.prompt_groups)
+    tokens = prepared.inputs.input_ids[0, importance.prompt].tolist()
+    add("prompt_tokens", np.array([loaded.processor.tokenizer.decode([t]) for t in tokens]))
     add("s_curve", importance.scan.s)
     add("s0", importance.scan.s0)
     add("is_object", is_object)
@@ -289,13 +298,22 @@ def _pad(values: list[np.ndarray], fill) -> np.ndarray:
     return out
 
 
+CONCATENATED = ("prompt_importance", "prompt_tokens", "prompt_groups")  # + prompt_offsets
+
+
 def _stack(rows: dict[str, list]) -> dict[str, np.ndarray]:
     ragged = {"dynamics": np.nan, "entropy": np.nan, "mu": np.nan, "cells": -1,
               "is_object": False}
     arrays = {}
     for name, values in rows.items():
-        arrays[name] = _pad(values, ragged[name]) if name in ragged else np.array(values)
+        if name in CONCATENATED:
+            arrays[name] = np.concatenate(values)
+        else:
+            arrays[name] = _pad(values, ragged[name]) if name in ragged else np.array(values)
     arrays["n_tokens"] = np.array([v.shape[0] for v in rows["entropy"]], dtype=np.int64)
+    if "prompt_importance" in rows:
+        counts = [v.shape[0] for v in rows["prompt_importance"]]
+        arrays["prompt_offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return arrays
 
 

@@ -292,25 +292,54 @@ const fusionReport = (() => {
     for (const [g, r, c] of cells) if (g === 0) { rows = Math.max(rows, r + 1); cols = Math.max(cols, c + 1); }
     const bound = Math.max(Math.abs(low), Math.abs(high)) || 1;
     const alpha = view.opacity;
-    const color = v => colormap(e.signed ? 0.5 + v / (2 * bound) : (high > low ? (v - low) / (high - low) : 0), e.signed);
+    const color = e.binary ? () => colormap(1, false) : v => colormap(e.signed ? 0.5 + v / (2 * bound) : (high > low ? (v - low) / (high - low) : 0), e.signed);
     const boxes = img ? boxesOf(run, i) : null;
     if (boxes) {
-      const valueOf = k => k < e.tokens ? low + packed.q[m * e.tokens + k] / 255 * (high - low) : null;
+      const valueOf = k => {
+        if (k >= e.tokens) return null;
+        const v = low + packed.q[m * e.tokens + k] / 255 * (high - low);
+        return e.binary && v < 0.5 ? null : v;
+      };
       paintBoxes(ctx, boxes, valueOf, color, W, H, W / img.naturalWidth, H / img.naturalHeight, alpha);
-      return { low, high, signed: e.signed, placed: true };
+      return { low, high, signed: e.signed, binary: e.binary, placed: true };
     }
     for (let k = 0; k < cells.length && k < e.tokens; k++) {
       const [g, r, c] = cells[k];
       if (g !== 0 || r < 0 || c < 0) continue;
       const qv = packed.q[m * e.tokens + k] / 255;
       const v = low + qv * (high - low);
-      const rgb = colormap(e.signed ? 0.5 + v / (2 * bound) : qv, e.signed);
+      if (e.binary && v < 0.5) continue;
+      const rgb = e.binary ? colormap(1, false) : colormap(e.signed ? 0.5 + v / (2 * bound) : qv, e.signed);
       ctx.fillStyle = `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
       const x0 = Math.floor(c / cols * W), x1 = Math.floor((c + 1) / cols * W);
       const y0 = Math.floor(r / rows * H), y1 = Math.floor((r + 1) / rows * H);
       ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
     }
-    return { low, high, signed: e.signed, placed: false, grids: new Set(cells.map(c => c[0])).size };
+    return { low, high, signed: e.signed, binary: e.binary, placed: false, grids: new Set(cells.map(c => c[0])).size };
+  }
+
+  // the prompt's tokens coloured by their value (s.prompt), the value on hover; the colour
+  // scale runs from 0 to the largest value over the tokens of group scale_group (the question)
+  function promptStrip(s, i) {
+    const p = s.prompt;
+    if (!p || !p.tokens[i]) return null;
+    const values = p.values[i], groups = p.group[i];
+    const scaled = values.filter((v, k) => groups[k] === p.scale_group && v !== null);
+    const top = Math.max(...(scaled.length ? scaled : values.filter(v => v !== null)), 1e-12);
+    const box = el("div", { class: "prompt", "data-prompt": "" });
+    p.tokens[i].forEach((text, k) => {
+      const v = values[k], t = v === null ? 0 : Math.min(1, v / top);
+      const rgb = colormap(t, false);
+      const token = el("span", { class: "tok" + (groups[k] === p.scale_group ? "" : " aside"),
+        "data-value": v, "data-group": p.groups[groups[k]],
+        style: `background:rgb(${rgb});color:${t > 0.55 ? "#1d2330" : "#fff"}` }, text.trim() ? text : "\u2423");
+      const tipText = `${JSON.stringify(text)} (${p.groups[groups[k]]}): ${fmt(v)}${v !== null && v > top ? "  (above the scale)" : ""}`;
+      token.addEventListener("mousemove", e => showTip(e, tipText));
+      token.addEventListener("mouseleave", hideTip);
+      box.append(token);
+    });
+    return el("div", { class: "pane wide" }, el("div", { class: "muted" }, p.title), box,
+      el("div", { class: "muted" }, `colour: 0 … ${fmt(top)} (the largest over the question's tokens; the others faded, hover a token for its value)`));
   }
 
   function sampleViewer(run, i, ri) {
@@ -319,6 +348,8 @@ const fusionReport = (() => {
     card.append(el("h3", {}, `${run.label} · sample ${s.id[i]}`, s.kind[i] ? ` · ${s.kind[i]}` : ""));
     if (s.question[i]) card.append(el("div", { class: "question" }, s.question[i],
       s.answer[i] ? el("span", { class: "muted" }, `  (reference: ${s.answer[i]})`) : ""));
+    const strip = promptStrip(s, i);
+    if (strip) card.append(strip);
     const entries = s.maps.filter(e => !e.heads);
     for (const e of s.maps.filter(e => e.heads)) {
       const base = entries.find(b => b.layers === e.layers && b.series.join() === e.series.join());
@@ -339,7 +370,9 @@ const fusionReport = (() => {
         if (info) {
           const bar = el("canvas", { width: 140, height: 10 }); const bctx = bar.getContext("2d");
           for (let x = 0; x < 140; x++) { const c = colormap(x / 139, info.signed); bctx.fillStyle = `rgb(${c})`; bctx.fillRect(x, 0, 1, 10); }
-          legend.append(fmt(info.low), bar, fmt(info.high),
+          if (info.binary) legend.append(el("i", { class: "swatch", style: `background:rgb(${colormap(1, false)})` }), "tokens where it holds (elsewhere the image)");
+          else legend.append(fmt(info.low), bar, fmt(info.high));
+          legend.append(
             info.placed ? el("span", { class: "muted", "data-placement": "exact" }, " · on each token's pixel box")
               : el("span", { class: "muted", "data-placement": "stretched" }, info.grids > 1
                 ? ` · grid 0 of ${info.grids} stretched over the image (tiles not placed)` : " · grid stretched over the image"));
@@ -398,10 +431,10 @@ const fusionReport = (() => {
     }
     const values = Object.entries(s.values || {}).map(([k, v]) => [k, v[i]]);
     if (values.length) card.append(keyValues(Object.fromEntries(values)));
-    if (s.curve) {
-      const lines = s.curve.series.map((name, k) => ({ name, color: COLORS[k % COLORS.length],
-        points: s.curve.values[i][k].map((mean, layer) => ({ layer, mean })) }));
-      card.append(chart(s.curve.title, lines, { width: 340, height: 170 }));
+    for (const curve of s.curves || []) {
+      const lines = curve.series.map((name, k) => ({ name, color: COLORS[k % COLORS.length],
+        points: curve.values[i][k].map((mean, layer) => ({ layer, mean })) }));
+      card.append(chart(curve.title, lines, { width: 340, height: 170 }));
     }
     return card;
   }

@@ -1,5 +1,10 @@
 """The per-sample records of a run, as the report's sample browser reads them: ids, kinds,
-verdicts per method, one per-layer curve, and maps over the image tokens packed compactly.
+verdicts per method, per-layer curves, the prompt's tokens with a value each, and maps over the
+image tokens packed compactly.
+
+Each analysis's view is one function of :data:`BROWSERS` (the arrays it needs, and a function
+filling the record: ``verdicts``, ``curves``, ``maps``, ``values``, ``prompt``, ``notes``); the
+page draws whatever a record holds, so a new analysis's view is that one function.
 
 Maps are quantised to uint8 per map (a map = one sample, series, layer and head) with its own
 (low, high): value = low + q / 255 * (high - low), within (high - low) / 510 of the float.
@@ -69,13 +74,15 @@ def _cells(cells: np.ndarray) -> list[list[int]]:
 
 
 def _map_entry(name: str, values: np.ndarray, series: Sequence[str], cells, signed: bool = False,
-               layered: bool = True, heads: int = 0, every_sample: Sequence[bool] | None = None):
+               layered: bool = True, heads: int = 0, every_sample: Sequence[bool] | None = None,
+               binary: bool = False):
     """A map entry: ``values`` [sample, series, layer(, head), token] (layered) or [sample,
-    series, token]; ``cells`` [token, 3] shared or [sample, token, 3]."""
+    series, token]; ``cells`` [token, 3] shared or [sample, token, 3]. ``binary``: 0/1 values,
+    drawn only where 1 (the image shows through elsewhere)."""
     shared = np.asarray(cells).ndim == 2
     data = [pack(v) if every_sample is None or every_sample[i] else None
             for i, v in enumerate(values)]
-    return {"name": name, "series": list(series), "signed": signed,
+    return {"name": name, "series": list(series), "signed": signed, "binary": binary,
             "layers": int(values.shape[2]) if layered else 0, "heads": heads,
             "tokens": int(values.shape[-1]),
             "cells": _cells(cells) if shared else None,
@@ -96,23 +103,43 @@ def _verdicts(methods, correct=None, replies=None, scores=None) -> dict[str, Any
             "scores": None if scores is None else _rounded(scores)}
 
 
+def _curve(title: str, series: Sequence[str], values: np.ndarray) -> dict[str, Any]:
+    """A per-sample chart: ``values`` [sample, series, layer]."""
+    return {"title": title, "series": list(series), "values": _rounded(values)}
+
+
+def _by_offsets(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """Per sample, its slice of arrays saved end to end (sample s's at offsets[s]:offsets[s+1])."""
+    return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
+def _padded(rows: list[np.ndarray], fill) -> np.ndarray:
+    """[sample, longest, ...] of per-sample arrays of different lengths, ``fill`` after each."""
+    longest = max(len(r) for r in rows)
+    out = np.full((len(rows), longest, *rows[0].shape[1:]), fill,
+                  dtype=np.result_type(rows[0].dtype, np.asarray(fill).dtype))
+    for k, r in enumerate(rows):
+        out[k, :len(r)] = r
+    return out
+
+
 def _layer_masking(summary, arrays, out):
     graded = dict(zip(arrays["graded_index"].tolist(), arrays["graded_correct"].tolist())) \
         if "graded_index" in arrays else {}
     correct = [[bool(graded.get(int(i), False))] for i in arrays["sample_index"]]
     out["verdicts"] = _verdicts(["clean"], correct)
     series = summary.get("series") or []
-    out["curve"] = {"title": "change of the answer's probability when the flow is cut (%)",
-                    "series": series, "values": _rounded(arrays["prob_change_pct"])}
+    out["curves"].append(_curve("change of the answer's probability when the flow is cut (%)",
+                                series, arrays["prob_change_pct"]))
     out["values"] = {"clean probability": _rounded(arrays["clean_probability"])}
 
 
 def _token_importance(summary, arrays, out):
     methods = _methods(summary, arrays["answers"].shape[1])
     out["verdicts"] = _verdicts(methods, arrays["correct"], arrays["answers"])
-    out["curve"] = {"title": "attention to kept vs masked image tokens (AIF)",
-                    "series": ["kept tokens", "masked tokens"],
-                    "values": _rounded(np.stack([arrays["kept_curve"], arrays["masked_curve"]], 1))}
+    out["curves"].append(_curve("attention to kept vs masked image tokens (AIF)",
+                                ["kept tokens", "masked tokens"],
+                                np.stack([arrays["kept_curve"], arrays["masked_curve"]], 1)))
     cells = arrays["cells"]
     out["maps"].append(_map_entry("attention to each image token (dynamics)",
                                   arrays["dynamics"].transpose(0, 2, 1)[:, None], ["dynamics"],
@@ -123,12 +150,27 @@ def _token_importance(summary, arrays, out):
     out["values"] = {"chosen ratio": _rounded(arrays["ratio"])}
     if "reference" in arrays:
         out["reference"] = _strings(arrays["reference"])
+    if "prompt_offsets" in arrays:
+        from analyses.token_importance.aif import PROMPT_GROUPS
+
+        offsets = arrays["prompt_offsets"]
+        out["prompt"] = {
+            "title": "the prompt's tokens: the answer position's attention to each (mean over "
+                     "layers)",
+            "groups": list(PROMPT_GROUPS), "scale_group": PROMPT_GROUPS.index("question"),
+            "tokens": [_strings(t) for t in _by_offsets(arrays["prompt_tokens"], offsets)],
+            "values": [_rounded(v) for v in _by_offsets(arrays["prompt_importance"], offsets)],
+            "group": [g.astype(int).tolist() for g in _by_offsets(arrays["prompt_groups"],
+                                                                  offsets)]}
+    else:
+        out["notes"].append("the run predates prompt token importance (no prompt_importance "
+                            "in its arrays): rerun it to see the prompt's tokens coloured.")
 
 
 def _attention_evolution(summary, arrays, out):
     series = summary.get("series") or [f"series {i}" for i in range(arrays["maps"].shape[1])]
-    out["curve"] = {"title": "share of attention on the image", "series": series,
-                    "values": _rounded(arrays["image_share"])}
+    out["curves"].append(_curve("share of attention on the image", series,
+                                arrays["image_share"]))
     out["maps"].append(_map_entry("attention on the image (heads averaged)", arrays["maps"],
                                   series, arrays["cells"]))
     if "head_maps" in arrays:
@@ -169,8 +211,7 @@ def _contrastive_attention(summary, arrays, out):
 def _attenuation(summary, arrays, out):
     out["verdicts"] = _verdicts(["clean"], arrays["correct"][:, None])
     metrics = summary.get("metrics") or [f"metric {i}" for i in range(arrays["curves"].shape[1])]
-    out["curve"] = {"title": "per-layer curves", "series": metrics,
-                    "values": _rounded(arrays["curves"])}
+    out["curves"].append(_curve("per-layer curves", metrics, arrays["curves"]))
     out["values"] = {"target cells": _rounded(arrays["target_cells"])}
 
 
@@ -184,9 +225,31 @@ def _evaluate(summary, arrays, out):
 
 def _logit_lens(summary, arrays, out):
     out["verdicts"] = _verdicts(["clean"], arrays["correct"][:, None])
-    out["curve"] = {"title": "the answer's probability at the last position (logit lens)",
-                    "series": ["answer probability"],
-                    "values": _rounded(arrays["answer_prob"][:, None])}
+    out["curves"].append(_curve("the answer's probability at the last position (logit lens)",
+                                ["answer probability"], arrays["answer_prob"][:, None]))
+    out["curves"].append(_curve("the answer's rank at the last position (0 = top)",
+                                ["answer rank"], arrays["answer_rank"][:, None]))
+    text = dict(zip(arrays["token_ids"].tolist(), _strings(arrays["token_text"])))
+    layer = [[None if v < 0 else int(v) for v in arrays[k].tolist()]
+             for k in ("first_top1", "settled")]
+    out["values"] = {"answer token": [repr(text.get(int(t), str(t)))
+                                      for t in arrays["answer_token"]],
+                     "first top-1 layer": layer[0], "settled layer": layer[1]}
+    if "image_cells" not in arrays:
+        out["notes"].append("the run predates image_cells in its arrays: rerun it to see the "
+                            "image tokens naming the answer over each image.")
+        return
+    offsets = arrays["image_offsets"]
+    names = [(top == answer).astype(np.float32) for top, answer in  # [image token, layer]
+             zip(_by_offsets(arrays["image_top1"], offsets), arrays["answer_token"].tolist())]
+    padded = _padded(names, np.nan).transpose(0, 2, 1)  # [sample, layer, image token]
+    cells = _padded(_by_offsets(arrays["image_cells"], offsets), -1)
+    out["maps"].append(_map_entry("image tokens whose top token is the answer (names the answer)",
+                                  padded[:, None], ["names the answer"], cells, binary=True))
+    region = _padded([r.astype(np.float32) for r in _by_offsets(arrays["in_box"], offsets)],
+                     np.nan)
+    out["maps"].append(_map_entry("the question's region (in box)", region[:, None],
+                                  ["in box"], cells, layered=False, binary=True))
 
 
 # analysis -> (the arrays it needs, the function filling the browser's record)
@@ -200,7 +263,9 @@ BROWSERS = {
                                "suppressed"), _contrastive_attention),
     "attenuation": (("curves", "correct"), _attenuation),
     "evaluate": (("sample_index", "replies", "scores"), _evaluate),
-    "logit_lens": (("sample_index", "answer_prob", "correct"), _logit_lens),
+    "logit_lens": (("sample_index", "answer_prob", "answer_rank", "correct", "answer_token",
+                    "image_top1", "image_offsets", "in_box", "token_ids", "token_text",
+                    "first_top1", "settled"), _logit_lens),
 }
 
 
@@ -221,7 +286,7 @@ def browser_record(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> tu
         "id": _strings(arrays["sample_id"]) if "sample_id" in arrays else
         [str(i) for i in np.asarray(index).tolist()],
         "kind": _strings(arrays["kind"]) if "kind" in arrays else [""] * count,
-        "verdicts": None, "curve": None, "maps": [], "values": {}, "notes": [],
+        "verdicts": None, "curves": [], "maps": [], "values": {}, "prompt": None, "notes": [],
     }
     fill(summary, arrays, out)
     return out, ""
