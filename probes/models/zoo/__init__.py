@@ -101,5 +101,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny Qwen2.5-VL (windowed ViT + Qwen2, 4 layers, 4-64 tokens)",
             builder="probes.models.zoo.tiny_qwen2_5_vl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-internvl",
+            "UNTRAINED random weights: tiny InternVL (InternViT + Qwen2, 4 layers, 32 px tiles "
+            "+ thumbnail, 16 tokens each)",
+            builder="probes.models.zoo.tiny_internvl:build_random",
+        ),
     )
 }
