@@ -10,6 +10,7 @@ from typing import Any
 from probes.errors import UserError
 from probes.models.adapters.base import Adapter, VLInputs
 from probes.models.adapters.grids import ImageLayout, ImageTokens, PatchGrid
+from probes.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from probes.models.adapters.internvl import InternVLAdapter
 from probes.models.adapters.llava import LlavaAdapter
 from probes.models.adapters.llava_next import LlavaNextAdapter
@@ -17,7 +18,7 @@ from probes.models.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter,
-    InternVLAdapter,
+    InternVLAdapter, Idefics3Adapter, SmolVLMAdapter,
 )
 
 

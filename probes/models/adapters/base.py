@@ -218,7 +218,7 @@ class Adapter(ABC):
         prompts = tuple(self.prompt(question) for question in questions)
         self.processor.tokenizer.padding_side = "left"  # the answer position is -1 in every row
         batch = self.processor(
-            images=list(images), text=list(prompts), padding=True, return_tensors="pt"
+            images=self.processor_images(images), text=list(prompts), padding=True, return_tensors="pt"
         )
         length = batch["input_ids"].shape[1]
         if length > self.max_context:
@@ -239,6 +239,11 @@ class Adapter(ABC):
                 )
             image_tokens.append(ImageTokens(positions=row_positions, layout=layout))
         return VLInputs(batch=batch, images=tuple(image_tokens), prompts=prompts)
+
+    def processor_images(self, images: Sequence[Image.Image]) -> list:
+        """The images as the processor takes them with one prompt per row: a flat list here;
+        a processor that reads a flat list as one row's images takes one list per row."""
+        return list(images)
 
     def position_ids(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """Position ids for a forward with a custom attention mask, in the shape the model's

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 from transformers import AutoProcessor, InternVLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
-from transformers.utils import is_torchvision_available
 
 from probes.errors import UserError
 from probes.models.adapters.grids import PatchGrid, resized_grid
@@ -57,12 +56,7 @@ class InternVLAdapter(MarkedImageAdapter):
     model_types = ("internvl",)
     model_class_name = "InternVLForConditionalGeneration"
 
-    @classmethod
-    def load_processor(cls, location: str, **kwargs: Any) -> Any:
-        # the stock processor insists on a video processor, which needs torchvision
-        if is_torchvision_available():
-            return super().load_processor(location, **kwargs)
-        return InternVLImageOnlyProcessor.from_pretrained(location, **kwargs)
+    image_only_processor = InternVLImageOnlyProcessor
 
     def expansion(self, image_size: tuple[int, int]) -> tuple[str, tuple[PatchGrid, ...], np.ndarray]:
         side, cells, settings = self._geometry()

@@ -17,8 +17,10 @@ tokens the processor inserts.
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any, ClassVar
 
 import numpy as np
+from transformers.utils import is_torchvision_available
 
 from probes.models.adapters.base import Adapter
 from probes.models.adapters.grids import SEPARATOR, ImageLayout, PatchGrid
@@ -42,6 +44,16 @@ def tile_cells(tiles: tuple[int, int], cells: int, grid_index: int = 0) -> np.nd
 
 class MarkedImageAdapter(Adapter):
     """An adapter whose image is the processor's whole expansion of the image placeholder."""
+
+    # the family's processor without its video processor, loaded where torchvision (which
+    # only the video processor needs) is missing; None: the stock processor needs none
+    image_only_processor: ClassVar[Any] = None
+
+    @classmethod
+    def load_processor(cls, location: str, **kwargs: Any) -> Any:
+        if cls.image_only_processor is None or is_torchvision_available():
+            return super().load_processor(location, **kwargs)
+        return cls.image_only_processor.from_pretrained(location, **kwargs)
 
     @abstractmethod
     def expansion(

@@ -107,5 +107,16 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "+ thumbnail, 16 tokens each)",
             builder="probes.models.zoo.tiny_internvl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-smolvlm",
+            "UNTRAINED random weights: tiny SmolVLM (SigLIP + Llama, 4 layers, up to 3x3 32 px "
+            "tiles + global view, 16 tokens each, row/col tags)",
+            builder="probes.models.zoo.tiny_idefics3:build_random_smolvlm",
+        ),
+        BuiltinModel(
+            "tiny-random-idefics3",
+            "UNTRAINED random weights: tiny Idefics3 (as tiny-random-smolvlm, Idefics3 classes)",
+            builder="probes.models.zoo.tiny_idefics3:build_random_idefics3",
+        ),
     )
 }
