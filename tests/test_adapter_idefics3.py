@@ -24,6 +24,7 @@ from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionCo
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfig
 from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
 from probes.errors import UserError
 from probes.models.adapters import Idefics3Adapter, SmolVLMAdapter, adapter_for
@@ -157,9 +158,9 @@ def _processor(kind: str, tile: int, seq: int, **overrides):
                 **overrides}
     if kind == "idefics3":
         return Idefics3Processor(Idefics3ImageProcessorPil(**settings), _tokenizer(),
-                                 image_seq_len=seq)
+                                 image_seq_len=seq, chat_template=DEFAULT_CHAT_TEMPLATE)
     return SmolVLMImageOnlyProcessor(SmolVLMImageProcessorPil(**settings), _tokenizer(),
-                                     image_seq_len=seq)
+                                     image_seq_len=seq, chat_template=DEFAULT_CHAT_TEMPLATE)
 
 
 @pytest.mark.parametrize(("kind", "model_class", "config", "tile", "seq", "layers", "cell"), [

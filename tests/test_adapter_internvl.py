@@ -126,6 +126,7 @@ def _real_config(**overrides) -> InternVLConfig:
         ),
         image_token_id=151667, image_seq_length=256, downsample_ratio=0.5,
         vision_feature_layer=-1, vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
     )
     return InternVLConfig(**{**settings, **overrides})
 
