@@ -58,6 +58,15 @@ class InternVLAdapter(MarkedImageAdapter):
 
     image_only_processor = InternVLImageOnlyProcessor
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        super().check_config(config)
+        if config.vision_feature_select_strategy != "default":
+            # with "full" the CLS feature stays and the square reshape before pixel shuffle fails
+            raise UserError("InternVL's pixel shuffle needs vision_feature_select_strategy "
+                            f"'default'; this config says "
+                            f"{config.vision_feature_select_strategy!r}.")
+
     def expansion(self, image_size: tuple[int, int]) -> tuple[str, tuple[PatchGrid, ...], np.ndarray]:
         side, cells, settings = self._geometry()
         width, height = image_size
@@ -104,10 +113,6 @@ class InternVLAdapter(MarkedImageAdapter):
         if side_h != side_w or patch_h != patch_w or side_h % patch_h:
             raise UserError(f"fusionlens lays out square InternVL views of square patches; this "
                             f"tower takes {side_h}x{side_w} px in {patch_h}x{patch_w} px patches.")
-        if self.config.vision_feature_select_strategy != "default":
-            raise UserError("InternVL's pixel shuffle needs vision_feature_select_strategy "
-                            f"'default'; this config says "
-                            f"{self.config.vision_feature_select_strategy!r}.")
         cells = side_h // patch_h * float(self.config.downsample_ratio)
         if cells != int(cells) or int(processor.image_seq_length) != int(cells) ** 2:
             raise UserError(
