@@ -197,14 +197,13 @@ def _question_offsets(
     tokenizer = adapter.processor.tokenizer
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("finding the question's tokens needs a fast tokenizer with offsets.")
-    placeholder = getattr(adapter.processor, "image_token", None) or (
-        tokenizer.convert_ids_to_tokens(adapter.image_token_id)
-    )
+    placeholder = adapter.image_placeholder
     if prompt.count(placeholder) != 1:
         count = prompt.count(placeholder)
         raise RuntimeError(f"the prompt holds {count} image placeholders, not 1")
-    # the processor writes the placeholder once per image token, then tokenises that text
-    expanded = placeholder * tokens.positions.size
+    # the processor writes the image's text (the placeholder once per image token, or the
+    # family's markers around them) in place of the placeholder, then tokenises that text
+    expanded = adapter.image_text(tokens.layout)
     head, question = prefix.replace(placeholder, expanded), prompt[len(prefix):end]
     encoded = tokenizer(
         head + question + suffix.replace(placeholder, expanded), return_offsets_mapping=True

@@ -119,7 +119,8 @@ def test_export_refuses_reduced_or_empty_recordings(llava):
         to_activation_cache(AttentionRecorder(queries=groups.last), groups)
 
 
-@pytest.mark.parametrize("model", ["tiny-random-llava", "tiny-random-llava-next"])
+@pytest.mark.parametrize("model", ["tiny-random-llava", "tiny-random-llava-next",
+                                   "tiny-random-idefics3"])
 def test_crosscheck_patterns_and_knockouts_agree_with_transformer_lens(model):
     loaded = load_model(model)
     report = crosscheck(loaded, IMAGE, QUESTION)
@@ -128,6 +129,12 @@ def test_crosscheck_patterns_and_knockouts_agree_with_transformer_lens(model):
     assert report.largest <= TOLERANCE, str(report)
     assert report.note == ""
     assert "largest difference" in str(report)
+
+
+@pytest.mark.parametrize("model", ["tiny-random-internvl", "tiny-random-smolvlm"])
+def test_crosscheck_refuses_families_transformer_lens_cannot_bridge(model):
+    with pytest.raises(UserError, match="TransformerLens cannot bridge"):
+        crosscheck(load_model(model), IMAGE, QUESTION)
 
 
 def test_crosscheck_detects_a_knockout_at_the_wrong_layer_and_bounds_memory(llava, monkeypatch):

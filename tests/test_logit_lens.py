@@ -37,13 +37,15 @@ def family(request):
 def by_hand(loaded, inputs, positions):
     """[layers, positions, vocab]: every decoder layer's output from ``output_hidden_states``
     (entry l + 1 leaves layer l; the last entry is already normed by the model) through
-    ``model.model.language_model.norm`` and ``model.lm_head``, written out here."""
+    ``model.model.language_model.norm`` (Idefics3 / SmolVLM: ``text_model``) and
+    ``model.lm_head``, written out here."""
     model = loaded.model
+    decoder = getattr(model.model, "text_model", None) or model.model.language_model
     with torch.inference_mode():
         output = model(**inputs.batch, output_hidden_states=True)
         states = output.hidden_states
         layers = len(states) - 1
-        rows = [model.model.language_model.norm(states[layer + 1][0, positions])
+        rows = [decoder.norm(states[layer + 1][0, positions])
                 for layer in range(layers - 1)]
         rows.append(states[layers][0, positions])  # the model's own final norm, applied
         return model.lm_head(torch.stack(rows)).float(), output.logits[0].float()

@@ -58,6 +58,14 @@ def _largest_cell(loaded, inputs, size) -> tuple[float, float]:
     if loaded.adapter.family == "llava-next":  # base view squashed; tiles at least as fine
         side = max(width, height) * vision.patch_size / vision.image_size
         return side, side
+    if loaded.adapter.family == "internvl":  # the thumbnail squashes the image to one view
+        view = loaded.adapter.image_processor.size["height"]
+        token = vision.patch_size[0] / loaded.model.config.downsample_ratio
+        return width * token / view, height * token / view
+    if loaded.adapter.family in ("smolvlm", "idefics3"):  # the global view: squashed to one
+        view = loaded.adapter.image_processor.max_image_size["longest_edge"]
+        token = vision.patch_size * loaded.model.config.scale_factor
+        return width * token / view, height * token / view
     _, rows, cols = inputs.batch["image_grid_thw"][0].tolist()  # in patches; tokens merge 2x2
     merge = vision.spatial_merge_size
     return width / (cols / merge), height / (rows / merge)

@@ -14,6 +14,9 @@ HUB_ALIASES: dict[str, str] = {
     "llava-next": "llava-hf/llava-v1.6-mistral-7b-hf",
     "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "internvl": "OpenGVLab/InternVL3-8B-hf",
+    "smolvlm": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+    "idefics3": "HuggingFaceM4/Idefics3-8B-Llama3",
 }
 DEFAULT_MODEL = "tiny-llava"
 

@@ -15,7 +15,8 @@ from probes.models.registry import ModelSource
 from probes.models.zoo.checkpoint import greedy_generation_config
 
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
-        "qwen2_5_vl": "tiny-random-qwen2.5-vl"}
+        "qwen2_5_vl": "tiny-random-qwen2.5-vl", "internvl": "tiny-random-internvl",
+        "idefics3": "tiny-random-idefics3", "smolvlm": "tiny-random-smolvlm"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ REAL = {
                             Shapes((644, 476), (644, 476), (644, 476))),
     "qwen2_5_vl": RealModel("Qwen2.5-VL-7B", "Qwen/Qwen2.5-VL-7B-Instruct",
                             Shapes((644, 476), (644, 476), (1764, 1764))),
+    # 644x476: 4x3 tiles + thumbnail / global view, 13 views (InternVL: 3,330 tokens)
+    "internvl": RealModel("InternVL3-8B", "OpenGVLab/InternVL3-8B-hf",
+                          Shapes((644, 476), (644, 476), (644, 476))),
+    "idefics3": RealModel("Idefics3-8B", "HuggingFaceM4/Idefics3-8B-Llama3",
+                          Shapes((644, 476), (644, 476), (644, 476))),
+    "smolvlm": RealModel("SmolVLM2-2.2B", "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+                         Shapes((644, 476), (644, 476), (644, 476))),
 }
 
 
@@ -82,6 +90,22 @@ def real_config_and_processor(family: str):
         q = tiny_qwen2_5_vl
         special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
                    "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
+    elif family == "internvl":
+        from test_adapter_internvl import _real_config, _real_processor
+
+        from probes.models.zoo import tiny_internvl
+
+        config, processor = _real_config(), _real_processor()
+        special = {"image_token_id": tiny_internvl.CONTEXT}
+    elif family in ("idefics3", "smolvlm"):
+        from test_adapter_idefics3 import _idefics3_8b, _processor, _smolvlm2_2b
+
+        from probes.models.zoo import tiny_idefics3
+
+        config = _idefics3_8b() if family == "idefics3" else _smolvlm2_2b()
+        processor = (_processor("idefics3", 364, 169) if family == "idefics3"
+                     else _processor("smolvlm", 384, 81))
+        special = {"image_token_id": tiny_idefics3.IMAGE}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer
@@ -89,8 +113,9 @@ def real_config_and_processor(family: str):
         setattr(config, name, tokenizer.convert_tokens_to_ids(token))
     text = config.text_config
     text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
-    text.eos_token_id = (tokenizer.convert_tokens_to_ids(tiny_qwen2_5_vl.IM_END)
-                         if family == "qwen2_5_vl" else tokenizer.eos_token_id)
+    eos = {"qwen2_5_vl": tiny_qwen2_5_vl.IM_END, "internvl": tiny_qwen2_5_vl.IM_END,
+           "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>"}.get(family)
+    text.eos_token_id = tokenizer.eos_token_id if eos is None else tokenizer.convert_tokens_to_ids(eos)
     return config, processor
 
 

@@ -178,6 +178,26 @@ class Adapter(ABC):
             np.flatnonzero(row.cpu().numpy() == self.image_token_id) for row in input_ids
         ]
 
+    @property
+    def image_placeholder(self) -> str:
+        """The text the chat template writes where an image goes."""
+        return getattr(self.processor, "image_token", None) or (
+            self.processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        )
+
+    def image_text(self, layout: ImageLayout) -> str:
+        """The text the processor writes in place of one image's placeholder: the placeholder
+        once per image token here; a family whose processor writes text markers among the
+        image tokens (tile tags, ``<img>``) overrides this."""
+        return self.image_placeholder * layout.n_tokens
+
+    def image_span(self, row_ids: np.ndarray, positions: np.ndarray,
+                   layout: ImageLayout) -> np.ndarray:
+        """The positions of one image's tokens in a row, given where the image token itself
+        is (``positions``): those here; a family whose image also holds text markers widens
+        them to the whole expansion of the placeholder."""
+        return positions
+
     # ----------------------------------------------------------------- inputs
     def prompt(self, question: str) -> str:
         """The family's chat-templated prompt for one image and one question."""
@@ -198,7 +218,7 @@ class Adapter(ABC):
         prompts = tuple(self.prompt(question) for question in questions)
         self.processor.tokenizer.padding_side = "left"  # the answer position is -1 in every row
         batch = self.processor(
-            images=list(images), text=list(prompts), padding=True, return_tensors="pt"
+            images=self.processor_images(images), text=list(prompts), padding=True, return_tensors="pt"
         )
         length = batch["input_ids"].shape[1]
         if length > self.max_context:
@@ -210,6 +230,8 @@ class Adapter(ABC):
         image_tokens = []
         for row, (image, row_positions) in enumerate(zip(images, positions)):
             layout = self.image_layout(image.size)
+            row_ids = batch["input_ids"][row].cpu().numpy()
+            row_positions = self.image_span(row_ids, row_positions, layout)
             if layout.n_tokens != len(row_positions):
                 raise RuntimeError(
                     f"row {row}: the processor inserted {len(row_positions)} image tokens but the "
@@ -217,6 +239,11 @@ class Adapter(ABC):
                 )
             image_tokens.append(ImageTokens(positions=row_positions, layout=layout))
         return VLInputs(batch=batch, images=tuple(image_tokens), prompts=prompts)
+
+    def processor_images(self, images: Sequence[Image.Image]) -> list:
+        """The images as the processor takes them with one prompt per row: a flat list here;
+        a processor that reads a flat list as one row's images takes one list per row."""
+        return list(images)
 
     def position_ids(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """Position ids for a forward with a custom attention mask, in the shape the model's

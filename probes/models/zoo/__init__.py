@@ -101,5 +101,22 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny Qwen2.5-VL (windowed ViT + Qwen2, 4 layers, 4-64 tokens)",
             builder="probes.models.zoo.tiny_qwen2_5_vl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-internvl",
+            "UNTRAINED random weights: tiny InternVL (InternViT + Qwen2, 4 layers, 32 px tiles "
+            "+ thumbnail, 16 tokens each)",
+            builder="probes.models.zoo.tiny_internvl:build_random",
+        ),
+        BuiltinModel(
+            "tiny-random-smolvlm",
+            "UNTRAINED random weights: tiny SmolVLM (SigLIP + Llama, 4 layers, up to 3x3 32 px "
+            "tiles + global view, 16 tokens each, row/col tags)",
+            builder="probes.models.zoo.tiny_idefics3:build_random_smolvlm",
+        ),
+        BuiltinModel(
+            "tiny-random-idefics3",
+            "UNTRAINED random weights: tiny Idefics3 (as tiny-random-smolvlm, Idefics3 classes)",
+            builder="probes.models.zoo.tiny_idefics3:build_random_idefics3",
+        ),
     )
 }

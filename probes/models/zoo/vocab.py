@@ -15,10 +15,14 @@ BASE_SPECIAL = (PAD, BOS, EOS, UNK)
 
 
 def word_tokenizer(
-    words: Iterable[str], special_tokens: Iterable[str] = ("<image>",)
+    words: Iterable[str], special_tokens: Iterable[str] = ("<image>",),
+    named_tokens: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """A lower-casing word-level tokenizer over ``words`` (punctuation split off), left-padded,
     adding ``<s>`` in front like Llama's. ``special_tokens`` (e.g. ``<image>``) are never split.
+    ``named_tokens`` ({"start_image_token": "<img>"}, all also in ``special_tokens``) become
+    the tokenizer's attributes of those names (and ``..._id``), as a hub tokenizer's
+    ``extra_special_tokens`` do.
 
     >>> tok = word_tokenizer(["what", "shape", "?"])
     >>> tok.convert_ids_to_tokens(tok("What shape?")["input_ids"])
@@ -40,7 +44,7 @@ def word_tokenizer(
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        padding_side="left",
+        padding_side="left", **(named_tokens or {}),
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(special_tokens)})
     return tokenizer
