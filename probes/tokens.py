@@ -204,7 +204,7 @@ def _question_offsets(
         count = prompt.count(placeholder)
         raise RuntimeError(f"the prompt holds {count} image placeholders, not 1")
     # the processor writes the placeholder once per image token, then tokenises that text
-    expanded = placeholder * tokens.positions.size
+    expanded = adapter.expanded_placeholder(placeholder, tokens.positions.size)
     head, question = prefix.replace(placeholder, expanded), prompt[len(prefix):end]
     encoded = tokenizer(
         head + question + suffix.replace(placeholder, expanded), return_offsets_mapping=True

@@ -9,13 +9,14 @@ from typing import Any
 
 from probes.errors import UserError
 from probes.models.adapters.base import Adapter, VLInputs
+from probes.models.adapters.gemma3 import Gemma3Adapter
 from probes.models.adapters.grids import ImageLayout, ImageTokens, PatchGrid
 from probes.models.adapters.llava import LlavaAdapter
 from probes.models.adapters.llava_next import LlavaNextAdapter
 from probes.models.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
-    LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter,
+    LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, Gemma3Adapter,
 )
 
 

@@ -100,7 +100,7 @@ class Adapter(ABC):
         """Refuse (one UserError sentence) a model whose config turns on an attention feature
         the engine does not reproduce: :mod:`probes.models.adapters.modelled`. A family with
         features of its own to refuse extends this."""
-        check_modelled(config)
+        check_modelled(config, cls.models_sliding_windows)
 
     @classmethod
     def load_processor(cls, location: str, **kwargs: Any) -> Any:
@@ -217,6 +217,32 @@ class Adapter(ABC):
                 )
             image_tokens.append(ImageTokens(positions=row_positions, layout=layout))
         return VLInputs(batch=batch, images=tuple(image_tokens), prompts=prompts)
+
+    def expanded_placeholder(self, placeholder: str, n_tokens: int) -> str:
+        """The text the processor writes in place of a prompt's image ``placeholder`` for an
+        image of ``n_tokens`` tokens (before tokenising it): the placeholder once per token."""
+        return placeholder * n_tokens
+
+    # ----------------------------------------------------------------- attention structure
+    # whether the engine reproduces this family's sliding windows (Gemma 3's); the config
+    # check refuses a window that cuts within the context for every other family
+    models_sliding_windows: ClassVar[bool] = False
+
+    def sliding_windows(self) -> tuple[int | None, ...]:
+        """Per decoder layer, the sliding window a query reads within (None: the layer attends
+        to every earlier key). Only a family that ``models_sliding_windows`` has any."""
+        return (None,) * self.num_layers
+
+    def image_blocks(self, inputs: VLInputs, row: int = 0) -> np.ndarray | None:
+        """Per position of ``inputs``' row ``row``, the id of the image block whose tokens
+        attend to each other bidirectionally in prefill (-1 outside any); None for a family
+        that attends causally inside images (every one but Gemma 3)."""
+        return None
+
+    def rotary_type(self, layer: int) -> str | None:
+        """The argument a layer's rotary tables are computed with (Gemma 3: its layer type,
+        whose table has its own base), or None where one table serves every layer."""
+        return None
 
     def position_ids(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """Position ids for a forward with a custom attention mask, in the shape the model's

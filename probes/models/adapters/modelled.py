@@ -106,12 +106,14 @@ def _rope_types(text_config: Any) -> list[tuple[str, str]]:
     return found
 
 
-def check_modelled(config: Any) -> None:
+def check_modelled(config: Any, sliding_windows: bool = False) -> None:
     """Refuse, in one sentence, a model whose text config turns on an attention feature the
-    engine does not reproduce (see the module docstring); return quietly otherwise."""
+    engine does not reproduce (see the module docstring); return quietly otherwise.
+    ``sliding_windows``: the family's adapter models its sliding-window layers (Gemma 3), so
+    a window shorter than the context is allowed."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     window = _sliding_window(text)
-    if window is not None:
+    if window is not None and not sliding_windows:
         context = getattr(text, "max_position_embeddings", None)
         switch = "use_sliding_window=True, " if hasattr(text, "use_sliding_window") else ""
         raise _refuse("sliding-window attention",

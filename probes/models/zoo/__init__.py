@@ -101,5 +101,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny Qwen2.5-VL (windowed ViT + Qwen2, 4 layers, 4-64 tokens)",
             builder="probes.models.zoo.tiny_qwen2_5_vl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-gemma3",
+            "UNTRAINED random weights: tiny Gemma 3 (SigLIP + Gemma 3, 6 layers, 4 sliding, "
+            "window 12, 16 soft tokens)",
+            builder="probes.models.zoo.tiny_gemma3:build_random",
+        ),
     )
 }
