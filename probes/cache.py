@@ -120,3 +120,18 @@ def reserved_cache(model: torch.nn.Module, reserve: int) -> DynamicCache | None:
         return None
     cache.layers = [ReservedLayer(reserve) for _ in cache.layers]
     return cache
+
+
+def every_key_cache(model: torch.nn.Module) -> DynamicCache | None:
+    """A :class:`DynamicCache` for ``generate`` whose sliding-window layers keep every key,
+    like the full ones, or None where no layer of the model slides (its own cache does so
+    already). Edits that name key positions (the nnsight engine's; :mod:`probes.attention`'s
+    plans) read a call's keys as positions ``0..kv_len-1``, which a sliding layer's cache, that
+    drops the keys behind its window, would shift; the window itself stays in the model's own
+    mask, so the numbers are the same."""
+    cache = DynamicCache(config=model.config)
+    if not any(isinstance(layer, DynamicSlidingWindowLayer) for layer in cache.layers):
+        return None
+    cache.layers = [DynamicLayer() if isinstance(layer, DynamicSlidingWindowLayer) else layer
+                    for layer in cache.layers]
+    return cache

@@ -58,6 +58,9 @@ def _largest_cell(loaded, inputs, size) -> tuple[float, float]:
     if loaded.adapter.family == "llava-next":  # base view squashed; tiles at least as fine
         side = max(width, height) * vision.patch_size / vision.image_size
         return side, side
+    if loaded.adapter.family == "gemma3":  # squashed to a square of sqrt(mm_tokens) cells a side
+        side = int(loaded.model.config.mm_tokens_per_image ** 0.5)
+        return width / side, height / side
     _, rows, cols = inputs.batch["image_grid_thw"][0].tolist()  # in patches; tokens merge 2x2
     merge = vision.spatial_merge_size
     return width / (cols / merge), height / (rows / merge)

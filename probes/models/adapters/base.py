@@ -198,7 +198,7 @@ class Adapter(ABC):
         prompts = tuple(self.prompt(question) for question in questions)
         self.processor.tokenizer.padding_side = "left"  # the answer position is -1 in every row
         batch = self.processor(
-            images=list(images), text=list(prompts), padding=True, return_tensors="pt"
+            images=self.processor_images(images), text=list(prompts), padding=True, return_tensors="pt"
         )
         length = batch["input_ids"].shape[1]
         if length > self.max_context:
@@ -217,6 +217,10 @@ class Adapter(ABC):
                 )
             image_tokens.append(ImageTokens(positions=row_positions, layout=layout))
         return VLInputs(batch=batch, images=tuple(image_tokens), prompts=prompts)
+
+    def processor_images(self, images: Sequence[Image.Image]) -> list:
+        """The images as the processor takes one per prompt (a flat list here)."""
+        return list(images)
 
     def expanded_placeholder(self, placeholder: str, n_tokens: int) -> str:
         """The text the processor writes in place of a prompt's image ``placeholder`` for an

@@ -65,6 +65,10 @@ class Gemma3Adapter(Adapter):
         grid = resized_grid((side, side), image_size, side, side, 1)
         return ImageLayout.single_grid(grid)
 
+    def processor_images(self, images) -> list:
+        # Gemma3Processor reads a flat list as the images of one prompt
+        return [[image] for image in images]
+
     def expanded_placeholder(self, placeholder: str, n_tokens: int) -> str:
         # "\n\n<start_of_image>", the soft tokens, "<end_of_image>\n\n"
         return self.processor.full_image_sequence
