@@ -15,7 +15,7 @@ from probes.models.registry import ModelSource
 from probes.models.zoo.checkpoint import greedy_generation_config
 
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
-        "qwen2_5_vl": "tiny-random-qwen2.5-vl"}
+        "qwen2_5_vl": "tiny-random-qwen2.5-vl", "gemma3": "tiny-random-gemma3"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ REAL = {
                             Shapes((644, 476), (644, 476), (644, 476))),
     "qwen2_5_vl": RealModel("Qwen2.5-VL-7B", "Qwen/Qwen2.5-VL-7B-Instruct",
                             Shapes((644, 476), (644, 476), (1764, 1764))),
+    # every image is resized to 896 x 896 (256 soft tokens): the shapes only vary the content
+    "gemma3": RealModel("Gemma-3-4B-it", "google/gemma-3-4b-it",
+                        Shapes((644, 476), (644, 476), (896, 896))),
 }
 
 
@@ -82,6 +85,15 @@ def real_config_and_processor(family: str):
         q = tiny_qwen2_5_vl
         special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
                    "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
+    elif family == "gemma3":
+        from test_adapter_gemma3 import _gemma3_4b_config
+
+        from probes.models.zoo import tiny_gemma3 as g
+
+        config = _gemma3_4b_config()
+        # google/gemma-3-4b-it's processor: 896 x 896 images, 256 soft tokens
+        processor = g.build_processor(BASIC_WORDS, image_size=896, tokens_per_image=256)
+        special = {"image_token_id": g.IMAGE, "boi_token_id": g.BOI, "eoi_token_id": g.EOI}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer
@@ -89,8 +101,8 @@ def real_config_and_processor(family: str):
         setattr(config, name, tokenizer.convert_tokens_to_ids(token))
     text = config.text_config
     text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
-    text.eos_token_id = (tokenizer.convert_tokens_to_ids(tiny_qwen2_5_vl.IM_END)
-                         if family == "qwen2_5_vl" else tokenizer.eos_token_id)
+    end = {"qwen2_5_vl": tiny_qwen2_5_vl.IM_END, "gemma3": "<end_of_turn>"}.get(family)
+    text.eos_token_id = tokenizer.convert_tokens_to_ids(end) if end else tokenizer.eos_token_id
     return config, processor
 
 

@@ -10,7 +10,9 @@ reproduces, and a model that turns one on is refused with one sentence naming th
 its config field rather than measured wrongly:
 
 - a sliding window (``sliding_window``, gated by ``use_sliding_window`` / ``layer_types`` where
-  the family has them) that is shorter than the context, and other non-full ``layer_types``
+  the family has them) that is shorter than the context, unless the family's adapter models it
+  (``Adapter.models_sliding_windows``: Gemma 3, whose windows and bidirectional image blocks
+  the executor's masks carry, :mod:`probes.structure`), and other non-full ``layer_types``
   (chunked, linear attention) or ``attention_chunk_size``;
 - attention logit soft-capping (``attn_logit_softcapping``): the attention functions and the
   recorded probabilities apply no tanh cap;
@@ -28,9 +30,12 @@ tables, computed by the model's own module); ``attention_bias`` and q/k norms (i
 attention module's projections, which run unchanged); ``attention_dropout`` (models run in
 eval mode); a ``query_pre_attn_scalar`` (the module's scaling reaches every attention path);
 ``final_logit_softcapping``: it caps logits, not attention, and the vision-language classes
-fusionlens loads (LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL) compute their logits as
-``lm_head(hidden)`` without it, exactly as the executor does, so its numbers equal the
-model's own forward.
+fusionlens loads (LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, and Gemma 3: only the text-only
+``Gemma3ForCausalLM`` caps, ``Gemma3ForConditionalGeneration`` does not; the tiny Gemma 3 sets
+it to prove so) compute their logits as ``lm_head(hidden)`` without it, exactly as the
+executor does, so its numbers equal the model's own forward. Gemma 3's two rotary tables (one
+per layer type) are computed by the model's own module, each layer given its type's
+(:meth:`~probes.models.adapters.base.Adapter.rotary_type`).
 """
 
 from __future__ import annotations
