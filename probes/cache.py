@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 
 class SharedPrefixCache:
@@ -110,10 +110,28 @@ class ReservedLayer(DynamicLayer):
 
 
 def reserved_cache(model: torch.nn.Module, reserve: int) -> DynamicCache | None:
-    """A :class:`DynamicCache` of :class:`ReservedLayer`, or None where the model's cache has
-    other kinds of layers (sliding windows, ...): those keep their own cache."""
+    """A :class:`DynamicCache` of :class:`ReservedLayer`, which keep every key (a sliding-window
+    layer's too: the engine applies the window in its own masks, and a continuation needs the
+    keys a sliding cache would drop), or None where the model's cache has other kinds of layers
+    (chunked, linear attention, ...): those keep their own cache."""
     cache = DynamicCache(config=model.config)
-    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+    full = (DynamicLayer, DynamicSlidingWindowLayer)
+    if not cache.layers or any(type(layer) not in full for layer in cache.layers):
         return None
     cache.layers = [ReservedLayer(reserve) for _ in cache.layers]
+    return cache
+
+
+def every_key_cache(model: torch.nn.Module) -> DynamicCache | None:
+    """A :class:`DynamicCache` for ``generate`` whose sliding-window layers keep every key,
+    like the full ones, or None where no layer of the model slides (its own cache does so
+    already). Edits that name key positions (the nnsight engine's; :mod:`probes.attention`'s
+    plans) read a call's keys as positions ``0..kv_len-1``, which a sliding layer's cache, that
+    drops the keys behind its window, would shift; the window itself stays in the model's own
+    mask, so the numbers are the same."""
+    cache = DynamicCache(config=model.config)
+    if not any(isinstance(layer, DynamicSlidingWindowLayer) for layer in cache.layers):
+        return None
+    cache.layers = [DynamicLayer() if isinstance(layer, DynamicSlidingWindowLayer) else layer
+                    for layer in cache.layers]
     return cache

@@ -198,10 +198,14 @@ def check_layers(layers: Iterable[int], num_layers: int) -> None:
 @dataclass
 class EdgeMaskPlan:
     """One list of :class:`Edges` per batch row; rows of the batch may differ (one condition
-    per row). ``padding[b]`` = number of left-padding tokens of row b (keys no one reads)."""
+    per row). ``padding[b]`` = number of left-padding tokens of row b (keys no one reads).
+    ``structures[b]``: row b's :class:`~probes.structure.AttentionStructure` (sliding windows,
+    bidirectional image blocks), which the check that every query keeps a key reads (default:
+    causal)."""
 
     rows: list[list[Edges]]
     padding: Sequence[int] = ()
+    structures: Sequence = ()
     _layers: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -234,13 +238,17 @@ class EdgeMaskPlan:
                 one = np.zeros(blocked.shape[2:], dtype=bool)
                 _block(one, edges, positions, kv_length)
                 blocked[b, list(edges.heads) if edges.heads is not None else slice(None)] |= one
-        self._check_rows_keep_a_key(blocked, positions)
+        self._check_rows_keep_a_key(blocked, positions, layer)
         return torch.from_numpy(blocked).to(query_positions.device)
 
-    def _check_rows_keep_a_key(self, blocked: np.ndarray, positions: np.ndarray) -> None:
+    def _check_rows_keep_a_key(self, blocked: np.ndarray, positions: np.ndarray, layer: int) -> None:
         causal = np.arange(blocked.shape[-1])[None, :] <= positions[:, None]  # [Q, K]
         for b, pad in enumerate(self.padding):
-            readable = causal & ~blocked[b]  # [(heads,) Q, K]
+            allowed = causal
+            if b < len(self.structures):
+                allowed = self.structures[b].allowed(
+                    layer, torch.from_numpy(positions), blocked.shape[-1]).numpy()
+            readable = allowed & ~blocked[b]  # [(heads,) Q, K]
             readable[..., :pad] = False
             real = positions >= pad
             empty = real & ~readable.any(axis=-1)

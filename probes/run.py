@@ -44,58 +44,79 @@ from probes.masking import EdgeMaskPlan
 from probes.models.adapters import VLInputs
 from probes.models.loading import LoadedModel
 from probes.record import AttentionRecorder
+from probes.structure import AttentionStructure, plain
 from probes.tokens import TokenGroups, token_groups
 
 
 class SuffixMasks:
-    """Additive attention masks for queries at positions ``prefix..length-1``: causal, plus the
-    edges each row blocks at that layer. A row's mask is built once per distinct set of edges
-    (by :class:`EdgeMaskPlan`, which also refuses a query left without keys) for every query
+    """Additive attention masks for queries at positions ``prefix..length-1``: what the model's
+    own mask allows at that layer (causal; Gemma 3's sliding windows and bidirectional image
+    blocks: ``structure``, :mod:`probes.structure`), plus the edges each row blocks there. A
+    row's mask is built once per distinct set of edges and kind of layer (by
+    :class:`EdgeMaskPlan`, which also refuses a query left without keys) for every query
     position the run will have, generated ones included, and sliced per call: a layer or a
     decoding step never builds a mask again. Masks are made on the device of the layer that
     reads them (each device gets its own copy, once).
     """
 
     def __init__(self, rows: Sequence[Sequence], prefix: int, length: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device,
+                 structure: AttentionStructure | None = None) -> None:
         self.rows, self.prefix, self.length = rows, prefix, length
+        self.structure = structure or plain()
         self.positions = torch.arange(prefix, length, device=device)
-        self.low = torch.finfo(dtype).min
-        allowed = torch.arange(length, device=device)[None, :] <= self.positions[:, None]
-        causal = torch.where(allowed, 0.0, self.low).to(dtype)[None, None]  # [1, 1, Q, K]
-        self._causal = OnDevices(causal)
+        self.dtype, self.low = dtype, torch.finfo(dtype).min
+        self._bases: dict = {}  # per kind of layer: (OnDevices mask [1, 1, Q, K], causal rows)
         self._built: dict[tuple, torch.Tensor] = {}
+
+    def _base(self, layer: int) -> tuple[OnDevices, torch.Tensor]:
+        """The model's own mask at ``layer``, and which of its rows are plain causal ones."""
+        kind = self.structure.kind(layer)
+        if kind not in self._bases:
+            allowed = self.structure.allowed(layer, self.positions, self.length)
+            causal = torch.arange(self.length, device=allowed.device)[None, :] <= self.positions[:, None]
+            mask = torch.where(allowed, 0.0, self.low).to(self.dtype)[None, None]  # [1, 1, Q, K]
+            self._bases[kind] = (OnDevices(mask), (allowed == causal).all(-1).cpu())
+        return self._bases[kind]
 
     def _row(self, row: int, layer: int, device: torch.device) -> torch.Tensor | None:
         edges = [edges for edges in self.rows[row] if layer in edges.layers]
         if not edges:
             return None
-        key = (row, tuple(map(id, edges)), device)  # layers with the same edges share one mask
+        # layers of one kind with the same edges share one mask
+        key = (row, self.structure.kind(layer), tuple(map(id, edges)), device)
         if key not in self._built:
-            blocked = EdgeMaskPlan([edges]).blocked(layer, self.positions, self.length)
-            causal = self._causal.on(device)
+            plan = EdgeMaskPlan([edges], structures=[self.structure])
+            blocked = plan.blocked(layer, self.positions, self.length)
+            base = self._base(layer)[0].on(device)
             per_head = blocked if blocked.dim() == 4 else blocked[:, None]  # [1, heads or 1, Q, K]
-            self._built[key] = causal.masked_fill(per_head.to(device), self.low)
+            self._built[key] = base.masked_fill(per_head.to(device), self.low)
         return self._built[key]
 
     def for_call(self, layer: int, rows: Sequence[int], start: int, stop: int,
                  device: torch.device) -> torch.Tensor | None:
-        """[len(rows) or 1, 1 (or heads, where a row blocks edges per head), stop - start, stop] on ``device`` for queries ``start..stop-1``
-        reading keys ``0..stop-1``, or None where plain attention is exact (one query, nothing
-        blocked)."""
+        """[len(rows) or 1, 1 (or heads, where a row blocks edges per head), stop - start, stop]
+        on ``device`` for queries ``start..stop-1`` reading keys ``0..stop-1``, or None where
+        plain attention is exact (one query, reading its causal keys, nothing blocked)."""
         masks = [self._row(row, layer, device) for row in rows]
-        causal = self._causal.on(device)
+        base, causal_rows = self._base(layer)
         if all(mask is None for mask in masks):
-            if stop - start == 1:
+            if stop - start == 1 and bool(causal_rows[start - self.prefix]):
                 return None
-            full = causal
+            full = base.on(device)
         elif len(masks) == 1:
             full = masks[0]
         else:
-            full = [causal if mask is None else mask for mask in masks]
+            base = base.on(device)
+            full = [base if mask is None else mask for mask in masks]
             heads = max(mask.shape[1] for mask in full)  # rows masked per head: every row so
             full = torch.cat([mask.expand(-1, heads, -1, -1) for mask in full])
         return full[:, :, start - self.prefix : stop - self.prefix, :stop]
+
+
+def windowed(loaded: LoadedModel) -> bool:
+    """Whether any decoder layer of the model slides (its own cache would drop keys)."""
+    return any(window is not None for window in loaded.adapter.sliding_windows())
 
 
 @dataclass
@@ -130,7 +151,8 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> Clean
     if inputs.input_ids.shape[0] != 1:
         raise ValueError("the executor runs conditions over one input row at a time")
     attention.enable(loaded.model)
-    cache = reserved_cache(loaded.model, reserve) if reserve > 0 else None
+    # every key kept (sliding-window layers too: the engine applies windows in its own masks)
+    cache = reserved_cache(loaded.model, reserve) if reserve > 0 or windowed(loaded) else None
     # logits of the last position only (as generate does): a 7B vocabulary over every prompt
     # position would cost 80 MB and a lm_head pass per token for nothing
     output = loaded.model(**inputs.batch, use_cache=True, output_hidden_states=True,
@@ -149,8 +171,10 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> Clean
 
 class RotaryTables:
     """(cos, sin) of the positions from ``first`` on, computed once on the rotary embedding's
-    device and copied once to each device a layer reads them on; :meth:`rows` slices a call's
-    query positions out of the copy on that layer's device."""
+    device (once per rotary type where layers differ: Gemma 3's local and global tables,
+    :meth:`~probes.models.adapters.base.Adapter.rotary_type`) and copied once to each device a
+    layer reads them on; :meth:`rows` slices a call's query positions out of the copy of that
+    layer's table on that layer's device."""
 
     def __init__(self, loaded: LoadedModel, clean: CleanPass, positions: torch.Tensor,
                  first: int) -> None:
@@ -158,13 +182,18 @@ class RotaryTables:
         device = module_device(embedding)
         # the hidden states only tell the embedding the dtype (and device) of the tables
         like = clean.hidden_states[0][:, :1].to(device)
-        self.first = first
-        self.tables = OnDevices(tuple(embedding(like, positions.to(device))))
+        self.first, self.adapter = first, loaded.adapter
+        self.tables: dict[str | None, OnDevices] = {}
+        for kind in {loaded.adapter.rotary_type(layer) for layer in range(loaded.adapter.num_layers)}:
+            extra = () if kind is None else (kind,)
+            self.tables[kind] = OnDevices(tuple(embedding(like, positions.to(device), *extra)))
 
-    def rows(self, device: torch.device, start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        """The (cos, sin) rows of query positions ``start..stop-1``, on ``device``."""
+    def rows(self, device: torch.device, start: int, stop: int,
+             layer: int = 0) -> tuple[torch.Tensor, ...]:
+        """The (cos, sin) rows of query positions ``start..stop-1`` for ``layer``, on ``device``."""
+        tables = self.tables[self.adapter.rotary_type(layer)]
         return tuple(table[..., start - self.first : stop - self.first, :]
-                     for table in self.tables.on(device))
+                     for table in tables.on(device))
 
 
 def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Sequence[int],
@@ -194,7 +223,7 @@ def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Se
         hidden = hidden.to(device)
         mask = masks.for_call(index, rows[:active], start, stop, device)
         hidden = layer(hidden, attention_mask=mask, use_cache=True, **with_cache(layer, cache),
-                       position_embeddings=rotary.rows(device, start, stop))
+                       position_embeddings=rotary.rows(device, start, stop, index))
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         if on_layer is not None:
             on_layer(index, hidden)
@@ -258,10 +287,13 @@ def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
         rows.append([])  # the clean run, for the layers before each condition's first
         starts.append(0)
         prefix = min([prefix, *record.queries.tolist()])
+    structure = AttentionStructure.of(loaded.adapter, inputs)
+    prefix = structure.shared_prefix(prefix)
     length = clean.hidden_states[0].shape[1]
     # conditions that block nothing stay clean: they never join
     order = [i for i in sorted(range(len(rows)), key=starts.__getitem__) if starts[i] < num_layers]
-    masks = SuffixMasks(rows, prefix, length, clean.hidden_states[0].dtype, clean.hidden_states[0].device)
+    masks = SuffixMasks(rows, prefix, length, clean.hidden_states[0].dtype,
+                        clean.hidden_states[0].device, structure)
     cache = SharedPrefixCache(clean.keys_values, prefix, max(1, min(batch_size, len(order))),
                               length, one_shot=True)
     tables = RotaryTables(loaded, clean, clean.position_ids[..., prefix:length], prefix)
@@ -384,12 +416,13 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
         clean, donate = clean_pass(loaded, inputs, reserve=max_new_tokens), True
     clean.check_usable()
     knockouts = [] if knockout is None else [knockout]
-    prefix = first_blocked_position(groups, knockouts, num_layers)
+    structure = AttentionStructure.of(loaded.adapter, inputs)
+    prefix = structure.shared_prefix(first_blocked_position(groups, knockouts, num_layers))
     length = clean.hidden_states[0].shape[1]
     total = length + max_new_tokens - 1  # every position a forward will see
     like = clean.hidden_states[0]
     masks = SuffixMasks([knockout.edges(groups, num_layers) if knockout else []], prefix, total,
-                        like.dtype, like.device)
+                        like.dtype, like.device, structure)
     room = clean.buffers is not None and clean.buffers[0][0].shape[-2] >= total
     if donate and room:
         cache = SharedPrefixCache.adopting(clean.buffers, prefix)

@@ -106,7 +106,8 @@ def test_a_missing_package_is_one_sentence_naming_it():
 @pytest.mark.parametrize(("family", "layers", "billions", "tokens"),
                          [("llava", 32, 7.06, 615), ("llava_next", 32, 7.57, 2379),
                           ("qwen2_5_vl", 28, 8.29, 442), ("internvl", 28, 7.94, 3370),
-                          ("idefics3", 32, 8.46, 2270), ("smolvlm", 24, 2.25, 1126)])
+                          ("idefics3", 32, 8.46, 2270), ("smolvlm", 24, 2.25, 1126),
+                          ("gemma3", 34, 4.30, 298)])
 def test_real_7b_builds_on_the_meta_device_with_real_token_counts(family, layers, billions, tokens):
     loaded = build_real(family, "meta")
     assert loaded.device.type == "meta" and loaded.dtype == torch.bfloat16
@@ -116,12 +117,13 @@ def test_real_7b_builds_on_the_meta_device_with_real_token_counts(family, layers
     shapes = REAL[family].shapes
     inputs = loaded.adapter.build_inputs([Image.new("RGB", shapes.check)], ["what shape ?"])
     # InternVL: 13 views of 256 + <img>, </img>; Idefics3 / SmolVLM: 13 views of 169 / 81
-    # + 31 tile tags and line breaks
+    # + 31 tile tags and line breaks; Gemma 3: 256 soft tokens at 896 x 896
     image_tokens = {"llava": 576, "llava_next": 2340, "qwen2_5_vl": 391, "internvl": 3330,
-                    "idefics3": 2228, "smolvlm": 1084}[family]
+                    "idefics3": 2228, "smolvlm": 1084, "gemma3": 256}[family]
     assert len(inputs.images[0].positions) == image_tokens
     assert loaded.model.config.image_token_id == loaded.processor.tokenizer.convert_tokens_to_ids(
-        {"qwen2_5_vl": "<|image_pad|>", "internvl": "<IMG_CONTEXT>"}.get(family, "<image>"))
+        {"qwen2_5_vl": "<|image_pad|>", "internvl": "<IMG_CONTEXT>",
+         "gemma3": "<image_soft_token>"}.get(family, "<image>"))
     # the check's own question: the token count the GPU run uses
     assert build_inputs(loaded, Image.new("RGB", shapes.check)).input_ids.shape[1] == tokens
 

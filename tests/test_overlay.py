@@ -66,6 +66,9 @@ def _largest_cell(loaded, inputs, size) -> tuple[float, float]:
         view = loaded.adapter.image_processor.max_image_size["longest_edge"]
         token = vision.patch_size * loaded.model.config.scale_factor
         return width * token / view, height * token / view
+    if loaded.adapter.family == "gemma3":  # squashed to a square of sqrt(mm_tokens) cells a side
+        side = int(loaded.model.config.mm_tokens_per_image ** 0.5)
+        return width / side, height / side
     _, rows, cols = inputs.batch["image_grid_thw"][0].tolist()  # in patches; tokens merge 2x2
     merge = vision.spatial_merge_size
     return width / (cols / merge), height / (rows / merge)

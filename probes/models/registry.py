@@ -17,6 +17,7 @@ HUB_ALIASES: dict[str, str] = {
     "internvl": "OpenGVLab/InternVL3-8B-hf",
     "smolvlm": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
     "idefics3": "HuggingFaceM4/Idefics3-8B-Llama3",
+    "gemma3": "google/gemma-3-4b-it",
 }
 DEFAULT_MODEL = "tiny-llava"
 

@@ -17,6 +17,8 @@ import torch
 from transformers import GenerationConfig
 
 from probes import attention
+from probes.cache import every_key_cache
+from probes.compat import with_cache
 from probes.errors import UserError
 from probes.masking import EdgeMaskPlan, Edges
 from probes.models.adapters import VLInputs
@@ -25,6 +27,7 @@ from probes.nnsight.edits import Edits, apply
 from probes.nnsight.version import check_version
 from probes.record import AttentionRecorder
 from probes.run import Generation, KnockoutResult
+from probes.structure import AttentionStructure
 from probes.tokens import TokenGroups, token_groups, token_groups_batch
 
 _WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -74,7 +77,8 @@ def edits(loaded: LoadedModel, inputs: VLInputs, knockouts=None, record=None, st
         if len(per_row) != rows:
             raise ValueError(f"{len(per_row)} knockouts for {rows} batch rows")
         plan = EdgeMaskPlan([[] if k is None else k.edges(g, n) for k, g in zip(per_row, groups)],
-                            [g.padding.size for g in groups])
+                            [g.padding.size for g in groups],
+                            [AttentionStructure.of(adapter, inputs, row) for row in range(rows)])
         for layer in range(n):
             mask = plan.blocked(layer, positions, length)
             if mask is not None:
@@ -255,6 +259,8 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
     greedy = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                               do_sample=False, num_beams=1, eos_token_id=sorted(stop) or None,
                               pad_token_id=loaded.processor.tokenizer.pad_token_id)
+    # sliding-window layers keep every key, so that the edits' key positions stay absolute
+    options.update(with_cache(loaded.model, every_key_cache(loaded.model)))
     with model.generate(dict(rows.batch), generation_config=greedy, **options) as tracer:
         steps = nnsight.save([])
         for _ in tracer.iter[:max_new_tokens]:

@@ -16,7 +16,8 @@ from probes.models.zoo.checkpoint import greedy_generation_config
 
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
         "qwen2_5_vl": "tiny-random-qwen2.5-vl", "internvl": "tiny-random-internvl",
-        "idefics3": "tiny-random-idefics3", "smolvlm": "tiny-random-smolvlm"}
+        "idefics3": "tiny-random-idefics3", "smolvlm": "tiny-random-smolvlm",
+        "gemma3": "tiny-random-gemma3"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ REAL = {
                           Shapes((644, 476), (644, 476), (644, 476))),
     "smolvlm": RealModel("SmolVLM2-2.2B", "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
                          Shapes((644, 476), (644, 476), (644, 476))),
+    # every image is resized to 896 x 896 (256 soft tokens): the shapes only vary the content
+    "gemma3": RealModel("Gemma-3-4B-it", "google/gemma-3-4b-it",
+                        Shapes((644, 476), (644, 476), (896, 896))),
 }
 
 
@@ -106,6 +110,15 @@ def real_config_and_processor(family: str):
         processor = (_processor("idefics3", 364, 169) if family == "idefics3"
                      else _processor("smolvlm", 384, 81))
         special = {"image_token_id": tiny_idefics3.IMAGE}
+    elif family == "gemma3":
+        from test_adapter_gemma3 import _gemma3_4b_config
+
+        from probes.models.zoo import tiny_gemma3 as g
+
+        config = _gemma3_4b_config()
+        # google/gemma-3-4b-it's processor: 896 x 896 images, 256 soft tokens
+        processor = g.build_processor(BASIC_WORDS, image_size=896, tokens_per_image=256)
+        special = {"image_token_id": g.IMAGE, "boi_token_id": g.BOI, "eoi_token_id": g.EOI}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer
@@ -114,7 +127,8 @@ def real_config_and_processor(family: str):
     text = config.text_config
     text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     eos = {"qwen2_5_vl": tiny_qwen2_5_vl.IM_END, "internvl": tiny_qwen2_5_vl.IM_END,
-           "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>"}.get(family)
+           "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
+           "gemma3": "<end_of_turn>"}.get(family)
     text.eos_token_id = tokenizer.eos_token_id if eos is None else tokenizer.convert_tokens_to_ids(eos)
     return config, processor
 

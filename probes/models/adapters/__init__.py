@@ -9,6 +9,7 @@ from typing import Any
 
 from probes.errors import UserError
 from probes.models.adapters.base import Adapter, VLInputs
+from probes.models.adapters.gemma3 import Gemma3Adapter
 from probes.models.adapters.grids import ImageLayout, ImageTokens, PatchGrid
 from probes.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from probes.models.adapters.internvl import InternVLAdapter
@@ -18,7 +19,7 @@ from probes.models.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter,
-    InternVLAdapter, Idefics3Adapter, SmolVLMAdapter,
+    InternVLAdapter, Idefics3Adapter, SmolVLMAdapter, Gemma3Adapter,
 )
 
 

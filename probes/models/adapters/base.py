@@ -100,7 +100,7 @@ class Adapter(ABC):
         """Refuse (one UserError sentence) a model whose config turns on an attention feature
         the engine does not reproduce: :mod:`probes.models.adapters.modelled`. A family with
         features of its own to refuse extends this."""
-        check_modelled(config)
+        check_modelled(config, cls.models_sliding_windows)
 
     @classmethod
     def load_processor(cls, location: str, **kwargs: Any) -> Any:
@@ -244,6 +244,27 @@ class Adapter(ABC):
         """The images as the processor takes them with one prompt per row: a flat list here;
         a processor that reads a flat list as one row's images takes one list per row."""
         return list(images)
+
+    # ----------------------------------------------------------------- attention structure
+    # whether the engine reproduces this family's sliding windows (Gemma 3's); the config
+    # check refuses a window that cuts within the context for every other family
+    models_sliding_windows: ClassVar[bool] = False
+
+    def sliding_windows(self) -> tuple[int | None, ...]:
+        """Per decoder layer, the sliding window a query reads within (None: the layer attends
+        to every earlier key). Only a family that ``models_sliding_windows`` has any."""
+        return (None,) * self.num_layers
+
+    def image_blocks(self, inputs: VLInputs, row: int = 0) -> np.ndarray | None:
+        """Per position of ``inputs``' row ``row``, the id of the image block whose tokens
+        attend to each other bidirectionally in prefill (-1 outside any); None for a family
+        that attends causally inside images (every one but Gemma 3)."""
+        return None
+
+    def rotary_type(self, layer: int) -> str | None:
+        """The argument a layer's rotary tables are computed with (Gemma 3: its layer type,
+        whose table has its own base), or None where one table serves every layer."""
+        return None
 
     def position_ids(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """Position ids for a forward with a custom attention mask, in the shape the model's

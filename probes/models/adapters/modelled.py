@@ -10,7 +10,9 @@ reproduces, and a model that turns one on is refused with one sentence naming th
 its config field rather than measured wrongly:
 
 - a sliding window (``sliding_window``, gated by ``use_sliding_window`` / ``layer_types`` where
-  the family has them) that is shorter than the context, and other non-full ``layer_types``
+  the family has them) that is shorter than the context, unless the family's adapter models it
+  (``Adapter.models_sliding_windows``: Gemma 3, whose windows and bidirectional image blocks
+  the executor's masks carry, :mod:`probes.structure`), and other non-full ``layer_types``
   (chunked, linear attention) or ``attention_chunk_size``;
 - attention logit soft-capping (``attn_logit_softcapping``): the attention functions and the
   recorded probabilities apply no tanh cap;
@@ -28,9 +30,12 @@ tables, computed by the model's own module); ``attention_bias`` and q/k norms (i
 attention module's projections, which run unchanged); ``attention_dropout`` (models run in
 eval mode); a ``query_pre_attn_scalar`` (the module's scaling reaches every attention path);
 ``final_logit_softcapping``: it caps logits, not attention, and the vision-language classes
-fusionlens loads (LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL) compute their logits as
-``lm_head(hidden)`` without it, exactly as the executor does, so its numbers equal the
-model's own forward.
+fusionlens loads (LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, and Gemma 3: only the text-only
+``Gemma3ForCausalLM`` caps, ``Gemma3ForConditionalGeneration`` does not; the tiny Gemma 3 sets
+it to prove so) compute their logits as ``lm_head(hidden)`` without it, exactly as the
+executor does, so its numbers equal the model's own forward. Gemma 3's two rotary tables (one
+per layer type) are computed by the model's own module, each layer given its type's
+(:meth:`~probes.models.adapters.base.Adapter.rotary_type`).
 """
 
 from __future__ import annotations
@@ -106,12 +111,14 @@ def _rope_types(text_config: Any) -> list[tuple[str, str]]:
     return found
 
 
-def check_modelled(config: Any) -> None:
+def check_modelled(config: Any, sliding_windows: bool = False) -> None:
     """Refuse, in one sentence, a model whose text config turns on an attention feature the
-    engine does not reproduce (see the module docstring); return quietly otherwise."""
+    engine does not reproduce (see the module docstring); return quietly otherwise.
+    ``sliding_windows``: the family's adapter models its sliding-window layers (Gemma 3), so
+    a window shorter than the context is allowed."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     window = _sliding_window(text)
-    if window is not None:
+    if window is not None and not sliding_windows:
         context = getattr(text, "max_position_embeddings", None)
         switch = "use_sliding_window=True, " if hasattr(text, "use_sliding_window") else ""
         raise _refuse("sliding-window attention",

@@ -118,5 +118,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny Idefics3 (as tiny-random-smolvlm, Idefics3 classes)",
             builder="probes.models.zoo.tiny_idefics3:build_random_idefics3",
         ),
+        BuiltinModel(
+            "tiny-random-gemma3",
+            "UNTRAINED random weights: tiny Gemma 3 (SigLIP + Gemma 3, 6 layers, 4 sliding, "
+            "window 12, 16 soft tokens)",
+            builder="probes.models.zoo.tiny_gemma3:build_random",
+        ),
     )
 }
