@@ -13,9 +13,11 @@ from probes.models.adapters.grids import ImageLayout, ImageTokens, PatchGrid
 from probes.models.adapters.llava import LlavaAdapter
 from probes.models.adapters.llava_next import LlavaNextAdapter
 from probes.models.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from probes.models.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter,
+    Qwen3VLAdapter, Qwen3VLMoeAdapter,
 )
 
 

@@ -101,5 +101,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny Qwen2.5-VL (windowed ViT + Qwen2, 4 layers, 4-64 tokens)",
             builder="probes.models.zoo.tiny_qwen2_5_vl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-qwen3-vl",
+            "UNTRAINED random weights: tiny Qwen3-VL (ViT + Qwen3, 4 layers, DeepStack after "
+            "layers 0-1, 4-64 tokens)",
+            builder="probes.models.zoo.tiny_qwen3_vl:build_random",
+        ),
     )
 }
