@@ -6,7 +6,9 @@ within 1e-5, on the fast engine, the nnsight engine and in masked decoding with 
 from __future__ import annotations
 
 import contextlib
+import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import consistency_inputs
@@ -136,3 +138,45 @@ def test_deepstack_condition_refused_where_there_is_none(tiny):
     with pytest.raises(UserError, match=r"layer 3 names no DeepStack addition: this model adds "
                                         r"them after decoder layers 0\.\.1\."):
         DeepStackOff.of(tiny.adapter, [3])
+
+
+def test_layer_masking_deepstack_rows_equal_reference_forwards(tiny):
+    """``--deepstack``: the extra rows of a sample's sweep are the metrics of the reference
+    forwards (DeepStack patched out, flows blocked at every layer), in deepstack_names' order."""
+    from analyses.data import load_dataset
+    from analyses.layer_masking.sweep import compare, deepstack_names, sweep_sample
+
+    sample = load_dataset("easy-vqa", "test", limit=1)[0]
+    flows = ["image->question,last"]
+    sweep = sweep_sample(tiny, sample, flows, 1, 0, 0, deepstack=True)
+    inputs = tiny.adapter.build_inputs([sample.image], [sample.ask])
+    blocked = Knockout.window(flows[0], 1, 4, 4)  # every layer
+    expected = torch.stack([reference_logits(tiny, inputs, layers, knockout) for layers, knockout
+                            in [((0, 1), None), ((0,), None), ((1,), None), ((), blocked),
+                                ((0, 1), blocked)]])
+    with torch.no_grad():
+        clean = tiny.model(**inputs.batch).logits[0, -1].float()
+    assert deepstack_names(flows, 2)[-1] == "image->question,last at every layer + DeepStack off"
+    np.testing.assert_allclose(sweep.deepstack, compare(clean, expected, sweep.answer_token),
+                               atol=1e-3, rtol=1e-4)
+
+
+def test_layer_masking_deepstack_cli(tmp_path, capsys):
+    """The CLI reports the DeepStack rows on Qwen3-VL and refuses --deepstack elsewhere, in one
+    sentence with exit code 2, before any sample is swept."""
+    from analyses.layer_masking.__main__ import main
+    from probes.cli import run_cli
+
+    common = ["--limit", "2", "--all-samples", "--bootstrap", "20", "--deepstack"]
+    assert run_cli(main, ["--model", "tiny-random-qwen3-vl", *common, "--out",
+                          str(tmp_path / "q")]) == 0
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["deepstack"]["conditions"][0] == "DeepStack off"
+    assert summary["config"]["deepstack"] is True
+    assert "DeepStack (--deepstack)" in capsys.readouterr().out
+    assert run_cli(main, ["--model", "tiny-random-llava", *common, "--out",
+                          str(tmp_path / "l")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == ("error: the llava model has no DeepStack (only Qwen3-VL adds vision "
+                     "features to the residual stream after its first layers), so a DeepStack "
+                     "condition does not apply to it.")

@@ -15,7 +15,7 @@ from probes.models.registry import ModelSource
 from probes.models.zoo.checkpoint import greedy_generation_config
 
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
-        "qwen2_5_vl": "tiny-random-qwen2.5-vl"}
+        "qwen2_5_vl": "tiny-random-qwen2.5-vl", "qwen3_vl": "tiny-random-qwen3-vl"}
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,15 @@ REAL = {
                             Shapes((644, 476), (644, 476), (644, 476))),
     "qwen2_5_vl": RealModel("Qwen2.5-VL-7B", "Qwen/Qwen2.5-VL-7B-Instruct",
                             Shapes((644, 476), (644, 476), (1764, 1764))),
+    "qwen3_vl": RealModel("Qwen3-VL-8B", "Qwen/Qwen3-VL-8B-Instruct",
+                          Shapes((644, 476), (644, 476), (1764, 1764))),
 }
 
 
 def real_config_and_processor(family: str):
     """The published config (the adapter tests' facts) and a zoo processor with the real image
     settings; the config's special token ids become the processor's tokenizer's."""
-    from probes.models.zoo import tiny_llava, tiny_qwen2_5_vl
+    from probes.models.zoo import tiny_llava, tiny_qwen2_5_vl, tiny_qwen3_vl
     from probes.models.zoo.tiny_llava import BASIC_WORDS
 
     if family == "llava":
@@ -82,6 +84,16 @@ def real_config_and_processor(family: str):
         q = tiny_qwen2_5_vl
         special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
                    "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
+    elif family == "qwen3_vl":
+        from test_adapter_qwen3_vl import _qwen3_vl_8b_config
+
+        config = _qwen3_vl_8b_config()
+        # Qwen/Qwen3-VL-8B-Instruct's preprocessor_config.json: 256 x 256 to 4096 x 4096 pixels
+        processor = tiny_qwen3_vl.build_processor(BASIC_WORDS, min_pixels=65536,
+                                                  max_pixels=16777216)
+        q = tiny_qwen2_5_vl
+        special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
+                   "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer
@@ -90,7 +102,7 @@ def real_config_and_processor(family: str):
     text = config.text_config
     text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     text.eos_token_id = (tokenizer.convert_tokens_to_ids(tiny_qwen2_5_vl.IM_END)
-                         if family == "qwen2_5_vl" else tokenizer.eos_token_id)
+                         if family in ("qwen2_5_vl", "qwen3_vl") else tokenizer.eos_token_id)
     return config, processor
 
 
