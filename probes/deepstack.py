@@ -62,12 +62,14 @@ class DeepStackOff:
         return [] if self.knockout is None else self.knockout.edges(groups, num_layers)
 
     def __str__(self) -> str:
-        removed = f"DeepStack off after layers {','.join(map(str, sorted(self.removed)))}"
+        layers = sorted(self.removed)
+        removed = (f"DeepStack off after layer{'s' if len(layers) > 1 else ''} "
+                   f"{','.join(map(str, layers))}")
         if self.knockout is None:
             return removed
         flows = ";".join(map(str, getattr(self.knockout, "flows", ()))) or "edges"
-        layers = self.knockout.layers
-        span = f"{layers[0]}" if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+        span = (f"{self.knockout.layers[0]}" if len(self.knockout.layers) == 1
+                else f"{self.knockout.layers[0]}-{self.knockout.layers[-1]}")
         return f"{flows} @{span} + {removed}"
 
 
