@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from probes import attention
 from probes.cache import ReservedLayer, SharedPrefixCache, reserved_cache
 from probes.compat import output_cache, with_cache
+from probes.deepstack import Additions, first_position, removed
 from probes.devices import OnDevices, module_device
 from probes.masking import EdgeMaskPlan
 from probes.models.adapters import VLInputs
@@ -133,6 +134,9 @@ class CleanPass:
     # decode may take over (masked_generate(donate=True)); after that the pass is spent
     buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     donated: bool = False
+    # {layer: (positions, values)}: what the model added to the residual stream after that
+    # layer (Qwen3-VL's DeepStack; Adapter.deepstack), not in hidden_states, which a layer leaves
+    additions: dict = field(default_factory=dict)
 
     def check_usable(self) -> None:
         if self.donated:
@@ -155,8 +159,10 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> Clean
     cache = reserved_cache(loaded.model, reserve) if reserve > 0 or windowed(loaded) else None
     # logits of the last position only (as generate does): a 7B vocabulary over every prompt
     # position would cost 80 MB and a lm_head pass per token for nothing
-    output = loaded.model(**inputs.batch, use_cache=True, output_hidden_states=True,
-                          logits_to_keep=1, **with_cache(loaded.model, cache))
+    additions: dict = {}
+    with loaded.adapter.deepstack(loaded.model, captured=additions):
+        output = loaded.model(**inputs.batch, use_cache=True, output_hidden_states=True,
+                              logits_to_keep=1, **with_cache(loaded.model, cache))
     cache = output_cache(output)
     keys_values = [(layer.keys, layer.values) for layer in cache.layers]
     buffers = None
@@ -166,7 +172,7 @@ def clean_pass(loaded: LoadedModel, inputs: VLInputs, reserve: int = 0) -> Clean
     device = inputs.input_ids.device  # where accelerate's hooks return a model's outputs, too
     return CleanPass(output.logits[0, -1].float().to(device),
                      tuple(states.to(device) for states in output.hidden_states), keys_values,
-                     positions.to(device), buffers)
+                     positions.to(device), buffers, additions=additions)
 
 
 class RotaryTables:
@@ -199,13 +205,14 @@ class RotaryTables:
 def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Sequence[int],
                rows: Sequence[int], start: int, stop: int, cache, masks: SuffixMasks,
                rotary: RotaryTables, on_layer: Callable[[int, torch.Tensor], None] | None = None,
-               ) -> torch.Tensor:
+               additions: Additions | None = None) -> torch.Tensor:
     """Decoder layers and the final norm for queries at positions ``start..stop-1`` of the runs
     ``rows`` (indices into ``masks.rows``). Run ``rows[i]`` joins at layer ``starts[i]``
     (ascending) with ``entering[layer]`` [1, queries, hidden], the clean hidden states entering
     that layer: nothing differs from the clean run before a run's first blocked layer, so it
     costs nothing there. ``on_layer(layer, hidden)`` sees each layer's output (on that layer's
-    device). Each layer runs on its own device, its inputs moved there. Returns [rows, hidden]
+    device). ``additions`` adds what the model adds after a layer (DeepStack), as each row
+    keeps it. Each layer runs on its own device, its inputs moved there. Returns [rows, hidden]
     at the last query position after the final norm, on the final norm's device."""
     model, adapter = loaded.model, loaded.adapter
     hidden, active = None, 0
@@ -227,6 +234,8 @@ def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Se
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         if on_layer is not None:
             on_layer(index, hidden)
+        if additions is not None:
+            hidden = additions.after(index, hidden, rows[:active], start, stop)
     norm = adapter.final_norm(model)
     return norm(hidden[:, -1].to(module_device(norm)))
 
@@ -257,7 +266,7 @@ def first_blocked_position(groups: TokenGroups, knockouts: Sequence, num_layers:
         for edges in knockout.edges(groups, num_layers):
             starts += [int(edges.queries.min())] if edges.queries.size else []
             starts += [edges.queries_from] if edges.queries_from is not None else []
-    return min(starts)
+    return min(starts + first_position(groups, knockouts))
 
 
 @torch.inference_mode()
@@ -298,16 +307,17 @@ def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
                               length, one_shot=True)
     tables = RotaryTables(loaded, clean, clean.position_ids[..., prefix:length], prefix)
     collect = _Collector(loaded, clean, rows, starts, hidden_states, record)
+    additions = Additions(clean.additions, [*knockouts, None][: len(rows)])
     head = loaded.adapter.lm_head(loaded.model)
     # the final norm's outputs, gathered on the device of the head that reads them
     finals = clean.hidden_states[0].new_empty(len(rows), clean.hidden_states[0].shape[-1],
                                               device=module_device(head))
-    entering = [states[:, prefix:] for states in clean.hidden_states]
+    entering = additions.entering(clean.hidden_states, prefix)
     for chunk_start in range(0, len(order), batch_size):
         chunk = order[chunk_start : chunk_start + batch_size]
         with collect.chunk(chunk) as on_layer:
             normed = run_layers(loaded, entering, [starts[i] for i in chunk], chunk, prefix,
-                                length, cache, masks, tables, on_layer)
+                                length, cache, masks, tables, on_layer, additions)
         finals[chunk] = normed.to(finals.device)
         collect.final(chunk, normed)
     logits = clean.logits.cpu().repeat(len(rows), 1)
@@ -382,7 +392,8 @@ def run_knockouts_naively(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequ
     modules = loaded.adapter.attention_modules(loaded.model)
     rows = []
     for knockout in knockouts:
-        with attention.attach(modules, EdgeMaskPlan([knockout.edges(groups, num_layers)])):
+        with attention.attach(modules, EdgeMaskPlan([knockout.edges(groups, num_layers)])), \
+                loaded.adapter.deepstack(loaded.model, removed=[removed(knockout)]):
             rows.append(loaded.model(**inputs.batch).logits[0, -1].float().cpu())
     return torch.stack(rows)
 
@@ -436,10 +447,11 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
     tables = RotaryTables(loaded, clean, torch.cat([clean.position_ids[..., prefix:], generated], -1),
                           prefix)
     head = loaded.adapter.lm_head(loaded.model)
+    additions = Additions(clean.additions, knockouts or [None])
     embed = loaded.adapter.language_model(loaded.model).get_input_embeddings()
     head_device, embed_device = module_device(head), module_device(embed)
     hidden = run_layers(loaded, [clean.hidden_states[0][:, prefix:]], [0], [0],
-                        prefix, length, cache, masks, tables)
+                        prefix, length, cache, masks, tables, additions=additions)
     tokens, step_logits, stop = [], [], loaded.eos_token_ids()
     for step in range(max_new_tokens):
         logits = head(hidden.to(head_device)).float()[0]

@@ -19,7 +19,7 @@ RED = (255, 0, 0)
 # tests run on: adding a family's tiny model here puts it through all of them.
 TINY_FAMILIES = ("tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl",
                  "tiny-random-internvl", "tiny-random-smolvlm", "tiny-random-idefics3",
-                 "tiny-random-gemma3")
+                 "tiny-random-gemma3", "tiny-random-qwen3-vl")
 
 
 def image_with_box(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:

@@ -61,8 +61,13 @@ def test_saved_processor_reloads_with_auto_processor(tiny_qwen):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_image_positions_and_grid_match_processor(tiny_qwen, size):
-    adapter = tiny_qwen.adapter
-    inputs = adapter.build_inputs([Image.new("RGB", size), Image.new("RGB", (56, 56))], QUESTIONS)
+    check_positions_and_grid(tiny_qwen.adapter, [Image.new("RGB", size), Image.new("RGB", (56, 56))])
+
+
+def check_positions_and_grid(adapter, images) -> None:
+    """Each row's image tokens sit where the processor put them, on a grid of the processor's
+    ``image_grid_thw`` merged ``MERGE`` x ``MERGE``; rows are left-padded."""
+    inputs = adapter.build_inputs(images, QUESTIONS)
     for row, image in enumerate(inputs.images):
         expected = torch.nonzero(inputs.input_ids[row] == adapter.image_token_id)[:, 0]
         np.testing.assert_array_equal(image.positions, expected.numpy())
@@ -73,23 +78,24 @@ def test_image_positions_and_grid_match_processor(tiny_qwen, size):
     assert inputs.attention_mask[:, -1].all()  # left padding
 
 
-def _resized_image(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+def _resized_image(pixel_values: torch.Tensor, grid_thw: torch.Tensor,
+                   patch: int = PATCH) -> torch.Tensor:
     """Undo Qwen's patchify: rows are patches ordered (merged row, merged col, row in the
     merge block, col in the block), each holding (channel, time, y, x). -> [3, H, W]."""
     _, rows, cols = grid_thw.tolist()
-    patches = pixel_values.view(rows // MERGE, cols // MERGE, MERGE, MERGE, 3, 2, PATCH, PATCH)
+    patches = pixel_values.view(rows // MERGE, cols // MERGE, MERGE, MERGE, 3, 2, patch, patch)
     frame = patches[:, :, :, :, :, 0]  # both time steps are the same still image
-    # (merged row, merged col, block row, block col, C, y, x) -> (C, rows*PATCH, cols*PATCH)
-    return frame.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, rows * PATCH, cols * PATCH)
+    # (merged row, merged col, block row, block col, C, y, x) -> (C, rows*patch, cols*patch)
+    return frame.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, rows * patch, cols * patch)
 
 
-def _margin_in_resized_pixels(grid, box) -> float:
+def _margin_in_resized_pixels(grid, box, factor: int = FACTOR) -> float:
     """How close (in resized pixels) a box edge comes to a cell boundary."""
     xs = [c * grid.cell_width for c in range(grid.cols + 1)]
     ys = [r * grid.cell_height for r in range(grid.rows + 1)]
     near_x = min(abs(edge - x) for edge in box[0::2] for x in xs) / grid.cell_width
     near_y = min(abs(edge - y) for edge in box[1::2] for y in ys) / grid.cell_height
-    return min(near_x, near_y) * FACTOR
+    return min(near_x, near_y) * factor
 
 
 BOXES = [

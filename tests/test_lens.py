@@ -1,5 +1,5 @@
 """TransformerLens interop: the export against eager ``output_attentions``, the cross-check on
-each family (patterns and knockouts for LLaVA and LLaVA-NeXT, patterns for Qwen2.5-VL, within
+each family (patterns and knockouts for LLaVA and LLaVA-NeXT, patterns for Qwen2.5-VL and Qwen3-VL, within
 1e-5), the user's model and environment untouched by the bridge, no subprocess started, and
 one sentence (exit 2) without the extra."""
 
@@ -157,8 +157,9 @@ def test_crosscheck_detects_a_knockout_at_the_wrong_layer_and_bounds_memory(llav
     assert rows.size < groups.length and np.isin(groups.get("question,last"), rows).all()
 
 
-def test_crosscheck_on_qwen_compares_patterns_only_and_says_so():
-    loaded = load_model("tiny-random-qwen2.5-vl")
+@pytest.mark.parametrize("name", ["tiny-random-qwen2.5-vl", "tiny-random-qwen3-vl"])
+def test_crosscheck_on_qwen_compares_patterns_only_and_says_so(name):
+    loaded = load_model(name)
     report = crosscheck(loaded, IMAGE, QUESTION)
     assert list(report.patterns) == list(range(loaded.adapter.num_layers))
     assert max(report.patterns.values()) <= TOLERANCE and report.logits <= TOLERANCE

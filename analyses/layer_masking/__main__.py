@@ -41,13 +41,19 @@ def main_run(argv: Sequence[str] | None) -> int:
     parser.add_argument("--min-kind-samples", type=POSITIVE, default=MIN_KIND_SAMPLES,
                         help="fewest samples of a question kind for its own fusion layers; "
                              f"smaller kinds are listed with their n (default {MIN_KIND_SAMPLES})")
+    parser.add_argument("--deepstack", action="store_true",
+                        help="Qwen3-VL: also remove the DeepStack additions (vision features added "
+                             "after the first decoder layers, which no attention edge carries): "
+                             "all of them, after each layer alone, and each flow blocked at every "
+                             "layer without and with them")
     args = parser.parse_args(argv)
     flows = tuple(part.strip() for part in args.flows.split(";") if part.strip())
     config = LayerMaskingConfig(flows=flows, window=args.window,
                                 samples="all" if args.all_samples else "correct",
                                 batch_size=args.batch_size, seed=args.seed,
                                 n_bootstrap=args.bootstrap, min_effect=args.min_effect,
-                                engine=args.engine, min_kind_samples=args.min_kind_samples)
+                                engine=args.engine, min_kind_samples=args.min_kind_samples,
+                                deepstack=args.deepstack)
     check_out_from_args(args)  # a bad --out before the data is read
     dataset = load_data(args.data, args.split, args.limit)
     check_regions(dataset, flows)  # a region flow on data without regions: before the model

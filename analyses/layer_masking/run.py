@@ -19,6 +19,8 @@ from analyses.grading import grade
 from analyses.layer_masking.findings import findings, series_names, significance
 from analyses.layer_masking.sweep import (
     METRICS,
+    deepstack_conditions,
+    deepstack_names,
     has_region,
     needs_region,
     region_groups,
@@ -58,6 +60,7 @@ class LayerMaskingConfig:
     min_effect: float = 2.0  # smallest mean drop of p(answer), in %, that makes a fusion layer
     engine: Engine = engines.DEFAULT  # any of probes.engines: the same numbers
     min_kind_samples: int = MIN_KIND_SAMPLES  # a kind's fusion layers need this many samples
+    deepstack: bool = False  # also remove Qwen3-VL's DeepStack additions (sweep.deepstack_conditions)
 
     def __post_init__(self) -> None:  # an engine's name (as recorded) is that engine
         object.__setattr__(self, "engine", engines.named(self.engine))
@@ -82,6 +85,8 @@ class LayerMaskingConfig:
     def recorded(self) -> dict[str, Any]:
         recorded = asdict(self)
         recorded.update(engines.recorded(recorded.pop("engine")))
+        if not self.deepstack:  # runs made before the option keep their key
+            del recorded["deepstack"]
         return recorded
 
 
@@ -105,6 +110,10 @@ class LayerMasking(Analysis):
 
     def validate(self, num_layers: int) -> None:
         self.config.validate(num_layers)
+
+    def warm_up(self, loaded, dataset) -> None:
+        if self.config.deepstack:  # a model without DeepStack: refused before any sample
+            deepstack_conditions(loaded.adapter, self.config.flows, loaded.adapter.num_layers)
 
     def plan(self, step: str, candidates: list[int], earlier: Mapping[str, Records]) -> Plan:
         if step == GRADED:
@@ -136,6 +145,8 @@ class LayerMasking(Analysis):
         arrays = {name: np.stack([row[name] for row in rows]) if rows
                   else np.zeros(empty[name], dtype=str if name in ("sample_id", "kind")
                                 else np.float64) for name in PER_SAMPLE}
+        if self.config.deepstack and rows:
+            arrays["deepstack"] = np.stack([row["deepstack"] for row in rows])
         graded = records[GRADED]
         arrays["graded_index"] = np.array(list(graded), dtype=np.int64)
         arrays["graded_correct"] = np.array([bool(r["correct"]) for r in graded.values()],
@@ -200,11 +211,13 @@ def check_regions(dataset, flows) -> None:
 def _sample_values(loaded, sample, config: LayerMaskingConfig, index: int) -> dict[str, Any]:
     """One sample's sweep as the per-sample values of ``arrays.npz``."""
     sweep = sweep_sample(loaded, sample, config.flows, config.window, config.seed, index,
-                         config.batch_size, config.engine)
+                         config.batch_size, config.engine, config.deepstack)
     values = {"sample_index": index, "sample_id": sample.id, "kind": sample.kind,
               "answer_token": sweep.answer_token, "clean_probability": sweep.clean_probability,
               "flow_edges": sweep.flow_edges, "control_edges": sweep.control_edges}
     values.update({metric: sweep.metrics[..., i] for i, metric in enumerate(METRICS)})
+    if sweep.deepstack is not None:
+        values["deepstack"] = sweep.deepstack
     return values
 
 
@@ -228,7 +241,21 @@ def summarize(arrays: dict[str, np.ndarray], config: LayerMaskingConfig, model: 
         "kinds_below_minimum": kinds_below_minimum(arrays, config.min_kind_samples),
         "timing": timing,
     })
+    if "deepstack" in arrays:
+        summary["deepstack"] = deepstack_summary(arrays["deepstack"], flows)
+        summary["axes"]["deepstack"] = ["sample", "condition", "metric"]
     return RunResult(summary, arrays)
+
+
+def deepstack_summary(values: np.ndarray, flows: list[str]) -> dict[str, Any]:
+    """``--deepstack``: per condition (:func:`~analyses.layer_masking.sweep.deepstack_names`),
+    the mean over samples of each metric; the drop of p(answer) in % is minus the mean
+    ``prob_change_pct``, as the flows' effects are reported."""
+    names = deepstack_names(flows, values.shape[1] - 1 - 2 * len(flows))
+    means = values.mean(axis=0)
+    return {"conditions": names, "metrics": list(METRICS),
+            "mean": {metric: means[:, i].tolist() for i, metric in enumerate(METRICS)},
+            "drop_pct": (-means[:, 0]).tolist()}
 
 
 def _fusion_by_kind(arrays, config: LayerMaskingConfig, num_layers: int) -> dict[str, Any]:

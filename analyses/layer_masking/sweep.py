@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from probes.deepstack import DeepStackOff
 from probes.engine import Engine
 from probes.engines import DEFAULT
 from probes.masking import EdgeKnockout, Knockout, parse_flows
@@ -45,6 +46,7 @@ class SampleSweep:
     clean_probability: float
     flow_edges: np.ndarray  # [flows] edges each flow blocks per layer
     control_edges: np.ndarray  # [flows] edges its control blocks per layer
+    deepstack: np.ndarray | None = None  # [deepstack conditions, metric] (--deepstack)
 
 
 def sample_groups(loaded: LoadedModel, inputs, sample) -> TokenGroups:
@@ -112,6 +114,27 @@ def conditions(flows: Sequence[str], window: int, num_layers: int) -> list[list[
             for flow in flows]
 
 
+def deepstack_conditions(adapter, flows: Sequence[str], num_layers: int) -> list:
+    """What ``--deepstack`` adds to each sweep (see :func:`deepstack_names`): DeepStack off
+    everywhere, after each DeepStack layer alone, and each flow blocked at every layer without
+    and with DeepStack (a UserError on a model without DeepStack)."""
+    every = DeepStackOff.of(adapter)
+    result: list = [every, *(DeepStackOff.of(adapter, [layer]) for layer in adapter.deepstack_layers)]
+    for flow in flows:
+        blocked = Knockout(parse_flows(flow), tuple(range(num_layers)))
+        result += [blocked, DeepStackOff(every.removed, blocked)]
+    return result
+
+
+def deepstack_names(flows: Sequence[str], deepstack_layers: int) -> list[str]:
+    """The names of :func:`deepstack_conditions`, in order."""
+    names = ["DeepStack off", *(f"DeepStack off after layer {layer}"
+                                for layer in range(deepstack_layers))]
+    for flow in flows:
+        names += [f"{flow} at every layer", f"{flow} at every layer + DeepStack off"]
+    return names
+
+
 def compare(clean_logits: torch.Tensor, logits: torch.Tensor, token: int) -> np.ndarray:
     """[conditions, 4] metrics of ``logits`` [conditions, vocab] against the clean logits."""
     clean_logp = clean_logits.double().log_softmax(-1)
@@ -125,9 +148,11 @@ def compare(clean_logits: torch.Tensor, logits: torch.Tensor, token: int) -> np.
 
 
 def sweep_sample(loaded: LoadedModel, sample, flows: Sequence[str], window: int, seed: int,
-                 sample_index: int, batch_size: int = 32, engine: Engine = DEFAULT) -> SampleSweep:
+                 sample_index: int, batch_size: int = 32, engine: Engine = DEFAULT,
+                 deepstack: bool = False) -> SampleSweep:
     """The sweep of one sample (see the module docstring) on ``engine``: equal to one full
-    masked forward per condition (tests/test_layer_masking.py checks it)."""
+    masked forward per condition (tests/test_layer_masking.py checks it). ``deepstack``: also
+    the :func:`deepstack_conditions` (Qwen3-VL)."""
     num_layers = loaded.adapter.num_layers
     inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
     inputs = inputs.to(loaded.device, loaded.dtype)
@@ -151,5 +176,11 @@ def sweep_sample(loaded: LoadedModel, sample, flows: Sequence[str], window: int,
         control_counts.append(drawn.edge_count)
     metrics = np.stack([r[0] for r in rows] + [r[1] for r in rows])
     probability = float(clean_logits.double().softmax(-1)[token])
-    return SampleSweep(metrics, token, probability, np.array(flow_edges), np.array(control_counts))
+    extra = None
+    if deepstack:
+        extra = compare(clean_logits, engine.knockouts(
+            prefill, deepstack_conditions(loaded.adapter, flows, num_layers), batch_size).logits,
+            token)
+    return SampleSweep(metrics, token, probability, np.array(flow_edges), np.array(control_counts),
+                       extra)
 

@@ -38,6 +38,11 @@ def format_table(summary: dict) -> str:
         lines.append(f"kinds with fewer than {minimum} samples (no fusion layers of their own; "
                      "--min-kind-samples): "
                      + ", ".join(f"{kind} n={n}" for kind, n in small.items()))
+    if "deepstack" in summary:
+        deepstack = summary["deepstack"]
+        lines.append("DeepStack (--deepstack): drop of p(answer) in %, mean over samples")
+        lines += [f"  {drop:7.1f}  {name}" for name, drop in zip(deepstack["conditions"],
+                                                                deepstack["drop_pct"])]
     if len(flows) == 1:
         lines.append(f"fusion layers: {_flow_findings(summary, flows[0])}")
     else:

@@ -10,6 +10,7 @@ or corrupt weights file) becomes one :class:`~probes.errors.UserError` sentence.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from huggingface_hub import constants as hub_constants
 
 from probes.errors import UserError
 from probes.models.adapters import Adapter, adapter_class, supported_model_types
+from probes.models.adapters.modelled import check_hybrid
 from probes.models.registry import DEFAULT_MODEL, ModelSource, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -169,6 +171,20 @@ def _model_type(source: ModelSource, trust_remote_code: bool) -> str:
     return str(config.model_type)
 
 
+def _check_supported(model: str, source: ModelSource, model_type: str,
+                     trust_remote_code: bool) -> None:
+    """Refuse a model type no adapter handles, naming the supported ones; a hybrid
+    linear-attention model (Qwen3.5, Qwen3-Next) with the sentence naming its layers that have
+    no attention matrix (:func:`~probes.models.adapters.modelled.check_hybrid`)."""
+    if model_type in supported_model_types():
+        return
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        check_hybrid(_fetch(source, lambda loc, **kw: transformers.AutoConfig.from_pretrained(
+            loc, trust_remote_code=trust_remote_code, **kw)))
+    raise UserError(f"{model!r} is a {model_type!r} model; fusionlens supports "
+                    f"{', '.join(supported_model_types())}.")
+
+
 def _check_config(source: ModelSource, adapter_type: type[Adapter], trust_remote_code: bool) -> None:
     """The adapter's refusal of what the engine does not model, from the config alone."""
     try:
@@ -243,11 +259,7 @@ def load_model(
     check_device_map(device_map, device)
     source = resolve(model)
     model_type = _model_type(source, trust_remote_code)
-    if model_type not in supported_model_types():
-        raise UserError(
-            f"{model!r} is a {model_type!r} model; fusionlens supports "
-            f"{', '.join(supported_model_types())}."
-        )
+    _check_supported(model, source, model_type, trust_remote_code)
     adapter_type = adapter_class(model_type)
     budget = check_pixel_budget(adapter_type, min_pixels, max_pixels)
     torch_device = pick_device("cuda" if device_map is not None else device)
@@ -305,9 +317,7 @@ def load_adapter(model: str = DEFAULT_MODEL, trust_remote_code: bool = False,
     """
     source = resolve(model)
     model_type = _model_type(source, trust_remote_code)
-    if model_type not in supported_model_types():
-        raise UserError(f"{model!r} is a {model_type!r} model; fusionlens supports "
-                        f"{', '.join(supported_model_types())}.")
+    _check_supported(model, source, model_type, trust_remote_code)
     adapter_type = adapter_class(model_type)
     budget = check_pixel_budget(adapter_type, min_pixels, max_pixels)
     config = _fetch(source, lambda loc, **kw: transformers.AutoConfig.from_pretrained(

@@ -18,6 +18,7 @@ HUB_ALIASES: dict[str, str] = {
     "smolvlm": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
     "idefics3": "HuggingFaceM4/Idefics3-8B-Llama3",
     "gemma3": "google/gemma-3-4b-it",
+    "qwen3-vl": "Qwen/Qwen3-VL-8B-Instruct",
 }
 DEFAULT_MODEL = "tiny-llava"
 

@@ -19,6 +19,7 @@ from transformers import GenerationConfig
 from probes import attention
 from probes.cache import every_key_cache
 from probes.compat import with_cache
+from probes.deepstack import removed
 from probes.errors import UserError
 from probes.masking import EdgeMaskPlan, Edges
 from probes.models.adapters import VLInputs
@@ -114,6 +115,13 @@ def model_inputs(loaded: LoadedModel, inputs: VLInputs) -> dict:
     return batch
 
 
+def dropping(loaded: LoadedModel, conditions: Sequence):
+    """The forwards inside drop, in batch row b, the DeepStack additions ``conditions[b]``
+    removes (:class:`~probes.deepstack.DeepStackOff`; a hook on the wrapped torch model, so it
+    acts where the model runs here, not remotely)."""
+    return loaded.adapter.deepstack(loaded.model, removed=[removed(c) for c in conditions])
+
+
 def repeat_rows(inputs: VLInputs, times: int) -> VLInputs:
     """A one-row input as ``times`` identical rows. Every field of a one-row batch is that
     row's (its images' patches, grids, sizes, token types), so concatenating it is the batch
@@ -154,7 +162,9 @@ def record(loaded: LoadedModel, inputs: VLInputs, recorder: AttentionRecorder, k
     """Fill ``recorder.maps`` (as the fast engine does) from one forward of ``inputs`` (every
     row, under ``knockouts`` if given); returns the logits at the last position."""
     planned = edits(loaded, inputs, knockouts, record=recorder)
-    logits, recorded = trace(loaded, inputs, planned, remote)
+    per_row = knockouts if isinstance(knockouts, (list, tuple)) else [knockouts] * len(inputs.prompts)
+    with dropping(loaded, per_row):
+        logits, recorded = trace(loaded, inputs, planned, remote)
     for layer, probabilities in recorded.items():
         _fill(recorder, layer, probabilities, inputs.input_ids.shape[1])
     return logits
@@ -174,7 +184,8 @@ def run_knockouts(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
         chunk = conditions[start : start + batch_size]
         rows = repeat_rows(inputs, len(chunk))
         planned = edits(loaded, rows, chunk, record=record, groups=[groups] * len(chunk))
-        chunk_logits, recorded = trace(loaded, rows, planned, remote)
+        with dropping(loaded, chunk):
+            chunk_logits, recorded = trace(loaded, rows, planned, remote)
         logits.append(chunk_logits)
         maps.append(recorded)
     logits = torch.cat(logits)
@@ -217,7 +228,8 @@ def run_examples(loaded: LoadedModel, images: Sequence, questions: Sequence[str]
             condition = chunk[row % len(chunk)]
             knocked.append(None if condition is None else _Padded(condition, group.padding.size))
         planned = edits(loaded, inputs, knocked, groups=rows)
-        logits, _ = trace(loaded, inputs, planned, remote)
+        with dropping(loaded, knocked):
+            logits, _ = trace(loaded, inputs, planned, remote)
         results.append(logits.view(len(images), len(chunk), -1))
     logits = torch.cat(results, 1)
     return logits[:, 1:], logits[:, 0]
@@ -230,9 +242,11 @@ class _Padded:
 
     def __init__(self, knockout, padding: int) -> None:
         self.knockout, self.padding = knockout, padding
+        self.removed = removed(knockout)  # DeepStack additions are dropped by row, unmoved
 
     def edges(self, groups: TokenGroups, num_layers: int) -> list[Edges]:
-        if hasattr(self.knockout, "flows"):  # named groups: the padded row's own groups
+        inner = getattr(self.knockout, "knockout", self.knockout)  # a DeepStackOff's knockout
+        if inner is None or hasattr(inner, "flows"):  # named groups: the padded row's own groups
             return self.knockout.edges(groups, num_layers)
         return [_shifted(e, self.padding) for e in self.knockout.edges(groups, num_layers)]
 
@@ -261,7 +275,8 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockouts: Sequence,
                               pad_token_id=loaded.processor.tokenizer.pad_token_id)
     # sliding-window layers keep every key, so that the edits' key positions stay absolute
     options.update(with_cache(loaded.model, every_key_cache(loaded.model)))
-    with model.generate(dict(rows.batch), generation_config=greedy, **options) as tracer:
+    with dropping(loaded, knockouts), \
+            model.generate(dict(rows.batch), generation_config=greedy, **options) as tracer:
         steps = nnsight.save([])
         for _ in tracer.iter[:max_new_tokens]:
             apply(model, planned)

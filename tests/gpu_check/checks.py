@@ -42,6 +42,7 @@ from analyses.layer_masking.sweep import (
 )
 from probes import attention
 from probes.attention import LayerEdit
+from probes.deepstack import DeepStackOff, removed
 from probes.masking import EdgeKnockout, Edges, Knockout, parse_flows
 from probes.models.loading import LoadedModel
 from probes.record import AttentionRecorder
@@ -187,7 +188,8 @@ def naive_logits(loaded: LoadedModel, inputs, knockouts: Sequence) -> torch.Tens
     rows = []
     for knockout in knockouts:
         plan = None if knockout is None else DeviceMaskPlan(knockout.edges(groups, n))
-        with attention.attach(modules, plan) if plan else nullcontext():
+        with attention.attach(modules, plan) if plan else nullcontext(), \
+                loaded.adapter.deepstack(loaded.model, removed=[removed(knockout)]):
             rows.append(loaded.model(**inputs.batch, logits_to_keep=1).logits[0, -1].float())
     return torch.stack(rows).cpu()
 
@@ -250,12 +252,18 @@ def naive_layer_sweep(loaded: LoadedModel, sample: Sample, seed: int = 0, index:
 
 
 # ------------------------------------------------------------------------------ the checks
-def executor_conditions(num_layers: int) -> list[Knockout | None]:
-    """A window-1 sweep at every layer, two all-layer knockouts, and the clean run (None)."""
+def executor_conditions(num_layers: int, adapter=None) -> list:
+    """A window-1 sweep at every layer, two all-layer knockouts, and the clean run (None); on a
+    model with DeepStack (``adapter``: Qwen3-VL) also DeepStack off, alone and with the
+    all-layer sweep flow, before the clean run."""
     every = tuple(range(num_layers))
     sweep = [Knockout.window(SWEEP_FLOW, layer, 1, num_layers) for layer in range(num_layers)]
+    extra = []
+    if adapter is not None and adapter.deepstack_layers:
+        extra = [DeepStackOff.of(adapter),
+                 DeepStackOff.of(adapter, knockout=Knockout(parse_flows(SWEEP_FLOW), every))]
     return sweep + [Knockout(parse_flows("image->last"), every),
-                    Knockout(parse_flows(SWEEP_FLOW), every), None]
+                    Knockout(parse_flows(SWEEP_FLOW), every), *extra, None]
 
 
 def recording_rows(loaded: LoadedModel, inputs) -> np.ndarray:
@@ -292,7 +300,8 @@ class References:
         """[conditions + clean, vocab]: one full eager forward per executor condition."""
         with text_attention(self.loaded, "eager"):
             return naive_logits(self.loaded, self.inputs,
-                                executor_conditions(self.loaded.adapter.num_layers))
+                                executor_conditions(self.loaded.adapter.num_layers,
+                                                    self.loaded.adapter))
 
 
 @torch.inference_mode()
@@ -327,7 +336,7 @@ def check_executor(loaded: LoadedModel, inputs, references: References,
                    tolerance: float) -> list[Check]:
     """run_knockouts (this backend) vs one full eager forward per condition and vs one full
     sdpa forward per condition on this backend."""
-    knockouts = executor_conditions(loaded.adapter.num_layers)
+    knockouts = executor_conditions(loaded.adapter.num_layers, loaded.adapter)
     result = run_knockouts(loaded, inputs, knockouts[:-1], batch_size=8)
     detail = (f"{len(knockouts) - 1} conditions, {inputs.input_ids.shape[1]} tokens, "
               f"shared prefix {result.prefix_length}")

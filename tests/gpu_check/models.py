@@ -17,7 +17,7 @@ from probes.models.zoo.checkpoint import greedy_generation_config
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
         "qwen2_5_vl": "tiny-random-qwen2.5-vl", "internvl": "tiny-random-internvl",
         "idefics3": "tiny-random-idefics3", "smolvlm": "tiny-random-smolvlm",
-        "gemma3": "tiny-random-gemma3"}
+        "gemma3": "tiny-random-gemma3", "qwen3_vl": "tiny-random-qwen3-vl"}
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,15 @@ REAL = {
     # every image is resized to 896 x 896 (256 soft tokens): the shapes only vary the content
     "gemma3": RealModel("Gemma-3-4B-it", "google/gemma-3-4b-it",
                         Shapes((644, 476), (644, 476), (896, 896))),
+    "qwen3_vl": RealModel("Qwen3-VL-8B", "Qwen/Qwen3-VL-8B-Instruct",
+                          Shapes((644, 476), (644, 476), (1764, 1764))),
 }
 
 
 def real_config_and_processor(family: str):
     """The published config (the adapter tests' facts) and a zoo processor with the real image
     settings; the config's special token ids become the processor's tokenizer's."""
-    from probes.models.zoo import tiny_llava, tiny_qwen2_5_vl
+    from probes.models.zoo import tiny_llava, tiny_qwen2_5_vl, tiny_qwen3_vl
     from probes.models.zoo.tiny_llava import BASIC_WORDS
 
     if family == "llava":
@@ -119,6 +121,16 @@ def real_config_and_processor(family: str):
         # google/gemma-3-4b-it's processor: 896 x 896 images, 256 soft tokens
         processor = g.build_processor(BASIC_WORDS, image_size=896, tokens_per_image=256)
         special = {"image_token_id": g.IMAGE, "boi_token_id": g.BOI, "eoi_token_id": g.EOI}
+    elif family == "qwen3_vl":
+        from test_adapter_qwen3_vl import _qwen3_vl_8b_config
+
+        config = _qwen3_vl_8b_config()
+        # Qwen/Qwen3-VL-8B-Instruct's preprocessor_config.json: 256 x 256 to 4096 x 4096 pixels
+        processor = tiny_qwen3_vl.build_processor(BASIC_WORDS, min_pixels=65536,
+                                                  max_pixels=16777216)
+        q = tiny_qwen2_5_vl
+        special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
+                   "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer
@@ -126,7 +138,8 @@ def real_config_and_processor(family: str):
         setattr(config, name, tokenizer.convert_tokens_to_ids(token))
     text = config.text_config
     text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
-    eos = {"qwen2_5_vl": tiny_qwen2_5_vl.IM_END, "internvl": tiny_qwen2_5_vl.IM_END,
+    eos = {"qwen2_5_vl": tiny_qwen2_5_vl.IM_END, "qwen3_vl": tiny_qwen2_5_vl.IM_END,
+           "internvl": tiny_qwen2_5_vl.IM_END,
            "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
            "gemma3": "<end_of_turn>"}.get(family)
     text.eos_token_id = tokenizer.eos_token_id if eos is None else tokenizer.convert_tokens_to_ids(eos)

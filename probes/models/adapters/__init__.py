@@ -16,10 +16,12 @@ from probes.models.adapters.internvl import InternVLAdapter
 from probes.models.adapters.llava import LlavaAdapter
 from probes.models.adapters.llava_next import LlavaNextAdapter
 from probes.models.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from probes.models.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter,
-    InternVLAdapter, Idefics3Adapter, SmolVLMAdapter, Gemma3Adapter,
+    InternVLAdapter, Idefics3Adapter, SmolVLMAdapter, Gemma3Adapter, Qwen3VLAdapter,
+    Qwen3VLMoeAdapter,
 )
 
 

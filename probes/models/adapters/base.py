@@ -7,9 +7,10 @@ image token, how an image becomes tokens, how to build inputs and which position
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -161,6 +162,24 @@ class Adapter(ABC):
 
     def lm_head(self, model: torch.nn.Module) -> torch.nn.Module:
         return operator.attrgetter(self.lm_head_path)(model)
+
+    # ----------------------------------------------------------------- DeepStack
+    @property
+    def deepstack_layers(self) -> tuple[int, ...]:
+        """The decoder layers after which the model adds vision features to the residual
+        stream at the image positions (Qwen3-VL's DeepStack); none in most families."""
+        return ()
+
+    @contextlib.contextmanager
+    def deepstack(self, model: torch.nn.Module, removed: Sequence[frozenset[int]] = (),
+                  captured: dict | None = None) -> Iterator[None]:
+        """Within the block, a forward of ``model`` drops batch row b's DeepStack additions
+        after the layers ``removed[b]``, and ``captured`` (if given) is filled with row 0's
+        additions {layer: (positions, values [positions, hidden])} as the forward makes them.
+        A family without DeepStack (this base) has nothing to drop or capture."""
+        if any(removed):
+            raise UserError(f"the {self.family} model has no DeepStack additions to remove.")
+        yield
 
     # ----------------------------------------------------------------- images
     @property

@@ -13,7 +13,9 @@ its config field rather than measured wrongly:
   the family has them) that is shorter than the context, unless the family's adapter models it
   (``Adapter.models_sliding_windows``: Gemma 3, whose windows and bidirectional image blocks
   the executor's masks carry, :mod:`probes.structure`), and other non-full ``layer_types``
-  (chunked, linear attention) or ``attention_chunk_size``;
+  (chunked, linear attention) or ``attention_chunk_size``; the sentence for hybrid models
+  (Qwen3.5, Qwen3-Next: Gated DeltaNet ``linear_attention`` layers) names the layers that have
+  no attention matrix;
 - attention logit soft-capping (``attn_logit_softcapping``): the attention functions and the
   recorded probabilities apply no tanh cap;
 - ALiBi (``alibi``, ``use_alibi``, ``position_embedding_type="alibi"``): a bias the executor's
@@ -51,6 +53,21 @@ DYNAMIC_ROPE_TYPES = ("dynamic", "longrope")  # their tables change with the cal
 def _refuse(feature: str, evidence: str) -> UserError:
     return UserError(f"fusionlens refuses this model: its text config turns on {feature} "
                      f"({evidence}), which fusionlens' engine does not reproduce.")
+
+
+def _ranges(indices: list[int]) -> str:
+    """Layer indices as runs: [0, 1, 2, 4, 5, 6, 8] -> '0-2, 4-6, 8'.
+
+    >>> _ranges([0, 1, 2, 4, 5, 6, 8])
+    '0-2, 4-6, 8'
+    """
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in runs)
 
 
 def _declares(config: Any, name: str) -> bool:
@@ -111,6 +128,27 @@ def _rope_types(text_config: Any) -> list[tuple[str, str]]:
     return found
 
 
+def check_hybrid(config: Any) -> None:
+    """Refuse a hybrid model (Qwen3.5, Qwen3-Next: Gated DeltaNet ``linear_attention`` layers
+    between full-attention ones) in one sentence naming the layers without an attention matrix.
+
+    >>> from transformers import Qwen3NextConfig
+    >>> check_hybrid(Qwen3NextConfig(num_hidden_layers=8))
+    Traceback (most recent call last):
+    ...
+    probes.errors.UserError: fusionlens refuses this model: its layers 0-2, 4-6 are linear-attention layers (layer_types 'linear_attention'), which have no attention matrix to knock out or record; only layers 3, 7 attend with one.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None) or []
+    linear = [index for index, kind in enumerate(layer_types) if kind == "linear_attention"]
+    if linear:
+        full = [index for index, kind in enumerate(layer_types) if kind != "linear_attention"]
+        raise UserError(
+            f"fusionlens refuses this model: its layers {_ranges(linear)} are linear-attention "
+            f"layers (layer_types 'linear_attention'), which have no attention matrix to knock "
+            f"out or record; only layers {_ranges(full) or 'none'} attend with one.")
+
+
 def check_modelled(config: Any, sliding_windows: bool = False) -> None:
     """Refuse, in one sentence, a model whose text config turns on an attention feature the
     engine does not reproduce (see the module docstring); return quietly otherwise.
@@ -123,6 +161,7 @@ def check_modelled(config: Any, sliding_windows: bool = False) -> None:
         switch = "use_sliding_window=True, " if hasattr(text, "use_sliding_window") else ""
         raise _refuse("sliding-window attention",
                       f"{switch}sliding_window={window} with max_position_embeddings={context}")
+    check_hybrid(config)
     layer_types = getattr(text, "layer_types", None) or []
     other = sorted({kind for kind in layer_types if kind not in ("full_attention", "sliding_attention")})
     if other:

@@ -66,6 +66,7 @@ class Qwen2_5_VLAdapter(Adapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     model_class_name = "Qwen2_5_VLForConditionalGeneration"
+    image_only_processor: type = QwenImageOnlyProcessor  # without torchvision (see below)
 
     @classmethod
     def load_processor(cls, location: str, min_pixels: int | None = None,
@@ -88,7 +89,7 @@ class Qwen2_5_VLAdapter(Adapter):
         # torchvision the checkpoint's own processor is used, without it the image-only one
         if is_torchvision_available():
             return super().load_processor(location, **kwargs)
-        return QwenImageOnlyProcessor.from_pretrained(location, **kwargs)
+        return cls.image_only_processor.from_pretrained(location, **kwargs)
 
     def image_layout(self, image_size: tuple[int, int]) -> ImageLayout:
         width, height = image_size

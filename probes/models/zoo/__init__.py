@@ -124,5 +124,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "window 12, 16 soft tokens)",
             builder="probes.models.zoo.tiny_gemma3:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-qwen3-vl",
+            "UNTRAINED random weights: tiny Qwen3-VL (ViT + Qwen3, 4 layers, DeepStack after "
+            "layers 0-1, 4-64 tokens)",
+            builder="probes.models.zoo.tiny_qwen3_vl:build_random",
+        ),
     )
 }

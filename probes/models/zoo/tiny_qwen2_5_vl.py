@@ -34,10 +34,9 @@ VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vi
 VIDEO_PAD, IM_START, IM_END = "<|video_pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (VISION_START, IMAGE_PAD, VISION_END, VIDEO_PAD, IM_START, IM_END)
 SYSTEM_PROMPT = "You are a helpful assistant."
-# Qwen2.5-VL's ChatML template, reduced to images and text, with its default system message
-CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + SYSTEM_PROMPT
-    + "<|im_end|>\n{% endif %}"
+# ChatML over the messages (images and text); Qwen2.5-VL's template puts its default system
+# message first, Qwen3-VL's (tiny_qwen3_vl) does not
+MESSAGES_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
@@ -45,6 +44,8 @@ CHAT_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+CHAT_TEMPLATE = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + SYSTEM_PROMPT
+                 + "<|im_end|>\n{% endif %}" + MESSAGES_TEMPLATE)
 TEMPLATE_WORDS = ("system", "user", "assistant", "you", "are", "helpful", ".")
 PATCH, MERGE = 14, 2
 FACTOR = PATCH * MERGE  # one image token covers FACTOR x FACTOR resized pixels
