@@ -1,0 +1,185 @@
+"""Activation patching (probes.patching and the engines' patch operations) against a plain
+PyTorch reference written here: one forward per condition with forward hooks on the modules
+named by hand (``layers[l]``, ``.self_attn``, ``.mlp``, ``.self_attn.o_proj``), on every tiny
+family and on tiny-llava, within 1e-5 in float32; both engines; batched conditions joining at
+their first patched layer with the shared prefix; reading sites; refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY_FAMILIES, consistency_inputs
+
+from probes.engines import named
+from probes.errors import UserError
+from probes.models.loading import load_model
+from probes.patching import Patch, Site, check_site, site_names
+from probes.tokens import token_groups
+
+TOLERANCE = 1e-5
+FAST, NNSIGHT = named("fast"), named("nnsight")
+
+
+@pytest.fixture(scope="module", params=[*TINY_FAMILIES, "tiny-llava"])
+def setup(request):
+    loaded = load_model(request.param)
+    inputs = consistency_inputs(loaded)
+    return loaded, inputs, token_groups(loaded.adapter, inputs)
+
+
+def _reference_module(model, site: Site):
+    """(module, hooks its input) by hand: every family here keeps its decoder layers at
+    model.model.language_model.layers, attention at .self_attn (output projection .o_proj) and
+    the MLP at .mlp."""
+    layers = model.model.language_model.layers
+    if site.layer == -1:
+        return layers[0], True
+    layer = layers[site.layer]
+    return {"residual": (layer, False), "attn": (layer.self_attn, False),
+            "mlp": (layer.mlp, False), "head": (layer.self_attn.o_proj, True)}[site.kind]
+
+
+def _head_columns(loaded, site: Site) -> slice:
+    size = loaded.model.config.get_text_config().hidden_size // loaded.adapter.num_heads
+    return slice(None) if site.head is None else slice(site.head * size, (site.head + 1) * size)
+
+
+@torch.inference_mode()
+def reference(loaded, inputs, patches, reads=(), positions=()):
+    """One plain forward with hooks writing ``patches`` (and reading ``reads`` at
+    ``positions``): (last position's logits, read values)."""
+    handles, found = [], {}
+    by_site: dict[Site, list] = {}
+    for patch in patches:
+        by_site.setdefault(patch.site, []).append(patch)
+
+    def edit(site, tensor):
+        cols = _head_columns(loaded, site)
+        for patch in by_site.get(site, []):
+            tensor[0, torch.as_tensor(patch.positions), cols] = patch.values.to(tensor.dtype)
+        for index, read in enumerate(reads):
+            if read == site:
+                found[index] = tensor[0, list(positions), cols].float().clone()
+
+    for site in {*by_site, *reads}:
+        module, is_input = _reference_module(loaded.model, site)
+        if is_input:
+            def pre(module, args, site=site):
+                tensor = args[0].clone()
+                edit(site, tensor)
+                return (tensor, *args[1:])
+            handles.append(module.register_forward_pre_hook(pre))
+        else:
+            def post(module, args, output, site=site):
+                edit(site, output[0] if isinstance(output, tuple) else output)
+            handles.append(module.register_forward_hook(post))
+    try:
+        logits = loaded.model(**inputs.batch, use_cache=False).logits[0, -1].float()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, [found[i] for i in range(len(reads))]
+
+
+def _close(got, expected):
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= TOLERANCE
+
+
+def _random(shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _conditions(loaded, groups):
+    """Conditions over every site, several patches in some, from random values."""
+    n, hidden = loaded.adapter.num_layers, loaded.adapter.hidden_size
+    head_dim = loaded.adapter.head_dim
+    last, question, image = groups.last, groups.question, groups.image
+    return [
+        [Patch(n // 2, last, _random((1, hidden), 1))],
+        [Patch(0, question, _random((question.size, hidden), 2), "attn")],
+        [Patch(n - 1, image[:3], _random((3, hidden), 3), "mlp")],
+        [Patch(1, last, _random((1, head_dim), 4), "head", head=1)],
+        [Patch(-1, image, _random((image.size, hidden), 5))],
+        [],  # nothing patched: the target run itself
+        [Patch(2, question, _random((question.size, head_dim), 6), "head", head=0),
+         Patch(1, last, _random((1, hidden), 7), "mlp"),
+         Patch(3, image[-2:], _random((2, hidden), 8), "attn")],
+    ]
+
+
+def test_patching_equals_a_hook_reference_on_both_engines(setup):
+    loaded, inputs, groups = setup
+    conditions = _conditions(loaded, groups)
+    expected = torch.stack([reference(loaded, inputs, condition)[0] for condition in conditions])
+    assert float((expected[0] - expected[5]).abs().max()) > 1e-3  # patches change the answer
+    for engine in (FAST, NNSIGHT):
+        prefill = engine.prefill(loaded, inputs, groups)
+        _close(engine.patch_many(prefill, conditions, batch_size=3), expected)
+        _close(engine.patch(prefill, conditions[3]), expected[3])
+
+
+def test_a_corrupt_run_with_patches_on_top_equals_the_reference(setup):
+    """Denoising: the run patched into holds its own edit (noise on the image embeddings), and
+    conditions write clean activations on top of it, batched with the shared prefix."""
+    loaded, inputs, groups = setup
+    hidden = loaded.adapter.hidden_size
+    noise = [Patch(-1, groups.image, _random((groups.image.size, hidden), 9))]
+    sites = [Site("residual", 1), Site("attn", 2), Site("mlp", 0), Site("head", 1, 0),
+             Site("residual", -1)]
+    positions = np.concatenate([groups.question, groups.last])
+    _, clean_values = reference(loaded, inputs, [], sites, positions)
+    corrupt_logits, corrupt_values = reference(loaded, inputs, noise, sites, positions)
+    conditions = [[Patch(site.layer, positions, values, site.kind, site.head)]
+                  for site, values in zip(sites, clean_values)]
+    expected = torch.stack([reference(loaded, inputs, noise + c)[0] for c in conditions])
+    for engine in (FAST, NNSIGHT):
+        clean = engine.prefill(loaded, inputs, groups)
+        for got, want in zip(engine.read(clean, sites, positions), clean_values):
+            _close(got, want)
+        corrupt = engine.patched_prefill(loaded, inputs, groups, noise)
+        _close(corrupt.logits, corrupt_logits)
+        for got, want in zip(engine.read(corrupt, sites, positions), corrupt_values):
+            _close(got, want)
+        _close(engine.patch_many(corrupt, conditions, batch_size=2), expected)
+
+
+def test_the_shared_prefix_starts_at_the_first_patched_position(monkeypatch):
+    """Only the positions from the first patched one on are recomputed (as knockouts do)."""
+    from probes import patching
+
+    loaded = load_model("tiny-random-llava")
+    inputs = consistency_inputs(loaded)
+    groups = token_groups(loaded.adapter, inputs)
+    seen = []
+    real = patching.run_layers
+
+    def spy(loaded, entering, starts, rows, start, stop, *rest, **options):
+        seen.append((start, stop, list(starts)))
+        return real(loaded, entering, starts, rows, start, stop, *rest, **options)
+
+    monkeypatch.setattr(patching, "run_layers", spy)
+    prefill = FAST.prefill(loaded, inputs, groups)
+    hidden = loaded.adapter.hidden_size
+    FAST.patch_many(prefill, [[Patch(4, groups.last, _random((1, hidden), 0))],
+                              [Patch(2, groups.question, _random((groups.question.size, hidden), 1))]])
+    length = int(inputs.input_ids.shape[1])
+    assert seen == [(int(groups.question.min()), length, [2, 4])]
+
+
+def test_sites_a_family_lacks_and_heads_out_of_range_are_refused(monkeypatch):
+    loaded = load_model("tiny-random-llava")
+    n, heads = loaded.adapter.num_layers, loaded.adapter.num_heads
+    assert site_names(loaded) == ("residual", "attn", "mlp", "head")
+    check_site(loaded, Site("residual", -1))
+    with pytest.raises(UserError, match=f"head {heads} is out of range: this model has heads 0..{heads - 1}"):
+        check_site(loaded, Site("head", 0, heads))
+    with pytest.raises(UserError, match=f"layer {n} is out of range for the mlp site"):
+        check_site(loaded, Site("mlp", n))
+    with pytest.raises(UserError, match="unknown site 'ffn'; use residual, attn, mlp, head"):
+        check_site(loaded, Site("ffn", 0))
+    monkeypatch.setattr(type(loaded.adapter), "mlp_name", None)
+    with pytest.raises(UserError, match="the llava family has no 'mlp' site to patch; its "
+                                        "sites are residual, attn, head"):
+        check_site(loaded, Site("mlp", 0))
