@@ -39,6 +39,7 @@ ANALYSES = {
     "evaluate": Registered("analyses.evaluate.run:Evaluate", "figures.evaluate:draw_all",
                            "analyses.evaluate.table:table_files"),
     "logit_lens": Registered("analyses.logit_lens.run:LogitLens", "figures.logit_lens:draw_all"),
+    "patching": Registered("analyses.patching.run:Patching", "figures.patching:draw_all"),
 }
 
 

@@ -1,0 +1,92 @@
+"""The corrupt run of each sample (``--corrupt``):
+
+- ``pair``: the data names each sample's counterfactual: a field ``pair`` holding the id of
+  another sample (own data: a ``pair`` column, which lands in ``meta``; the generated
+  ``fine-grained`` set with ``pairs=True``: each sample with its twin that differs only in the
+  asked attribute). The counterfactual's image and question are asked;
+- ``noise``: Gaussian noise on the image embeddings (the stream entering the first layer at
+  the image tokens), ``scale`` x their standard deviation, seeded per sample;
+- ``blank``: a blank (mid-grey) image of the same size;
+- ``swap``: the image of the next sample (in data order, wrapping around) whose answer
+  differs, preferring one of the same kind.
+
+A counterpart image is resized to the sample's own image size, so both runs have the same
+token positions; a counterfactual whose question tokenizes to another length is skipped
+(``misaligned``), as is a sample whose corruption leaves the model's answer unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from probes.errors import UserError
+
+CORRUPTIONS = ("pair", "noise", "blank", "swap")
+BLANK_GREY = (128, 128, 128)
+
+
+def pair_id(sample) -> str | None:
+    """The id of the sample's counterfactual, as its data names it (None: not named)."""
+    found = sample.meta.get("pair") if sample.meta else None
+    return None if found is None or found == "" else str(found)
+
+
+def partners(samples: Sequence, corrupt: str) -> dict[int, int]:
+    """Sample index -> its counterpart's index for ``pair`` and ``swap`` (empty otherwise);
+    refused in one sentence when a named pair does not exist, or no sample names one."""
+    if corrupt == "pair":
+        ids = {sample.id: index for index, sample in enumerate(samples)}
+        found = {}
+        for index, sample in enumerate(samples):
+            named = pair_id(sample)
+            if named is None:
+                continue
+            if named not in ids:
+                raise UserError(f"sample {sample.id!r} names the pair {named!r}, which is not a "
+                                f"sample id of this data (with --limit, both must be within it).")
+            found[index] = ids[named]
+        if not found:
+            raise UserError("--corrupt pair needs data whose samples name their counterfactual "
+                            "in a 'pair' field (the id of another sample); this data has none.")
+        return found
+    if corrupt == "swap":
+        answers = [(sample.answer, sample.kind) for sample in samples]
+        found = {}
+        for index, (answer, kind) in enumerate(answers):
+            others = [(index + step) % len(answers) for step in range(1, len(answers))]
+            differing = [j for j in others if answers[j][0] != answer]
+            same_kind = [j for j in differing if answers[j][1] == kind]
+            if differing:
+                found[index] = (same_kind or differing)[0]
+        if not found:
+            raise UserError("--corrupt swap needs samples with different answers; every sample "
+                            "of this data has the same answer.")
+        return found
+    return {}
+
+
+def counterpart_image(sample, corrupt: str, counterpart=None) -> Image.Image:
+    """The image the corrupt run of ``sample`` sees (``blank``, ``swap``, ``pair``), at the
+    sample's own image size."""
+    size = sample.image.size
+    if corrupt == "blank":
+        return Image.new("RGB", size, BLANK_GREY)
+    image = counterpart.image.convert("RGB")
+    return image if image.size == size else image.resize(size, Image.BILINEAR)
+
+
+def noised(embeddings: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+    """``embeddings`` [tokens, hidden] plus Gaussian noise of ``scale`` x their standard
+    deviation (over every entry), drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn(embeddings.shape, generator=generator, dtype=torch.float32)
+    return embeddings.float() + scale * float(embeddings.float().std()) * noise
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Each sample's noise seed: a pure function of (run seed, sample index)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
