@@ -25,8 +25,10 @@ CMAP = "RdBu_r"
 
 def _label(summary: Mapping[str, Any]) -> str:
     config = summary["config"]
-    what = "restored" if config["direction"] == "denoise" else "removed"
-    return f"share of the logit difference {what} (--corrupt {config['corrupt']})"
+    what = ("clean into corrupt: share of the logit difference restored"
+            if config["direction"] == "denoise"
+            else "corrupt into clean: share of the logit difference removed")
+    return f"patching {what} (--corrupt {config['corrupt']})"
 
 
 def _grid(rows, row_key: str, row_names, layers: int) -> np.ndarray:
@@ -58,7 +60,8 @@ def group_heatmaps(summary: Mapping[str, Any]) -> Figure:
         for axes, site in zip(figure.axes, sites):
             rows = [r for r in summary["per_layer"] if r["site"] == site]
             _heatmap(figure, axes, _grid(rows, "group", groups, summary["num_layers"]), groups,
-                     site, _label(summary) if axes is figure.axes[0] else "")
+                     site, "effect")
+        figure.suptitle(_label(summary), fontsize="small")
     return figure
 
 
@@ -69,8 +72,9 @@ def head_heatmap(summary: Mapping[str, Any]) -> Figure:
     axes = figure.axes[0]
     with house_style():
         _heatmap(figure, axes, _grid(summary["heads"], "head", heads, summary["num_layers"]),
-                 heads, f"heads at {summary['config']['head_group']}", _label(summary))
+                 heads, f"heads at {summary['config']['head_group']}", "effect")
         axes.set_ylabel("head")
+        figure.suptitle(_label(summary), fontsize="small")
     return figure
 
 

@@ -129,6 +129,8 @@ SPEC = {
         "--bootstrap": BOOTSTRAP, "--figure-layers": LayerList()}),
     "analyses.logit_lens": ([], {**RUNNER, "--bootstrap": BOOTSTRAP,
                                  "--figure-layers": LayerList()}),
+    "analyses.patching": ([], {**RUNNER, "--bootstrap": BOOTSTRAP,
+                               "--noise-scale": Range(False, 0, low_open=True)}),
     "analyses.train_vif": ([], {
         **RUNNER, "--steps": SOME, "--lr": Range(False, 0, low_open=True),
         "--kl-weight": Range(False, 0), "--sparsity-weight": Range(False, 0),

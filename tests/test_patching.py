@@ -183,3 +183,120 @@ def test_sites_a_family_lacks_and_heads_out_of_range_are_refused(monkeypatch):
     with pytest.raises(UserError, match="the llava family has no 'mlp' site to patch; its "
                                         "sites are residual, attn, head"):
         check_site(loaded, Site("mlp", 0))
+
+
+# ---------------------------------------------------------------- the analysis
+
+
+def _run(corrupt, engine="fast", limit=6, **options):
+    from analyses.data import load_dataset
+    from analyses.patching import Patching, PatchingConfig
+    from analyses.runner import LocalBackend, run
+
+    loaded = load_model("tiny-llava")
+    dataset = load_dataset("easy-vqa", limit=limit)
+    config = PatchingConfig(corrupt=corrupt, sites=("residual", "attn", "head"),
+                            groups=("image", "last"), n_bootstrap=50, batch_size=5,
+                            engine=engine, **options)
+    return loaded, dataset, run(Patching(config), LocalBackend(loaded), dataset)
+
+
+def test_the_analysis_effect_equals_a_reference_computation():
+    """Per used sample, the normalised logit difference of patching the clean residual / attn
+    output / a head into the blank-image run, recomputed with the hook reference."""
+    from PIL import Image
+
+    loaded, dataset, result = _run("blank")
+    arrays, summary = result.arrays, result.summary
+    used = np.flatnonzero(arrays["skipped"] == "")
+    assert used.size and summary["n_used"] == used.size
+    for index in used[:2]:
+        sample = dataset[int(index)]
+        other = Image.new("RGB", sample.image.size, (128, 128, 128))
+        clean_inputs = loaded.adapter.build_inputs([sample.image], [sample.ask])
+        corrupt_inputs = loaded.adapter.build_inputs([other], [sample.ask])
+        groups = token_groups(loaded.adapter, clean_inputs)
+        clean = reference(loaded, clean_inputs, [])[0].double()
+        corrupt = reference(loaded, corrupt_inputs, [])[0].double()
+        c, x = int(clean.argmax()), int(corrupt.argmax())
+        assert (c, x) == (arrays["clean_token"][index], arrays["corrupt_token"][index]) and c != x
+        checks = [(Site("residual", 2), groups.last, ("effect", (0, 2, 1))),
+                  (Site("attn", 1), groups.image, ("effect", (1, 1, 0))),
+                  (Site("head", 3, 1), groups.last, ("head_effect", (3, 1)))]
+        for site, where, (name, cell) in checks:
+            _, (values,) = reference(loaded, clean_inputs, [], [site], where)
+            patched = reference(loaded, corrupt_inputs,
+                                [Patch(site.layer, where, values, site.kind, site.head)])[0]
+            ld = [float(run[c] - run[x]) for run in (clean, corrupt, patched.double())]
+            expected = (ld[2] - ld[1]) / (ld[0] - ld[1])
+            assert abs(arrays[name][index][cell] - expected) < 1e-3, (site, expected)
+    # the mean row is the mean over the used samples
+    row = next(r for r in summary["per_layer"] if r["series"] == "residual:last"
+               and r["layer"] == 2)
+    assert row["n"] == used.size
+    assert abs(row["mean"] - float(arrays["effect"][used, 0, 2, 1].mean())) < 1e-9
+    assert summary["restoring_layers"]["residual:last"][-1] == loaded.adapter.num_layers - 1
+
+
+def test_the_engines_give_the_same_analysis():
+    *_, fast = _run("noise", "fast", limit=3, noise_scale=10.0)
+    *_, ours = _run("noise", "nnsight", limit=3, noise_scale=10.0)
+    assert (fast.arrays["skipped"] == "").any()
+    assert (fast.arrays["skipped"] == ours.arrays["skipped"]).all()
+    for name in ("effect", "head_effect"):
+        np.testing.assert_allclose(ours.arrays[name], fast.arrays[name], atol=1e-4)
+
+
+def _cli(argv, capsys):
+    from analyses.patching.__main__ import main
+    from probes.cli import run_cli
+
+    code = run_cli(main, ["--model", "tiny-llava", "--bootstrap", "20", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _pair_data(folder, pair_of_second="a"):
+    import json
+
+    from analyses.data import load_dataset
+
+    samples = [s for s in load_dataset("easy-vqa", limit=60) if s.kind == "shape"]
+    first = samples[0]
+    second = next(s for s in samples if s.answer != first.answer)
+    rows = []
+    for name, sample, pair in (("a", first, "b"), ("b", second, pair_of_second)):
+        sample.image.save(folder / f"{name}.png")
+        rows.append({"id": name, "image": f"{name}.png", "question": first.question,
+                     "answer": sample.answer, "kind": "shape", "pair": pair})
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_pairs_named_by_the_data_are_patched(tmp_path, capsys):
+    import json
+
+    data = _pair_data(tmp_path)
+    code, out, err = _cli(["--data", str(data), "--corrupt", "pair", "--out",
+                           str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_samples"] == 2 and "residual:last" in out
+    assert summary["n_used"] + sum(summary["skipped_by_reason"].values()) == 2
+
+
+@pytest.mark.parametrize(("argv", "sentence"), [
+    (["--corrupt", "pair"], "sample 'pairs.jsonl/b' names the pair 'zz', which is not a sample id of this "
+                            "data"),
+    (["--sites", "residual,ffn"], "unknown site 'ffn'; use residual, attn, mlp, head."),
+    (["--groups", "image,sky"], "unknown token group 'sky' to patch"),
+    (["--noise-scale", "1e-9"], "--corrupt noise leaves the model's answer unchanged on every "
+                                "one of the 2 samples"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, argv, sentence):
+    data = _pair_data(tmp_path, pair_of_second="zz")
+    code, _, err = _cli(["--data", str(data), "--out", str(tmp_path / "run"), *argv], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len([line for line in lines if line.startswith("error: ")]) == 1
+    assert sentence in err

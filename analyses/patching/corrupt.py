@@ -8,7 +8,7 @@
   the image tokens), ``scale`` x their standard deviation, seeded per sample;
 - ``blank``: a blank (mid-grey) image of the same size;
 - ``swap``: the image of the next sample (in data order, wrapping around) whose answer
-  differs, preferring one of the same kind.
+  differs, preferring one asked the same question, then one of the same kind.
 
 A counterpart image is resized to the sample's own image size, so both runs have the same
 token positions; a counterfactual whose question tokenizes to another length is skipped
@@ -45,7 +45,11 @@ def partners(samples: Sequence, corrupt: str) -> dict[int, int]:
             named = pair_id(sample)
             if named is None:
                 continue
+            # own data's ids are "FILE/ID": a pair names the ID of a row of the same file
+            same_file = f"{sample.id.rpartition('/')[0]}/{named}"
+            named = named if named in ids else same_file
             if named not in ids:
+                named = pair_id(sample)
                 raise UserError(f"sample {sample.id!r} names the pair {named!r}, which is not a "
                                 f"sample id of this data (with --limit, both must be within it).")
             found[index] = ids[named]
@@ -54,14 +58,17 @@ def partners(samples: Sequence, corrupt: str) -> dict[int, int]:
                             "in a 'pair' field (the id of another sample); this data has none.")
         return found
     if corrupt == "swap":
-        answers = [(sample.answer, sample.kind) for sample in samples]
+        asked = [(sample.answer, sample.question, sample.kind) for sample in samples]
         found = {}
-        for index, (answer, kind) in enumerate(answers):
-            others = [(index + step) % len(answers) for step in range(1, len(answers))]
-            differing = [j for j in others if answers[j][0] != answer]
-            same_kind = [j for j in differing if answers[j][1] == kind]
-            if differing:
-                found[index] = (same_kind or differing)[0]
+        for index, (answer, question, kind) in enumerate(asked):
+            others = [(index + step) % len(asked) for step in range(1, len(asked))]
+            differing = [j for j in others if asked[j][0] != answer]
+            # an image that answers the same question otherwise, else one of the same kind
+            for chosen in ([j for j in differing if asked[j][1] == question],
+                           [j for j in differing if asked[j][2] == kind], differing):
+                if chosen:
+                    found[index] = chosen[0]
+                    break
         if not found:
             raise UserError("--corrupt swap needs samples with different answers; every sample "
                             "of this data has the same answer.")
