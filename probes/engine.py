@@ -120,8 +120,10 @@ class Engine(ABC):
         edits and then each patch's values put in place."""
 
     def patch_many(self, prefill: Prefill, conditions: Sequence[Sequence[Patch]],
-                   batch_size: int = 16) -> torch.Tensor:
-        """[conditions, vocab]: :meth:`patch` of each condition (the base: one at a time)."""
+                   batch_size: int = 16, source: Prefill | None = None) -> torch.Tensor:
+        """[conditions, vocab]: :meth:`patch` of each condition (the base: one at a time).
+        ``source``: the prefill the patches' values were read from (a hint an engine may use
+        to share more of the work; the numbers do not change)."""
         if not conditions:
             return prefill.logits.new_zeros(0, prefill.logits.shape[-1])
         return torch.stack([self.patch(prefill, condition) for condition in conditions])

@@ -263,32 +263,101 @@ def _start_layer(condition: Sequence[Patch], num_layers: int) -> int:
     return min((max(0, patch.layer) for patch in condition), default=num_layers)
 
 
+def _first_position(condition: Sequence[Patch], length: int) -> int:
+    return min((int(np.min(patch.positions)) for patch in condition
+                if np.size(patch.positions)), default=length - 1)
+
+
 @torch.inference_mode()
 def patch_conditions(loaded: LoadedModel, inputs: VLInputs, target: CleanPass,
-                     conditions: Sequence[Sequence[Patch]], batch_size: int = 16
-                     ) -> torch.Tensor:
+                     conditions: Sequence[Sequence[Patch]], batch_size: int = 16,
+                     source: CleanPass | None = None) -> torch.Tensor:
     """[conditions, vocab] float32 logits at the last position (CPU), each condition's patches
     put into the run ``target`` (a :func:`prefill_pass` of ``inputs``), equal to one
-    :func:`patched_forward` per condition to float rounding. Positions before the first patched
-    position are shared with ``target`` (its keys and values), a condition joins the batch at
-    its first patched layer, and a condition without patches is ``target``'s own logits."""
+    :func:`patched_forward` per condition to float rounding. Positions before a condition's
+    first patched position are shared with ``target`` (its keys and values: conditions are
+    run in groups of the same first position, each from its own prefix), a condition joins the
+    batch at its first patched layer, and one without patches is ``target``'s own logits.
+
+    ``source``: the run the patches' values were read from (same token layout). A condition
+    that puts back the source's residual stream after layer l at every position where the two
+    runs differ, up to p (the image block of a corrupted image), makes every position before p
+    the source run's from layer l on (attention is causal): those keys and values are taken
+    from ``source`` and only positions p.. are computed, from layer l + 1."""
     target.check_usable()
+    length = target.hidden_states[0].shape[1]
+    logits = target.logits.float().cpu().repeat(len(conditions), 1)
+    from_source = _source_prefixes(loaded, target, source, conditions)
+    buckets: dict[tuple[bool, int], list[int]] = {}
+    for i, condition in enumerate(conditions):
+        key = (True, from_source[i]) if i in from_source else (
+            False, _first_position(condition, length))
+        buckets.setdefault(key, []).append(i)
+    for (shared_source, prefix), chosen in sorted(buckets.items()):
+        if shared_source:
+            starts = [conditions[i][0].layer + 1 for i in chosen]
+            logits[chosen] = _from_prefix(loaded, target, [[] for _ in chosen], prefix,
+                                          batch_size, logits[chosen], source, starts)
+        else:
+            logits[chosen] = _from_prefix(loaded, target, [conditions[i] for i in chosen],
+                                          prefix, batch_size, logits[chosen])
+    return logits
+
+
+def _source_prefixes(loaded: LoadedModel, target: CleanPass, source: CleanPass | None,
+                     conditions) -> dict[int, int]:
+    """Condition index -> p, for the conditions :func:`patch_conditions` runs on the source's
+    keys and values: one residual patch after a layer l < last whose positions are exactly
+    d..p-1 (d: the first position where the two runs' embeddings or position ids differ;
+    before it they are the same run) and whose values are the source's there."""
+    if source is None:
+        return {}
+    embedded, theirs = target.hidden_states[0][0], source.hidden_states[0][0]
+    if embedded.shape != theirs.shape or target.position_ids.shape != source.position_ids.shape:
+        return {}
+    differs = (embedded != theirs).any(-1) | (target.position_ids != source.position_ids
+                                              ).reshape(-1, embedded.shape[0]).any(0)
+    if not differs.any():
+        return {}
+    first = int(differs.nonzero()[0])
+    found = {}
+    for i, condition in enumerate(conditions):
+        if len(condition) != 1:
+            continue
+        patch = condition[0]
+        positions = np.asarray(patch.positions)
+        if (patch.kind != "residual" or not 0 <= patch.layer < loaded.adapter.num_layers - 1
+                or positions.size == 0 or positions[0] != first
+                or not np.array_equal(positions, np.arange(first, first + positions.size))):
+            continue
+        states = source.hidden_states[patch.layer + 1][0, first : first + positions.size]
+        if torch.equal(patch.values.to(states.device, states.dtype), states):
+            found[i] = first + positions.size
+    return found
+
+
+def _from_prefix(loaded: LoadedModel, target: CleanPass, conditions, prefix: int,
+                 batch_size: int, logits: torch.Tensor, shared: CleanPass | None = None,
+                 starts: Sequence[int] | None = None) -> torch.Tensor:
+    """:func:`patch_conditions` of conditions that patch nothing before ``prefix``: the
+    positions before it have the keys and values of ``shared`` (default: ``target``); rows
+    join at ``starts`` (default: each condition's first patched layer) with ``target``'s
+    hidden states."""
     num_layers = loaded.adapter.num_layers
     length = target.hidden_states[0].shape[1]
-    starts = [_start_layer(condition, num_layers) for condition in conditions]
-    patched = [int(np.min(patch.positions)) for condition in conditions for patch in condition
-               if np.size(patch.positions)]
-    prefix = min([length - 1, *patched])
+    if starts is None:
+        starts = [_start_layer(condition, num_layers) for condition in conditions]
     order = [i for i in sorted(range(len(conditions)), key=starts.__getitem__)
              if starts[i] < num_layers]
+    if not order:
+        return logits
     like = target.hidden_states[0]
     masks = SuffixMasks([[] for _ in conditions], prefix, length, like.dtype, like.device)
-    cache = SharedPrefixCache(target.keys_values, prefix, max(1, min(batch_size, len(order))),
-                              length, one_shot=True)
+    cache = SharedPrefixCache((shared or target).keys_values, prefix,
+                              max(1, min(batch_size, len(order))), length, one_shot=True)
     tables = RotaryTables(loaded, target, target.position_ids[..., prefix:length], prefix)
     head = loaded.adapter.lm_head(loaded.model)
     entering = [states[:, prefix:] for states in target.hidden_states]
-    logits = target.logits.float().cpu().repeat(len(conditions), 1)
     attention.enable(loaded.model)
     for chunk_start in range(0, len(order), batch_size):
         chunk = order[chunk_start : chunk_start + batch_size]

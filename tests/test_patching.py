@@ -146,7 +146,8 @@ def test_a_corrupt_run_with_patches_on_top_equals_the_reference(setup):
 
 
 def test_the_shared_prefix_starts_at_the_first_patched_position(monkeypatch):
-    """Only the positions from the first patched one on are recomputed (as knockouts do)."""
+    """Only the positions from a condition's first patched one on are recomputed (as knockouts
+    do), each first position's conditions from their own prefix."""
     from probes import patching
 
     loaded = load_model("tiny-random-llava")
@@ -165,7 +166,7 @@ def test_the_shared_prefix_starts_at_the_first_patched_position(monkeypatch):
     FAST.patch_many(prefill, [[Patch(4, groups.last, _random((1, hidden), 0))],
                               [Patch(2, groups.question, _random((groups.question.size, hidden), 1))]])
     length = int(inputs.input_ids.shape[1])
-    assert seen == [(int(groups.question.min()), length, [2, 4])]
+    assert seen == [(int(groups.question.min()), length, [2]), (int(groups.last[0]), length, [4])]
 
 
 def test_sites_a_family_lacks_and_heads_out_of_range_are_refused(monkeypatch):
@@ -300,3 +301,42 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, argv, sentence):
     lines = err.strip().splitlines()
     assert code == 2 and len([line for line in lines if line.startswith("error: ")]) == 1
     assert sentence in err
+
+
+def test_restoring_a_corrupted_block_runs_only_the_positions_after_it(monkeypatch):
+    """Denoising the residual stream at every image position (the noised block) makes every
+    position up to the block's end the clean run's from that layer on: with the clean run as
+    the source, only the positions after the block are computed, and the numbers are the
+    reference's."""
+    from probes import patching
+
+    loaded = load_model("tiny-random-llava")
+    inputs = consistency_inputs(loaded)
+    groups = token_groups(loaded.adapter, inputs)
+    n, image = loaded.adapter.num_layers, groups.image
+    noise = [Patch(-1, image, _random((image.size, loaded.adapter.hidden_size), 3))]
+    clean = FAST.prefill(loaded, inputs, groups)
+    corrupt = FAST.patched_prefill(loaded, inputs, groups, noise)
+    sites = [Site("residual", layer) for layer in range(-1, n)]
+    values = FAST.read(clean, sites, image)
+    conditions = [[Patch(site.layer, image, read)] for site, read in zip(sites, values)]
+    conditions.append([Patch(1, groups.last, FAST.read(clean, [Site("residual", 1)],
+                                                        groups.last)[0])])
+    expected = torch.stack([reference(loaded, inputs, noise + c)[0] for c in conditions])
+    seen = []
+    real = patching.run_layers
+
+    def spy(loaded, entering, starts, rows, start, stop, *rest, **options):
+        seen.append((start, list(starts)))
+        return real(loaded, entering, starts, rows, start, stop, *rest, **options)
+
+    monkeypatch.setattr(patching, "run_layers", spy)
+    _close(FAST.patch_many(corrupt, conditions, batch_size=16, source=clean), expected)
+    after = int(image[-1]) + 1
+    # the embeddings' patch and the last layer's run as any patch; layers 0..n-2 from the block
+    assert (after, list(range(1, n))) in seen
+    assert sorted(seen) == sorted([(after, list(range(1, n))), (int(image[0]), [0, n - 1]),
+                                  (int(groups.last[0]), [1])])
+    _close(NNSIGHT.patch_many(NNSIGHT.patched_prefill(loaded, inputs, groups, noise),
+                              conditions, source=NNSIGHT.prefill(loaded, inputs, groups)),
+           expected)

@@ -91,7 +91,7 @@ def measure_sample(engine: Engine, loaded, sample, config, index: int, counterpa
         return record
     source, target = (clean, corrupt) if config.direction == "denoise" else (corrupt, clean)
     conditions, cells = conditions_of(engine, grid, source, groups)
-    logits = engine.patch_many(target, conditions, config.batch_size).double().numpy()
+    logits = engine.patch_many(target, conditions, config.batch_size, source).double().numpy()
 
     def difference(values: np.ndarray) -> np.ndarray:
         return values[..., clean_token] - values[..., corrupt_token]

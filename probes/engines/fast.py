@@ -68,19 +68,33 @@ class FastEngine(Engine):
         return patching.patched_forward(prefill.loaded, prefill.inputs,
                                         [*prefill.edits, *patches])
 
-    def patch_many(self, prefill: FastPrefill, conditions, batch_size=16) -> torch.Tensor:
+    def patch_many(self, prefill: FastPrefill, conditions, batch_size=16,
+                   source=None) -> torch.Tensor:
         # the prefill's clean pass already holds its edits: conditions patch on top of it
+        shared = source.clean if isinstance(source, FastPrefill) else None
         return patching.patch_conditions(prefill.loaded, prefill.inputs, prefill.clean,
-                                         conditions, batch_size)
+                                         conditions, batch_size, shared)
 
     def patched_prefill(self, loaded, inputs, groups, edits) -> FastPrefill:
         made = patching.prefill_pass(loaded, inputs, edits)
         return FastPrefill(loaded, inputs, groups, made.logits.float().cpu(),
                            tuple(edits), made)
 
-    def read(self, prefill, sites, positions) -> list[torch.Tensor]:
-        return patching.read_sites(prefill.loaded, prefill.inputs, sites, positions,
-                                   prefill.edits)
+    @torch.inference_mode()
+    def read(self, prefill: FastPrefill, sites, positions) -> list[torch.Tensor]:
+        # the residual stream before the last layer's output is in the clean pass's hidden
+        # states (entry l + 1 leaves layer l; the last entry is after the final norm); the
+        # other sites take one forward
+        states, where = prefill.clean.hidden_states, list(map(int, positions))
+        kept = [i for i, site in enumerate(sites) if site.kind == "residual"
+                and site.layer + 1 < len(states) - 1]
+        others = [i for i in range(len(sites)) if i not in kept]
+        values = dict(zip(others, patching.read_sites(
+            prefill.loaded, prefill.inputs, [sites[i] for i in others], where, prefill.edits)
+            if others else []))
+        for i in kept:
+            values[i] = states[sites[i].layer + 1][0, where].float().cpu()
+        return [values[i] for i in range(len(sites))]
 
 
 @contextlib.contextmanager
