@@ -340,3 +340,25 @@ def test_restoring_a_corrupted_block_runs_only_the_positions_after_it(monkeypatc
     _close(NNSIGHT.patch_many(NNSIGHT.patched_prefill(loaded, inputs, groups, noise),
                               conditions, source=NNSIGHT.prefill(loaded, inputs, groups)),
            expected)
+
+
+def test_fine_grained_questions_are_paired_with_a_twin_differing_in_the_asked_attribute():
+    from analyses.data import load_dataset
+    from analyses.patching import Patching, PatchingConfig
+    from analyses.patching.corrupt import counterpart, partners
+
+    dataset = load_dataset("fine-grained", limit=4)  # colour, shape, count, relation
+    assert partners(dataset, "pair") == {}  # generated, not named
+    twins = [counterpart(dataset, {}, "pair", i, dataset[i]) for i in range(4)]
+    assert twins[2] is None and twins[3] is None
+    for sample, twin in zip(dataset, twins[:2]):
+        assert twin.question == sample.question and twin.answer != sample.answer
+        assert twin.boxes == sample.boxes and twin.id == f"{sample.id}/twin"
+        changed = np.asarray(twin.image) != np.asarray(sample.image)
+        assert changed.any() and not changed.any(-1)[~sample.mask & ~twin.mask].any()
+    analysis = Patching(PatchingConfig(corrupt="pair"))
+    loaded = load_model("tiny-llava")
+    analysis.warm_up(loaded, dataset)
+    records = analysis.measure("samples", loaded, [dataset[0], dataset[2]], [0, 2], {})
+    assert records[0]["counterpart"] == f"{dataset[0].id}/twin"
+    assert records[0]["skipped"] in ("", "unchanged") and records[1]["skipped"] == "unpaired"

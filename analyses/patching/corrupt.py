@@ -1,9 +1,10 @@
 """The corrupt run of each sample (``--corrupt``):
 
 - ``pair``: the data names each sample's counterfactual: a field ``pair`` holding the id of
-  another sample (own data: a ``pair`` column, which lands in ``meta``; the generated
-  ``fine-grained`` set with ``pairs=True``: each sample with its twin that differs only in the
-  asked attribute). The counterfactual's image and question are asked;
+  another sample (own data: a ``pair`` column, which lands in ``meta``), whose image and
+  question are asked; the generated ``fine-grained`` set makes each colour and shape
+  question's twin, which differs only in the asked attribute
+  (:func:`analyses.data.fine_grained.counterfactual`);
 - ``noise``: Gaussian noise on the image embeddings (the stream entering the first layer at
   the image tokens), ``scale`` x their standard deviation, seeded per sample;
 - ``blank``: a blank (mid-grey) image of the same size;
@@ -17,12 +18,11 @@ token positions; a counterfactual whose question tokenizes to another length is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from PIL import Image
 
+from analyses.data import fine_grained
 from probes.errors import UserError
 
 CORRUPTIONS = ("pair", "noise", "blank", "swap")
@@ -35,9 +35,17 @@ def pair_id(sample) -> str | None:
     return None if found is None or found == "" else str(found)
 
 
-def partners(samples: Sequence, corrupt: str) -> dict[int, int]:
-    """Sample index -> its counterpart's index for ``pair`` and ``swap`` (empty otherwise);
-    refused in one sentence when a named pair does not exist, or no sample names one."""
+def partners(samples, corrupt: str) -> dict[int, int]:
+    """Sample index -> its counterpart's index in ``samples`` (a dataset) for ``pair`` and
+    ``swap`` (empty otherwise, and for generated twins); refused in one sentence when a named
+    pair does not exist, or no sample has one."""
+    if corrupt == "pair" and samples.name == fine_grained.NAME:
+        kinds = set(samples.params.get("kinds", ()))
+        if not kinds & set(fine_grained.PAIRED_KINDS):
+            paired = " and ".join(fine_grained.PAIRED_KINDS)
+            raise UserError(f"--corrupt pair makes twins of fine-grained {paired} questions "
+                            "only; this data has none.")
+        return {}  # generated: counterpart() makes each twin
     if corrupt == "pair":
         ids = {sample.id: index for index, sample in enumerate(samples)}
         found = {}
@@ -74,6 +82,14 @@ def partners(samples: Sequence, corrupt: str) -> dict[int, int]:
                             "of this data has the same answer.")
         return found
     return {}
+
+
+def counterpart(samples, found: dict[int, int], corrupt: str, index: int, sample):
+    """The sample whose image (and, for ``pair``, question) the corrupt run of ``sample``
+    (sample ``index`` of ``samples``) asks; None where it has none."""
+    if corrupt == "pair" and samples.name == fine_grained.NAME:
+        return fine_grained.counterfactual(sample, samples.params, samples.split, index)
+    return None if index not in found else samples[found[index]]
 
 
 def counterpart_image(sample, corrupt: str, counterpart=None) -> Image.Image:

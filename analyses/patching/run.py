@@ -120,8 +120,8 @@ class Patching(Analysis):
     def measure(self, step, loaded, samples, indices, context) -> list[dict[str, Any]]:
         records = []
         for sample, index in zip(samples, indices):
-            partner = self._partners.get(index)
-            counterpart = None if partner is None else self._dataset[partner]
+            counterpart = corruptions.counterpart(self._dataset, self._partners,
+                                                  self.config.corrupt, index, sample)
             if self.config.corrupt in ("pair", "swap") and counterpart is None:
                 records.append(unpaired(sample, self.config.grid(loaded)))
                 continue
