@@ -362,3 +362,23 @@ def test_fine_grained_questions_are_paired_with_a_twin_differing_in_the_asked_at
     records = analysis.measure("samples", loaded, [dataset[0], dataset[2]], [0, 2], {})
     assert records[0]["counterpart"] == f"{dataset[0].id}/twin"
     assert records[0]["skipped"] in ("", "unchanged") and records[1]["skipped"] == "unpaired"
+
+
+def test_shards_merge_into_the_whole_run(tmp_path):
+    from helpers import assert_same_run
+
+    from analyses.data import load_dataset
+    from analyses.merge import merge
+    from analyses.patching import Patching, PatchingConfig
+    from analyses.runner import LocalBackend, RunOptions, run
+
+    backend = LocalBackend(load_model("tiny-llava"))
+    easy = load_dataset("easy-vqa", limit=6)
+    analysis = Patching(PatchingConfig(noise_scale=10.0, n_bootstrap=50))
+    whole = run(analysis, backend, easy)
+    directories = []
+    for index in range(2):
+        out = tmp_path / f"shard{index}"
+        part = run(analysis, backend, easy, RunOptions(out=out, shard=(index, 2)))
+        directories.append(part.save(out))
+    assert_same_run(whole, merge(directories))
