@@ -55,6 +55,7 @@ docs: install
 bench: install
 	$(PY) tests/bench_engine.py
 	$(PY) tests/bench_layer_masking.py
+	$(PY) tests/bench_patching.py
 	$(PY) tests/bench_token_importance.py
 	$(PY) tests/bench_attention_evolution.py
 	$(PY) tests/bench_ray.py

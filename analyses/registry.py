@@ -40,6 +40,7 @@ ANALYSES = {
                            "analyses.evaluate.table:table_files"),
     "logit_lens": Registered("analyses.logit_lens.run:LogitLens", "figures.logit_lens:draw_all"),
     "heads": Registered("analyses.heads.run:Heads", "figures.heads:draw_all"),
+    "patching": Registered("analyses.patching.run:Patching", "figures.patching:draw_all"),
 }
 
 

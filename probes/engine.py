@@ -11,8 +11,11 @@ it for the conditions that follow:
 - :meth:`Engine.generate`: greedy decoding under each of several knockouts;
 - :meth:`Engine.residual` and :meth:`Engine.lens`: the residual stream after chosen layers at
   chosen positions, raw or read through the final norm and the unembedding (the logit lens);
-- :meth:`Engine.patch`: next-token logits with the residual stream replaced at chosen layers
-  and positions (activation patching).
+- :meth:`Engine.patch` and :meth:`Engine.patch_many`: next-token logits with activations
+  replaced at chosen sites (:class:`~probes.patching.Site`: the residual stream, attention or
+  MLP output, one head) and positions, for one condition or many (activation patching);
+  :meth:`Engine.patched_prefill` is a run with patches of its own (a corrupt run) and
+  :meth:`Engine.read` reads a run's activations at sites.
 
 The engines are the modules of :mod:`probes.engines` (``fast``: :mod:`probes.run`'s shared
 prefix; ``nnsight``: full forwards in nnsight traces). Both give the same numbers to float
@@ -26,12 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from probes import logit_lens
 from probes.models.adapters import VLInputs
 from probes.models.loading import LoadedModel
+from probes.patching import Patch, Site
 from probes.record import AttentionRecorder
 from probes.run import Generation, KnockoutResult
 from probes.tokens import TokenGroups
@@ -47,16 +50,7 @@ class Prefill:
     inputs: VLInputs
     groups: TokenGroups
     logits: torch.Tensor
-
-
-@dataclass(frozen=True)
-class Patch:
-    """The residual stream after decoder layer ``layer`` at ``positions`` replaced by
-    ``values`` [len(positions), hidden] (as :meth:`Engine.residual` returns them)."""
-
-    layer: int
-    positions: np.ndarray
-    values: torch.Tensor
+    edits: tuple[Patch, ...] = ()  # patches the run holds (Engine.patched_prefill)
 
 
 class Engine(ABC):
@@ -122,8 +116,30 @@ class Engine(ABC):
 
     @abstractmethod
     def patch(self, prefill: Prefill, patches: Sequence[Patch]) -> torch.Tensor:
-        """[vocab] float32 logits at the last position on the CPU, with each patch's residual
-        stream put in place of the clean one."""
+        """[vocab] float32 logits at the last position on the CPU, with the prefill's own
+        edits and then each patch's values put in place."""
+
+    def patch_many(self, prefill: Prefill, conditions: Sequence[Sequence[Patch]],
+                   batch_size: int = 16, source: Prefill | None = None) -> torch.Tensor:
+        """[conditions, vocab]: :meth:`patch` of each condition (the base: one at a time).
+        ``source``: the prefill the patches' values were read from (a hint an engine may use
+        to share more of the work; the numbers do not change)."""
+        if not conditions:
+            return prefill.logits.new_zeros(0, prefill.logits.shape[-1])
+        return torch.stack([self.patch(prefill, condition) for condition in conditions])
+
+    @abstractmethod
+    def patched_prefill(self, loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
+                        edits: Sequence[Patch]) -> Prefill:
+        """The forward of a one-row input with ``edits`` in place (e.g. noise on the image
+        embeddings: a corrupt run), kept as :meth:`prefill` keeps a clean one; later patches
+        go on top of its edits."""
+
+    @abstractmethod
+    def read(self, prefill: Prefill, sites: Sequence[Site],
+             positions: Sequence[int]) -> list[torch.Tensor]:
+        """Per site, the prefill's run's values there [len(positions), width] (float32, CPU),
+        its edits in place: what a patch from this run into another puts."""
 
 
 @torch.inference_mode()

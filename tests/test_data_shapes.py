@@ -41,6 +41,7 @@ from analyses.evaluate.__main__ import main as evaluate_main
 from analyses.heads.__main__ import main as heads_main
 from analyses.layer_masking.__main__ import main as layer_masking_main
 from analyses.logit_lens.__main__ import main as logit_lens_main
+from analyses.patching.__main__ import main as patching_main
 from analyses.token_importance.__main__ import main as token_importance_main
 from analyses.train_vif.__main__ import main as train_vif_main
 from probes.cli import EXIT_BAD_INPUT, run_cli
@@ -61,9 +62,13 @@ ANALYSES = {
     "attenuation": (attenuation_main, FAST),
     "logit_lens": (logit_lens_main, FAST),
     "heads": (heads_main, [*FAST, "--controls", "2"]),
+    "patching": (patching_main, [*FAST, "--sites", "residual,head"]),
     "train_vif": (train_vif_main, ["--steps", "1", "--batch-size", "2"]),
     "evaluate": (evaluate_main, [*FAST, "--methods", "clean,aif", "--max-new-tokens", "2"]),
 }
+
+# refusals that only the model's own answers can decide (after its forwards, then)
+LATE_REFUSALS = ("leaves the model's answer unchanged on every one",)
 
 BOXES = ("none", "some", "all")
 ANSWERS = ("natural", "wrong", "right")
@@ -301,7 +306,8 @@ def problems_of(outcome: Outcome) -> list[str]:
         errors = [line for line in message if line.startswith("error: ")]
         if len(errors) != 1:
             found.append(f"refusal is not one 'error:' line: {outcome.stderr[-300:]!r}")
-        if outcome.forwards:
+        # a refusal that only the model's answers can decide comes after model work
+        if outcome.forwards and not any(late in outcome.stderr for late in LATE_REFUSALS):
             found.append(f"refused after model work ({outcome.forwards} forwards): "
                          f"{errors[:1]}")
         return found

@@ -23,13 +23,13 @@ True
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from PIL import Image
 
 from analyses.data.dataset import Dataset
-from analyses.data.palette import random_background
+from analyses.data.palette import COLORS, SHAPES, random_background
 from analyses.data.questions import BUILDERS, NUMBER_WORDS, Scene
 from analyses.data.sample import Sample
 from analyses.data.scene import objects_mask, render
@@ -118,6 +118,40 @@ def render_sample(params: FineGrainedParams, split: str, index: int) -> Sample:
         dataset=NAME,
         image_id=sample_id,
     )
+
+
+PAIRED_KINDS = ("color", "shape")  # the kinds counterfactual() makes a twin of
+
+
+def counterfactual(sample: Sample, params: dict, split: str, index: int) -> Sample | None:
+    """The twin of ``sample`` (sample ``index`` of the split with ``params``) that differs only
+    in the asked attribute: its target drawn in another colour (colour questions) or as another
+    shape in the same box (shape questions), the question and every other object as they are;
+    None for the other kinds. Drawn from a stream of its own, so the sample is unchanged.
+
+    >>> ds = load_fine_grained("test", size=2)
+    >>> twin = counterfactual(ds[0], ds.params, "test", 0)
+    >>> twin.question == ds[0].question, twin.answer != ds[0].answer, twin.boxes == ds[0].boxes
+    (True, True, True)
+    """
+    resolved = FineGrainedParams(**{**params, "kinds": tuple(params["kinds"])})
+    scene, background = generate_scene(resolved, split, index)
+    if scene.kind not in PAIRED_KINDS:
+        return None
+    rng = np.random.default_rng([resolved.seed, SPLIT_STREAMS[split], index, 1])
+    target = scene.target[0]
+    obj = scene.objects[target]
+    if scene.kind == "color":
+        answer = str(rng.choice([c for c in COLORS if c != obj.color]))
+        changed = replace(obj, color=answer)
+    else:
+        answer = str(rng.choice([s for s in SHAPES if s != obj.shape]))
+        changed = replace(obj, shape=answer)
+    objects = tuple(changed if i == target else o for i, o in enumerate(scene.objects))
+    mask = objects_mask(objects, scene.target, resolved.canvas)
+    mask.setflags(write=False)
+    return replace(sample, id=f"{sample.id}/twin", answer=answer, mask=mask,
+                   image=Image.fromarray(render(objects, background, resolved.canvas)))
 
 
 def load_fine_grained(split: str = "test", limit: int | None = None, **params) -> Dataset:

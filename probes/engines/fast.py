@@ -5,12 +5,12 @@ hooks, under fusionlens' registered attention function (:func:`probes.attention.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from probes import attention, logit_lens, run
+from probes import attention, logit_lens, patching, run
 from probes.engine import Engine, Patch, Prefill
 from probes.models.loading import LoadedModel
 
@@ -30,7 +30,7 @@ class FastEngine(Engine):
     def prefill(self, loaded, inputs, groups, record=None, reserve=0) -> FastPrefill:
         with _recording(loaded, record):
             clean = run.clean_pass(loaded, inputs, reserve=reserve)
-        return FastPrefill(loaded, inputs, groups, clean.logits.float().cpu(), clean)
+        return FastPrefill(loaded, inputs, groups, clean.logits.float().cpu(), clean=clean)
 
     @torch.inference_mode()
     def record(self, loaded, inputs, recorder) -> torch.Tensor:
@@ -64,20 +64,37 @@ class FastEngine(Engine):
                   for layer, row in zip(layers, rows)]
         return head(torch.stack(normed)).float().cpu()
 
-    @torch.inference_mode()
     def patch(self, prefill, patches: Sequence[Patch]) -> torch.Tensor:
-        def put(layer_patches: list[Patch]) -> Callable:
-            def edit(layer: int, hidden: torch.Tensor) -> None:
-                for patch in layer_patches:
-                    hidden[:, list(patch.positions)] = patch.values.to(hidden.device, hidden.dtype)
-            return edit
+        return patching.patched_forward(prefill.loaded, prefill.inputs,
+                                        [*prefill.edits, *patches])
 
-        by_layer: dict[int, list[Patch]] = {}
-        for patch in patches:
-            by_layer.setdefault(patch.layer, []).append(patch)
-        output = _forward(prefill.loaded, prefill.inputs,
-                          {layer: put(found) for layer, found in by_layer.items()})
-        return output.logits[0, -1].float().cpu()
+    def patch_many(self, prefill: FastPrefill, conditions, batch_size=16,
+                   source=None) -> torch.Tensor:
+        # the prefill's clean pass already holds its edits: conditions patch on top of it
+        shared = source.clean if isinstance(source, FastPrefill) else None
+        return patching.patch_conditions(prefill.loaded, prefill.inputs, prefill.clean,
+                                         conditions, batch_size, shared)
+
+    def patched_prefill(self, loaded, inputs, groups, edits) -> FastPrefill:
+        made = patching.prefill_pass(loaded, inputs, edits)
+        return FastPrefill(loaded, inputs, groups, made.logits.float().cpu(),
+                           tuple(edits), made)
+
+    @torch.inference_mode()
+    def read(self, prefill: FastPrefill, sites, positions) -> list[torch.Tensor]:
+        # the residual stream before the last layer's output is in the clean pass's hidden
+        # states (entry l + 1 leaves layer l; the last entry is after the final norm); the
+        # other sites take one forward
+        states, where = prefill.clean.hidden_states, list(map(int, positions))
+        kept = [i for i, site in enumerate(sites) if site.kind == "residual"
+                and site.layer + 1 < len(states) - 1]
+        others = [i for i in range(len(sites)) if i not in kept]
+        values = dict(zip(others, patching.read_sites(
+            prefill.loaded, prefill.inputs, [sites[i] for i in others], where, prefill.edits)
+            if others else []))
+        for i in kept:
+            values[i] = states[sites[i].layer + 1][0, where].float().cpu()
+        return [values[i] for i in range(len(sites))]
 
 
 @contextlib.contextmanager
@@ -89,25 +106,6 @@ def _recording(loaded: LoadedModel, recorder):
         return
     with attention.attach(loaded.adapter.attention_modules(loaded.model), recorder):
         yield
-
-
-def _forward(loaded: LoadedModel, inputs, on_layer: dict[int, Callable]):
-    """One plain forward (last position's logits) with ``on_layer[i](i, hidden)`` seeing (and
-    free to edit in place) the hidden states leaving decoder layer i."""
-    layers = loaded.adapter.decoder_layers(loaded.model)
-
-    def hook(index: int):
-        def call(module, args, output):
-            on_layer[index](index, output[0] if isinstance(output, tuple) else output)
-        return call
-
-    handles = [layers[index].register_forward_hook(hook(index)) for index in on_layer]
-    try:
-        attention.enable(loaded.model)
-        return loaded.model(**inputs.batch, use_cache=False, logits_to_keep=1)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 ENGINE = FastEngine()

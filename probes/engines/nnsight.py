@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from probes.engine import Engine, Patch, Prefill
+from probes import patching
+from probes.engine import Engine, Patch, Prefill, Site
 from probes.nnsight.version import SUPPORTED, check_version
 
 
@@ -56,14 +57,44 @@ class NNsightEngine(Engine):
 
     @torch.inference_mode()
     def patch(self, prefill, patches: Sequence[Patch]) -> torch.Tensor:
-        loaded = prefill.loaded
-        model, batch = _traceable(prefill)
-        with model.trace(batch):
-            for patch in sorted(patches, key=lambda p: p.layer):  # in the forward's order
-                output = _layers(loaded, model)[patch.layer].output
-                output[:, list(patch.positions)] = patch.values.to(loaded.device, loaded.dtype)
-            logits = model.lm_head.output[0, -1].save()
-        return logits.float().cpu()
+        return _trace(prefill, [*prefill.edits, *patches])[0]
+
+    def patched_prefill(self, loaded, inputs, groups, edits) -> Prefill:
+        prefill = Prefill(loaded, inputs, groups, torch.empty(0), tuple(edits))
+        prefill.logits = self.patch(prefill, [])
+        return prefill
+
+    @torch.inference_mode()
+    def read(self, prefill, sites, positions) -> list[torch.Tensor]:
+        return _trace(prefill, list(prefill.edits), sites, positions)[1]
+
+
+def _trace(prefill: Prefill, patches: Sequence[Patch], sites: Sequence[Site] = (),
+           positions: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One trace of the prefill's input: (the last position's logits with ``patches`` in
+    place, each of ``sites``' values at ``positions``), every module asked in the forward's
+    order, each write before the read of the same site."""
+    loaded = prefill.loaded
+    model, batch = _traceable(prefill)
+    layers = _layers(loaded, model)
+    where = list(map(int, positions))
+    steps = sorted([(patch.site.order(), 0, patch) for patch in patches]
+                   + [(site.order(), 1, index) for index, site in enumerate(sites)],
+                   key=lambda step: (step[0], step[1]))
+    saved = {}
+    with model.trace(batch):
+        for _, is_read, item in steps:
+            site = sites[item] if is_read else item.site
+            module, is_input = patching.site_module(loaded, layers, site)
+            tensor = patching.tensor_of(module.input if is_input else module.output)
+            cols = patching.columns(loaded, site)
+            if is_read:
+                saved[item] = tensor[0, where, cols].save()
+            else:
+                tensor[:, list(item.positions), cols] = item.values.to(tensor.device,
+                                                                       tensor.dtype)
+        logits = model.lm_head.output[0, -1].save()
+    return logits.float().cpu(), [saved[index].float().cpu() for index in range(len(sites))]
 
 
 def _layers(loaded, model):

@@ -89,6 +89,11 @@ class Adapter(ABC):
     final_norm_path: ClassVar[str] = "model.language_model.norm"
     lm_head_path: ClassVar[str] = "lm_head"
     attention_name: ClassVar[str] = "self_attn"
+    # inside a decoder layer / its attention module: the MLP and the attention's output
+    # projection (whose input holds each head's slice); None where a family has no such module
+    # (activation patching refuses that site, probes.patching)
+    mlp_name: ClassVar[str | None] = "mlp"
+    output_projection_name: ClassVar[str | None] = "o_proj"
 
     def __init__(self, config: Any, processor: Any = None) -> None:
         if config is not None:  # a processor-only adapter (prompts) has no model to check
