@@ -70,7 +70,7 @@ def effect_curves(summary: Mapping[str, Any], metric: str = "prob_change_pct") -
             axes.fill_between(control["layer"], control["ci_low"], control["ci_high"],
                               color=PALETTE["control"], alpha=0.2, linewidth=0)
             axes.plot(control["layer"], control["mean"], color=PALETTE["control"],
-                      linestyle="--", label="control (random edges)")
+                      linestyle="--", label="control (late non-image edges)")
             axes.fill_between(effect["layer"], effect["ci_low"], effect["ci_high"],
                               color=PALETTE["flow"], alpha=0.25, linewidth=0)
             axes.plot(effect["layer"], effect["mean"], color=PALETTE["flow"],

@@ -110,13 +110,18 @@ def timed(function, repeats: int = 1):
     return best, result
 
 
-def side_by_side(*functions, repeats: int):
-    """Best time of each function, taking turns, so background load hits every side alike."""
+def side_by_side(*functions, repeats: int, cpu: bool = False):
+    """Best time of each function, taking turns, so background load hits every side alike.
+    ``cpu=True`` returns (best wall times, best CPU times of this process): with one thread
+    the CPU time is the work itself, which a competing load hardly changes."""
     best = [float("inf")] * len(functions)
+    best_cpu = [float("inf")] * len(functions)
     for _ in range(repeats):
         for i, function in enumerate(functions):
+            start = time.process_time()
             best[i] = min(best[i], timed(function)[0])
-    return best
+            best_cpu[i] = min(best_cpu[i], time.process_time() - start)
+    return (best, best_cpu) if cpu else best
 
 
 def bench_sweep(directory: Path) -> dict:

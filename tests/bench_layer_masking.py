@@ -1,7 +1,7 @@
 """Layer masking per sample: our sweep (flow + control at every layer, prefix shared, suffixes
 batched) against the naive way (one full masked forward per condition, batch 1), side by side,
 and the nnsight engine's sweep (``--engine nnsight``: full forwards in nnsight traces) next to
-both.
+both. The three take turns, three times, and each keeps its best time.
 
     make bench        (or: python tests/bench_layer_masking.py)
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_engine import QUESTION, llava_15_shape, report, sized  # noqa: E402
+from bench_engine import QUESTION, llava_15_shape, report, side_by_side, sized  # noqa: E402
 
 from analyses.data import Sample, load_dataset  # noqa: E402
-from analyses.layer_masking.sweep import compare, conditions, control_edges, sweep_sample  # noqa: E402
+from analyses.layer_masking.sweep import compare, conditions, flow_control, sweep_sample  # noqa: E402
 from probes.engines import named  # noqa: E402
-from probes.masking import EdgeKnockout  # noqa: E402
 from probes.models.loading import load_model  # noqa: E402
 from probes.run import run_knockouts_naively  # noqa: E402
 from probes.tokens import token_groups  # noqa: E402
@@ -44,38 +42,44 @@ def naive_sweep(loaded, sample, seed: int, index: int) -> np.ndarray:
         clean = loaded.model(**inputs.batch).logits[0, -1].float()
     token = int(clean.argmax())
     flow_conditions = conditions(FLOW, 1, loaded.adapter.num_layers)[0]
-    edges = flow_conditions[0].edges(groups, loaded.adapter.num_layers)[0]
-    count = int(np.searchsorted(np.sort(edges.keys), edges.queries, side="right").sum())
-    drawn = control_edges(groups, count, np.random.default_rng([seed, index, 0]))
-    controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
+    _, controls = flow_control(groups, flow_conditions, loaded.adapter.num_layers,
+                               np.random.default_rng([seed, index, 0]))
     flow = compare(clean, run_knockouts_naively(loaded, inputs, flow_conditions), token)
     control = compare(clean, run_knockouts_naively(loaded, inputs, controls), token)
     return np.stack([flow, control])
 
 
-def bench(loaded, samples, label: str) -> list[dict]:
+def bench(loaded, samples, label: str, repeats: int) -> list[dict]:
     """Rows: the fast engine against the naive way, and the nnsight engine (every condition a
-    full forward inside an nnsight trace, 8 conditions a trace) against both."""
-    ours_s = naive_s = nnsight_s = 0.0
+    full forward inside an nnsight trace, 8 conditions a trace) against both. Each side sweeps
+    every sample; the three take turns, ``repeats`` times, and each keeps its best time
+    (:func:`side_by_side`), so load on the machine hits every side alike."""
+    results = {}
+
+    def ours():
+        results["ours"] = [sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8)
+                           for index, sample in enumerate(samples)]
+
+    def traced():
+        results["nnsight"] = [sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8,
+                                           engine=named("nnsight"))
+                              for index, sample in enumerate(samples)]
+
+    def naive():
+        results["naive"] = [naive_sweep(loaded, sample, 0, index)
+                            for index, sample in enumerate(samples)]
+
+    ours_s, nnsight_s, naive_s = side_by_side(ours, traced, naive, repeats=repeats)
     worst = worst_nnsight = 0.0
-    for index, sample in enumerate(samples):
-        start = time.perf_counter()
-        sweep = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8)
-        ours_s += time.perf_counter() - start
-        start = time.perf_counter()
-        traced = sweep_sample(loaded, sample, FLOW, 1, 0, index, batch_size=8, engine=named("nnsight"))
-        nnsight_s += time.perf_counter() - start
-        start = time.perf_counter()
-        naive = naive_sweep(loaded, sample, 0, index)
-        naive_s += time.perf_counter() - start
-        worst = max(worst, float(np.abs(sweep.metrics[..., 1] - naive[..., 1]).max()))  # logits
+    for sweep, other, reference in zip(results["ours"], results["nnsight"], results["naive"]):
+        worst = max(worst, float(np.abs(sweep.metrics[..., 1] - reference[..., 1]).max()))  # logits
         worst_nnsight = max(worst_nnsight,
-                            float(np.abs(traced.metrics[..., 1] - naive[..., 1]).max()))
+                            float(np.abs(other.metrics[..., 1] - reference[..., 1]).max()))
     if max(worst, worst_nnsight) > 1e-3:
         raise AssertionError(f"the sweep differs from the naive way by {worst} (fast) and "
                              f"{worst_nnsight} (nnsight) in logits")
     n = len(samples)
-    shape = f"{loaded.adapter.num_layers} layers, {n} samples"
+    shape = f"{loaded.adapter.num_layers} layers, {n} samples, best of {repeats}"
     name = f"layer masking, one sample: flow + control at every layer ({label})"
     return [{"name": name, "baseline": naive_s / n, "ours": ours_s / n, "unit": "s/sample",
              "ratio": naive_s / ours_s, "shape": f"{shape}, max |logit diff| {worst:.1e}"},
@@ -91,13 +95,13 @@ def main() -> int:
     torch.set_num_threads(1)
     samples = sized(20, 2)
     rows = bench(load_model("tiny-llava"), load_dataset("easy-vqa", "test", limit=samples),
-                 "tiny-llava, easy-VQA")
+                 "tiny-llava, easy-VQA", sized(3, 1))
     with tempfile.TemporaryDirectory() as directory:
         llava_15_shape(Path(directory))
         image = Image.new("RGB", (336, 336), (200, 30, 30))
         sample = Sample(id="bench/0", image=image, question=QUESTION, answer="", kind="bench",
                         boxes=(), target=(), mask=None, dataset="bench")
-        rows += bench(load_model(directory), [sample], "LLaVA-1.5 shape")
+        rows += bench(load_model(directory), [sample], "LLaVA-1.5 shape", sized(3, 1))
     report(rows)
     return 0
 

@@ -16,10 +16,10 @@ from analyses.layer_masking import LayerMaskingConfig, review, run_layer_masking
 from analyses.layer_masking.__main__ import main as cli_main
 from analyses.layer_masking.findings import significance
 from analyses.layer_masking.sweep import (
-    _pairs_below_diagonal,
     causal_edge_count,
     conditions,
     control_edges,
+    flow_control,
     sweep_sample,
 )
 from analyses.merge import merge
@@ -27,9 +27,9 @@ from analyses.results import RunResult
 from probes import attention
 from probes.cli import run_cli
 from probes.errors import UserError
-from probes.masking import EdgeKnockout, EdgeMaskPlan, Edges
+from probes.masking import EdgeMaskPlan, Edges
 from probes.models.loading import load_model
-from probes.run import run_knockouts_naively
+from probes.run import first_blocked_position, run_knockouts_naively
 from probes.tokens import token_groups
 
 FLOWS = ("image->question,last", "question->last")
@@ -74,8 +74,9 @@ def test_sweep_equals_a_full_masked_rerun_per_condition(trained, easy):
             count = causal_edge_count(groups.get(FLOWS[f].split("->")[1]),
                                       groups.get(FLOWS[f].split("->")[0]))
             assert sweep.flow_edges[f] == sweep.control_edges[f] == count
-            drawn = control_edges(groups, count, np.random.default_rng([7, index, f]))
-            controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
+            _, controls = flow_control(groups, flow_conditions, layers,
+                                       np.random.default_rng([7, index, f]))
+            assert [c.layers for c in controls] == [c.layers for c in flow_conditions]
             naive = run_knockouts_naively(trained, inputs, controls)
             np.testing.assert_allclose(sweep.metrics[len(FLOWS) + f],
                                        _reference_metrics(clean, naive, token),
@@ -83,25 +84,62 @@ def test_sweep_equals_a_full_masked_rerun_per_condition(trained, easy):
     assert np.abs(sweep.metrics[0, :, 0]).max() > 1.0  # blocking the image does something
 
 
-def test_control_edges_are_valid_random_and_deterministic(trained, easy):
+def _reference_pool(groups, flow_edges: set) -> dict[int, list[int]]:
+    """The control pool written out edge by edge: query -> the keys it may lose."""
+    text = {int(p) for name in ("system", "question", "template", "last") for p in groups.get(name)}
+    image = {int(p) for p in groups.image}
+    sink = int(groups.padding.size)
+    pool = {}
+    for q in range(groups.length):
+        same = text if q in text else image if q in image else set()
+        pool[q] = [k for k in range(q) if k in same and k != sink and (q, k) not in flow_edges]
+    return pool
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_the_control_blocks_as_many_edges_as_the_flow_late_and_none_into_text(trained, easy,
+                                                                               flow):
+    """Against a pool enumerated edge by edge: the control blocks exactly the flow's number of
+    edges, each in the pool (no image->text or text->image edge, no sink key, never self,
+    none of the flow's own), and is the latest such set: every pool edge of the rows after
+    its earliest row, the rest drawn from that row (seeded: same seed, same edges)."""
+    layers = trained.adapter.num_layers
     inputs = trained.adapter.build_inputs([easy[0].image], [easy[0].question])
     groups = token_groups(trained.adapter, inputs)
-    drawn = control_edges(groups, 500, np.random.default_rng(3))
-    again = control_edges(groups, 500, np.random.default_rng(3))
-    np.testing.assert_array_equal(drawn.queries, again.queries)
-    pairs = set(zip(drawn.queries.tolist(), drawn.keys.tolist()))
-    assert len(pairs) == 500  # without repeats
+    flow_conditions = conditions([flow], 1, layers)[0]
+    blocked = {(int(q), int(k)) for e in flow_conditions[0].edges(groups, layers)
+               for q in e.queries for k in e.keys if k <= q}
+    count, controls = flow_control(groups, flow_conditions, layers, np.random.default_rng(3))
+    assert count == len(blocked)
+    drawn = list(zip(controls[0].queries.tolist(), controls[0].keys.tolist()))
+    assert len(drawn) == len(set(drawn)) == count  # without repeats
+    pool = _reference_pool(groups, blocked)
     image = set(groups.image.tolist())
-    for q, k in pairs:
-        assert k < q and (q in image) == (k in image)  # never self, never image<->text
-        assert k != groups.padding.size  # never the sink
-    assert any(q not in image for q, _ in pairs)  # both pools are used
-    for n in (1, 2, 7, 40):
-        positions = np.arange(100, 100 + n)
-        picks = np.arange(n * (n - 1) // 2)
-        q, k = _pairs_below_diagonal(positions, picks)
-        expected = [(positions[i], positions[j]) for i in range(n) for j in range(i)]
-        assert list(zip(q.tolist(), k.tolist())) == expected
+    for q, k in drawn:
+        assert k in pool[q]
+        assert (q in image) == (k in image)  # no image information into text
+    first = min(q for q, _ in drawn)
+    later = {(q, k) for q in range(first + 1, groups.length) for k in pool[q]}
+    assert later <= set(drawn)  # every row after the first is taken whole
+    assert 0 < sum(q == first for q, _ in drawn) <= len(pool[first])
+    assert len(later) < count  # ... and the first row is needed: nothing later would do
+    assert first_blocked_position(groups, controls, layers) == first
+    if flow.startswith("image"):  # late: after most of the image, as its text flow's rows
+        assert first > groups.image[len(groups.image) * 3 // 4]
+        assert any(q not in image for q, _ in drawn)  # both kinds of edge are used
+    again = flow_control(groups, flow_conditions, layers, np.random.default_rng(3))[1][0]
+    np.testing.assert_array_equal(again.keys, controls[0].keys)
+    for condition, control in zip(flow_conditions, controls):
+        assert control.layers == condition.layers
+
+
+def test_a_control_never_asks_for_more_edges_than_its_pool_has(trained, easy):
+    inputs = trained.adapter.build_inputs([easy[0].image], [easy[0].question])
+    groups = token_groups(trained.adapter, inputs)
+    total = sum(len(keys) for keys in _reference_pool(groups, set()).values())
+    drawn = control_edges(groups, 10 * total, np.random.default_rng(0))
+    assert drawn.edge_count == total  # all there are
+    assert control_edges(groups, 0, np.random.default_rng(0)).edge_count == 0
 
 
 def test_a_planted_single_fusion_layer_is_found_and_only_it(trained, easy):

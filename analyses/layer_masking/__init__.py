@@ -5,9 +5,10 @@
 
 For every layer (or window of layers centred on it) and every flow (default
 ``image->question,last``: text tokens may not read image tokens) the flow is blocked and the
-answer's next-token distribution compared with the clean run, per sample; a random-edge control
-of the same size shows what "no effect" looks like. Fusion layers and the late "review" follow
-from stated rules (:mod:`analyses.layer_masking.findings`).
+answer's next-token distribution compared with the clean run, per sample; a control that
+blocks as many edges carrying no image into text, in the latest rows, shows what blocking
+that many edges does without the image. Fusion layers and the late "review" follow from
+stated rules (:mod:`analyses.layer_masking.findings`).
 
 >>> from analyses.data import load_dataset
 >>> from probes.models.loading import load_model

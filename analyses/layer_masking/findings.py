@@ -135,7 +135,9 @@ def findings(arrays: dict[str, np.ndarray], flows: Sequence[str], num_layers: in
             "review": "a fusion layer in the last quarter (layers >= L - ceil(L/4)) preceded by "
                       "max(2, L // 8) non-fusion layers; review layers = the run of fusion "
                       "layers starting there",
-            "control": "same number of random edges at the same layers, from text->text "
-                       "(no sink key) and image->image edges, never self",
+            "control": "same number of edges at the same layers, from text->text (no sink "
+                       "key) and image->image edges, never self, none the flow blocks: those "
+                       "of the latest query rows (the text after the image, then the image's "
+                       "last rows), the earliest row's keys drawn at random",
         },
     }

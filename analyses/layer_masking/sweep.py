@@ -8,13 +8,22 @@ clean one, on the token the clean model predicts there (the first token of its a
 - ``kl``: KL(clean || blocked) of the full next-token distributions, in nats;
 - ``flipped``: whether the blocked run's top token differs.
 
-**Control.** For each flow, the same number of attention edges, at the same layers, drawn at
-random (seeded by the run's seed, the sample's index and the flow's index) from the edges that
-carry no image information into text: text->text edges (both ends in the prompt's text, the
-first prompt token never a key: it is the attention sink, and blocking it is not "no effect")
-and image->image edges; never a token's edge to itself, so every row keeps a key. Matching the
-count of text->text edges alone is impossible for image flows (a 576-token image feeding 40 text
-tokens blocks 23,040 edges; the whole text->text triangle has under 1,000), hence the union.
+**Control.** For each flow, the same number of attention edges, at the same layers, from the
+edges that carry no image information into text (:func:`control_pool`): text->text edges (both
+ends in the prompt's text; the first prompt token never a key: it is the attention sink, and
+blocking it is not "no effect") and image->image edges; never a token's edge to itself, so every
+row keeps a key; never an edge the flow itself blocks (a text flow's control is not the flow).
+Matching the count of text->text edges alone is impossible for image flows (a 576-token image
+feeding 40 text tokens blocks 23,040 edges; the whole text->text triangle has under 1,000),
+hence the union. Of that pool the control takes the edges of the **latest query rows** that hold
+the count (:func:`control_edges`): every pool edge into the text after the image, then the
+image->image edges into the image's last rows, from the last row back; in the earliest row it
+reaches, the remaining keys are drawn at random (seeded by the run's seed, the sample's index
+and the flow's index). So the control perturbs the same late stretch of the sequence as an
+image->text flow (whose queries are the text after the image) by removing as many edges, at the
+same layers, without cutting the image off from the text; and its conditions share the clean
+run's prefix up to a few rows before the flow's, which makes them cheap (the executor
+recomputes only the rows after the earliest blocked query).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch
 from probes.deepstack import DeepStackOff
 from probes.engine import Engine
 from probes.engines import DEFAULT
-from probes.masking import EdgeKnockout, Knockout, parse_flows
+from probes.masking import EdgeKnockout, EdgeMaskPlan, Edges, Knockout, parse_flows
 from probes.models.loading import LoadedModel
 from probes.tokens import TokenGroups, token_groups
 
@@ -78,34 +87,51 @@ def causal_edge_count(queries: np.ndarray, keys: np.ndarray) -> int:
     return int(np.searchsorted(np.sort(keys), queries, side="right").sum())
 
 
-def _triangle(count: int) -> int:
-    return count * (count - 1) // 2
+def control_pool(groups: TokenGroups, flow: Sequence[Edges] = ()) -> np.ndarray:
+    """bool [query, key] over the prompt: the edges a control may block (see the module
+    docstring): text->text without the sink key, image->image, never self, none the flow
+    blocks."""
+    length = groups.length
+    text = np.zeros(length, dtype=bool)
+    text[np.concatenate([groups.system, groups.question, groups.template, groups.last])] = True
+    image = np.zeros(length, dtype=bool)
+    image[groups.image] = True
+    pool = (text[:, None] & text[None, :]) | (image[:, None] & image[None, :])
+    pool &= np.tri(length, k=-1, dtype=bool)  # keys before the query: causal, never self
+    pool[:, groups.padding.size] = False  # the sink
+    if flow:
+        positions = torch.arange(length)
+        pool &= ~EdgeMaskPlan([list(flow)]).blocked(min(flow[0].layers), positions, length)[0].numpy()
+    return pool
 
 
-def _pairs_below_diagonal(positions: np.ndarray, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pair number t -> (positions[q], positions[k]) with k < q, enumerating the strict lower
-    triangle row by row: t = q (q - 1) / 2 + k."""
-    q = ((1 + np.sqrt(1 + 8 * picks.astype(np.float64))) // 2).astype(np.int64)
-    q -= (q * (q - 1) // 2 > picks).astype(np.int64)  # guard float rounding at row starts
-    q += ((q + 1) * q // 2 <= picks).astype(np.int64)
-    k = picks - q * (q - 1) // 2
-    return positions[q], positions[k]
+def control_edges(groups: TokenGroups, count: int, rng: np.random.Generator,
+                  flow: Sequence[Edges] = ()) -> EdgeKnockout:
+    """``count`` edges of the control pool (:func:`control_pool`; all there are, if fewer) in
+    the latest query rows that hold that many: every pool edge of the rows after the boundary
+    row, and the rest drawn at random (``rng``) from the boundary row's keys. Layers are filled
+    in by the caller."""
+    pool = control_pool(groups, flow)
+    per_row = pool.sum(axis=1)
+    from_end = np.cumsum(per_row[::-1])[::-1]  # pool edges in rows >= each row
+    full = from_end >= count
+    boundary = int(np.flatnonzero(full)[-1]) if full.any() else 0
+    queries, keys = np.nonzero(pool[boundary + 1 :])
+    queries += boundary + 1
+    wanted = min(count, int(from_end[0])) - queries.size
+    extra = np.sort(rng.choice(np.flatnonzero(pool[boundary]), size=wanted, replace=False))
+    return EdgeKnockout(np.concatenate([np.full(wanted, boundary), queries]),
+                        np.concatenate([extra, keys]), ())
 
 
-def control_edges(groups: TokenGroups, count: int, rng: np.random.Generator) -> EdgeKnockout:
-    """``count`` random edges (or all there are, if fewer) from the control pool; layers are
-    filled in by the caller (see the module docstring for the pool)."""
-    text = np.setdiff1d(np.concatenate([groups.system, groups.question, groups.template,
-                                        groups.last]), [groups.padding.size])
-    text = np.sort(text)
-    image = np.sort(groups.image)
-    text_pairs = _triangle(text.size)
-    total = text_pairs + _triangle(image.size)
-    picks = np.sort(rng.choice(total, size=min(count, total), replace=False))
-    in_text = picks < text_pairs
-    tq, tk = _pairs_below_diagonal(text, picks[in_text])
-    iq, ik = _pairs_below_diagonal(image, picks[~in_text] - text_pairs)
-    return EdgeKnockout(np.concatenate([tq, iq]), np.concatenate([tk, ik]), ())
+def flow_control(groups: TokenGroups, flow_conditions: Sequence[Knockout], num_layers: int,
+                 rng: np.random.Generator) -> tuple[int, list[EdgeKnockout]]:
+    """The number of edges one flow blocks per layer, and its control at each of the flow's
+    conditions' layers (the same count, at the same layers)."""
+    edges = flow_conditions[0].edges(groups, num_layers)
+    count = sum(causal_edge_count(e.queries, e.keys) for e in edges)
+    drawn = control_edges(groups, count, rng, edges)
+    return count, [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
 
 
 def conditions(flows: Sequence[str], window: int, num_layers: int) -> list[list[Knockout]]:
@@ -164,16 +190,13 @@ def sweep_sample(loaded: LoadedModel, sample, flows: Sequence[str], window: int,
     rows, flow_edges, control_counts = [], [], []
     for index, flow_conditions in enumerate(conditions(flows, window, num_layers)):
         flow_result = engine.knockouts(prefill, flow_conditions, batch_size)
-        edges = flow_conditions[0].edges(groups, num_layers)
-        count = sum(causal_edge_count(e.queries, e.keys) for e in edges)
         rng = np.random.default_rng([seed, sample_index, index])
-        drawn = control_edges(groups, count, rng)
-        controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
+        count, controls = flow_control(groups, flow_conditions, num_layers, rng)
         control_result = engine.knockouts(prefill, controls, batch_size)
         rows.append((compare(clean_logits, flow_result.logits, token),
                      compare(clean_logits, control_result.logits, token)))
         flow_edges.append(count)
-        control_counts.append(drawn.edge_count)
+        control_counts.append(controls[0].edge_count)
     metrics = np.stack([r[0] for r in rows] + [r[1] for r in rows])
     probability = float(clean_logits.double().softmax(-1)[token])
     extra = None

@@ -17,7 +17,7 @@ def format_table(summary: dict) -> str:
              f"{summary['graded']['n']} answered correctly), window {summary['config']['window']}"]
     for flow in flows:
         lines += [f"block {flow}: effect = drop of p(answer) in % (positive: the answer lost "
-                  "probability), 95% CI; control = random edges",
+                  "probability), 95% CI; control = as many late edges carrying no image into text",
                   f"{'layer':>5}  {'effect':>7} {'95% CI':>17}  {'control':>7}  {'p (Holm)':>8}"
                   "  fusion"]
         for row in (r for r in summary["tests"] if r["flow"] == flow):

@@ -30,15 +30,16 @@ RUNS = {
 }
 
 
-def run(name: str, out: Path) -> int:
-    """Run one of :data:`RUNS` into ``out`` in this process (as its CLI would)."""
+def run(name: str, out: Path, overwrite: bool = False) -> int:
+    """Run one of :data:`RUNS` into ``out`` in this process (as its CLI would); ``overwrite``
+    replaces a finished run there."""
     import importlib
 
     module, arguments = RUNS[name]
     main = importlib.import_module(f"{module}.__main__").main
     from probes.cli import run_cli
 
-    return run_cli(main, [*arguments, "--out", str(out)])
+    return run_cli(main, [*arguments, "--out", str(out), *(["--overwrite"] if overwrite else [])])
 
 
 if __name__ == "__main__":
@@ -46,5 +47,5 @@ if __name__ == "__main__":
 
     torch.set_num_threads(2)
     for name in sys.argv[1:] or RUNS:
-        code = run(name, HERE / name)
+        code = run(name, HERE / name, overwrite=True)
         print(name, code)

@@ -34,16 +34,15 @@ from PIL import Image
 
 from analyses.data import Sample
 from analyses.layer_masking.sweep import (
-    causal_edge_count,
     compare,
     conditions,
-    control_edges,
+    flow_control,
     sweep_sample,
 )
 from probes import attention
 from probes.attention import LayerEdit
 from probes.deepstack import DeepStackOff, removed
-from probes.masking import EdgeKnockout, Edges, Knockout, parse_flows
+from probes.masking import Edges, Knockout, parse_flows
 from probes.models.loading import LoadedModel
 from probes.record import AttentionRecorder
 from probes.run import masked_generate, run_knockouts
@@ -242,10 +241,8 @@ def naive_layer_sweep(loaded: LoadedModel, sample: Sample, seed: int = 0, index:
     token = int(clean.argmax())
     flow_rows, control_rows = [], []
     for flow_index, flow_conditions in enumerate(conditions(flows, 1, n)):
-        edges = flow_conditions[0].edges(groups, n)
-        count = sum(causal_edge_count(e.queries, e.keys) for e in edges)
-        drawn = control_edges(groups, count, np.random.default_rng([seed, index, flow_index]))
-        controls = [EdgeKnockout(drawn.queries, drawn.keys, c.layers) for c in flow_conditions]
+        _, controls = flow_control(groups, flow_conditions, n,
+                                   np.random.default_rng([seed, index, flow_index]))
         flow_rows.append(compare(clean, naive_logits(loaded, inputs, flow_conditions), token))
         control_rows.append(compare(clean, naive_logits(loaded, inputs, controls), token))
     return np.stack(flow_rows + control_rows)
