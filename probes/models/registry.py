@@ -14,6 +14,7 @@ HUB_ALIASES: dict[str, str] = {
     "llava-next": "llava-hf/llava-v1.6-mistral-7b-hf",
     "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
 }
 DEFAULT_MODEL = "tiny-llava"
 

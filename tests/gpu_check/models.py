@@ -15,7 +15,7 @@ from probes.models.registry import ModelSource
 from probes.models.zoo.checkpoint import greedy_generation_config
 
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
-        "qwen2_5_vl": "tiny-random-qwen2.5-vl"}
+        "qwen2_5_vl": "tiny-random-qwen2.5-vl", "qwen2_vl": "tiny-random-qwen2-vl"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ REAL = {
                             Shapes((644, 476), (644, 476), (644, 476))),
     "qwen2_5_vl": RealModel("Qwen2.5-VL-7B", "Qwen/Qwen2.5-VL-7B-Instruct",
                             Shapes((644, 476), (644, 476), (1764, 1764))),
+    "qwen2_vl": RealModel("Qwen2-VL-7B", "Qwen/Qwen2-VL-7B-Instruct",
+                          Shapes((644, 476), (644, 476), (1764, 1764))),
 }
 
 
@@ -72,10 +74,11 @@ def real_config_and_processor(family: str):
             vision_feature_select_strategy="default", num_additional_image_tokens=1,
             chat_template=tiny_llava.CHAT_TEMPLATE)
         special = {"image_token_id": tiny_llava.IMAGE_TOKEN}
-    elif family == "qwen2_5_vl":
+    elif family in ("qwen2_5_vl", "qwen2_vl"):
         from test_adapter_qwen2_5_vl import _qwen2_5_vl_7b_config
+        from test_adapter_qwen2_vl import qwen2_vl_7b_config
 
-        config = _qwen2_5_vl_7b_config()
+        config = _qwen2_5_vl_7b_config() if family == "qwen2_5_vl" else qwen2_vl_7b_config()
         # Qwen/Qwen2.5-VL-7B-Instruct's preprocessor_config.json: 56 x 56 to 3584 x 3584 pixels
         processor = tiny_qwen2_5_vl.build_processor(BASIC_WORDS, min_pixels=3136,
                                                     max_pixels=12845056)
@@ -90,7 +93,7 @@ def real_config_and_processor(family: str):
     text = config.text_config
     text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     text.eos_token_id = (tokenizer.convert_tokens_to_ids(tiny_qwen2_5_vl.IM_END)
-                         if family == "qwen2_5_vl" else tokenizer.eos_token_id)
+                         if family in ("qwen2_5_vl", "qwen2_vl") else tokenizer.eos_token_id)
     return config, processor
 
 

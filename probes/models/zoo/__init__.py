@@ -101,5 +101,10 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny Qwen2.5-VL (windowed ViT + Qwen2, 4 layers, 4-64 tokens)",
             builder="probes.models.zoo.tiny_qwen2_5_vl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-qwen2-vl",
+            "UNTRAINED random weights: tiny Qwen2-VL (global ViT + Qwen2, 4 layers, 4-64 tokens)",
+            builder="probes.models.zoo.tiny_qwen2_vl:build_random",
+        ),
     )
 }
