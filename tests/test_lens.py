@@ -119,7 +119,8 @@ def test_export_refuses_reduced_or_empty_recordings(llava):
         to_activation_cache(AttentionRecorder(queries=groups.last), groups)
 
 
-@pytest.mark.parametrize("model", ["tiny-random-llava", "tiny-random-llava-next"])
+@pytest.mark.parametrize("model", ["tiny-random-llava", "tiny-random-llava-next",
+                                   "tiny-random-llava-onevision"])
 def test_crosscheck_patterns_and_knockouts_agree_with_transformer_lens(model):
     loaded = load_model(model)
     report = crosscheck(loaded, IMAGE, QUESTION)

@@ -55,7 +55,8 @@ def _largest_cell(loaded, inputs, size) -> tuple[float, float]:
     if loaded.adapter.family == "llava":  # shortest edge resized to `shortest_edge`, one grid
         side = min(width, height) * vision.patch_size / loaded.adapter.image_processor.size["shortest_edge"]
         return side, side
-    if loaded.adapter.family == "llava-next":  # base view squashed; tiles at least as fine
+    if loaded.adapter.family in ("llava-next", "llava-onevision"):  # base view squashed; tiles
+        # at least as fine (OneVision's downsampled tiles still hold 9 tiles' worth of cells)
         side = max(width, height) * vision.patch_size / vision.image_size
         return side, side
     _, rows, cols = inputs.batch["image_grid_thw"][0].tolist()  # in patches; tokens merge 2x2
@@ -79,17 +80,29 @@ def test_object_map_is_drawn_over_the_box(models, name, size):
     x, y = _centres(size)
     x0, y0, x1, y1 = BOX
     inside = (x > x0) & (x < x1) & (y > y0) & (y < y1)
-    assert lit[inside].all(), "every pixel of the box lies in a lit token cell"
+    layout = inputs.images[0].layout
+    # pixels no token sees: only LLaVA-OneVision's, whose tower input is no multiple of its
+    # patch (a strip at the end of the base view and of every tile)
+    seen = _union(layout, range(layout.n_tokens), x, y)
+    assert seen[inside].all() or name == "tiny-random-llava-onevision"
+    assert seen[inside].mean() > 0.9
+    assert lit[inside & seen].all(), "every seen pixel of the box lies in a lit token cell"
     cell_w, cell_h = _largest_cell(loaded, inputs, size)
     near = (x > x0 - cell_w) & (x < x1 + cell_w) & (y > y0 - cell_h) & (y < y1 + cell_h)
     assert not (lit & ~near).any(), "a lit pixel lies farther from the box than one cell"
     # exactly the union of the lit tokens' cells, by a per-pixel loop over the layout
-    layout = inputs.images[0].layout
-    union = np.zeros_like(lit)
-    for k in np.flatnonzero(values):
-        cx0, cy0, cx1, cy1 = layout.token_box(k)
-        union |= (x >= cx0) & (x < cx1) & (y >= cy0) & (y < cy1)
-    np.testing.assert_array_equal(lit, union)
+    np.testing.assert_array_equal(lit, _union(layout, np.flatnonzero(values), x, y))
+
+
+def _union(layout, tokens, x, y) -> np.ndarray:
+    """The pixels (centres ``x``, ``y``) inside the cell of any of ``tokens``."""
+    union = np.zeros(x.shape, dtype=bool)
+    for k in tokens:
+        box = layout.token_box(k)
+        if box is not None:
+            cx0, cy0, cx1, cy1 = box
+            union |= (x >= cx0) & (x < cx1) & (y >= cy0) & (y < cy1)
+    return union
 
 
 def _real_7b(family: str, size):

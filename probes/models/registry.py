@@ -15,6 +15,7 @@ HUB_ALIASES: dict[str, str] = {
     "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
     "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
+    "llava-onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
 }
 DEFAULT_MODEL = "tiny-llava"
 

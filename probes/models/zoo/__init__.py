@@ -106,5 +106,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "UNTRAINED random weights: tiny Qwen2-VL (global ViT + Qwen2, 4 layers, 4-64 tokens)",
             builder="probes.models.zoo.tiny_qwen2_vl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-llava-onevision",
+            "UNTRAINED random weights: tiny LLaVA-OneVision (SigLIP + Qwen2, 4 layers, 36 px "
+            "tiles up to 6x6, downsampled beyond 9)",
+            builder="probes.models.zoo.tiny_llava_onevision:build_random",
+        ),
     )
 }
