@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from test_adapter_llava import _llava_config, _llava_processor
 from test_adapter_llava_next import _real_config, _real_image_processor
+from test_adapter_llava_onevision import real_config, real_image_processor
 from test_adapter_qwen2_5_vl import _qwen2_5_vl_7b_config, _qwen_processor
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
@@ -24,7 +25,12 @@ import figures
 from figures.attention_evolution import cell_boxes
 from figures.overlay import raster
 from probes.inputs import build_inputs, token_boxes
-from probes.models.adapters import LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter
+from probes.models.adapters import (
+    LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
+    Qwen2_5_VLAdapter,
+)
 from probes.models.adapters.grids import ImageTokens
 from probes.models.loading import load_model
 from probes.quick import record_attention
@@ -117,12 +123,15 @@ def _real_7b(family: str, size):
         return LlavaAdapter(_llava_config(), processor), (max(size) * 14 / 336,) * 2
     if family == "llava-next":  # base view squashed to 336, tiles at least as fine
         return LlavaNextAdapter(_real_config(), _real_image_processor()), (max(size) * 14 / 336,) * 2
+    if family == "llava-onevision":  # base view squashed to 384 (27 patches of 14 px)
+        return LlavaOnevisionAdapter(real_config(), real_image_processor()), (max(size) * 14 / 384,) * 2
     processor = _qwen_processor()
     _, rows, cols = processor(Image.new("RGB", size), return_tensors="pt")["image_grid_thw"][0].tolist()
     return Qwen2_5_VLAdapter(_qwen2_5_vl_7b_config(), processor), (width / (cols / 2), height / (rows / 2))
 
 
-@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava-pad", "llava-next", "llava-onevision",
+                                    "qwen2_5_vl"])
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (500, 333)])
 def test_real_7b_geometries_draw_over_the_box(family, size):
     box = (200, 150, 330, 300)
@@ -133,7 +142,7 @@ def test_real_7b_geometries_draw_over_the_box(family, size):
     values[layout.tokens_in_box(box)] = 1.0
     boxes = token_boxes(SimpleNamespace(images=(tokens,)))
     # NaN: LLaVA-NeXT's row newlines and cells wholly in padding; none for a crop or Qwen
-    assert np.isnan(boxes).any() == (family in ("llava-pad", "llava-next"))
+    assert np.isnan(boxes).any() == (family in ("llava-pad", "llava-next", "llava-onevision"))
     lit = np.nan_to_num(raster(values, boxes, size)) > 0
     x, y = _centres(size)
     x0, y0, x1, y1 = box

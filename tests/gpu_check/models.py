@@ -15,7 +15,8 @@ from probes.models.registry import ModelSource
 from probes.models.zoo.checkpoint import greedy_generation_config
 
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
-        "qwen2_5_vl": "tiny-random-qwen2.5-vl", "qwen2_vl": "tiny-random-qwen2-vl"}
+        "qwen2_5_vl": "tiny-random-qwen2.5-vl", "qwen2_vl": "tiny-random-qwen2-vl",
+        "llava_onevision": "tiny-random-llava-onevision"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ REAL = {
                             Shapes((644, 476), (644, 476), (1764, 1764))),
     "qwen2_vl": RealModel("Qwen2-VL-7B", "Qwen/Qwen2-VL-7B-Instruct",
                           Shapes((644, 476), (644, 476), (1764, 1764))),
+    "llava_onevision": RealModel("LLaVA-OneVision-7B", "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+                                 Shapes((644, 476), (644, 476), (644, 476))),
 }
 
 
@@ -85,6 +88,13 @@ def real_config_and_processor(family: str):
         q = tiny_qwen2_5_vl
         special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
                    "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
+    elif family == "llava_onevision":
+        from test_adapter_llava_onevision import real_config
+
+        from probes.models.zoo import tiny_llava_onevision as ov
+
+        config, processor = real_config(), ov.build_processor(tile=384, patch=14)
+        special = {"image_token_id": ov.IMAGE_TOKEN, "video_token_id": ov.VIDEO_TOKEN}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer

@@ -154,6 +154,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                 "LLaVA-OneVision's SigLIP tower needs vision_feature_select_strategy 'full'; "
                 f"this config says {self.config.vision_feature_select_strategy!r}."
             )
+        self._max_tiles()
 
     def _check_token_count(self, patch: int) -> None:
         """The processor counts image tokens on its own, from ``num_image_tokens`` (the base

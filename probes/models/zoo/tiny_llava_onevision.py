@@ -28,7 +28,6 @@ from probes.models.zoo.vocab import word_tokenizer
 
 TILE, PATCH = 36, 8
 CELLS = TILE // PATCH
-PINPOINTS = [[TILE * rows, TILE * cols] for rows in range(1, 7) for cols in range(1, 7)]
 IMAGE_TOKEN, VIDEO_TOKEN, IM_START, IM_END = "<image>", "<video>", "<|im_start|>", "<|im_end|>"
 # llava-hf/llava-onevision-qwen2-7b-ov-hf's template, reduced to images and text
 CHAT_TEMPLATE = (
@@ -41,17 +40,24 @@ CHAT_TEMPLATE = (
 TEMPLATE_WORDS = ("user", "assistant")
 
 
-def build_processor() -> OnevisionImageOnlyProcessor:
-    """Word tokenizer with OneVision's special tokens, the PIL image processor at 36 px."""
+def pinpoints(tile: int) -> list[list[int]]:
+    """OneVision's canvases: 1x1 to 6x6 tiles, (height, width), rows first."""
+    return [[tile * rows, tile * cols] for rows in range(1, 7) for cols in range(1, 7)]
+
+
+def build_processor(tile: int = TILE, patch: int = PATCH) -> OnevisionImageOnlyProcessor:
+    """Word tokenizer with OneVision's special tokens, the PIL image processor at ``tile`` px
+    (384 and 14: the real checkpoint's settings)."""
     tokenizer = word_tokenizer(
         [*BASIC_WORDS, *TEMPLATE_WORDS], special_tokens=(IMAGE_TOKEN, VIDEO_TOKEN, IM_START, IM_END)
     )
     image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS,
+        size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints(tile),
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     return OnevisionImageOnlyProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=CELLS * CELLS,
+        image_processor=image_processor, tokenizer=tokenizer,
+        num_image_tokens=(tile // patch) ** 2,
         vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
         chat_template=CHAT_TEMPLATE,
     )
@@ -76,7 +82,7 @@ def build_config(processor: OnevisionImageOnlyProcessor, text_layers: int = 4,
         vision_config=vision, text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
-        image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints(TILE), vision_feature_layer=-1,
         vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
     )
 
@@ -87,8 +93,12 @@ def build_random(directory: Path, seed: int = 0) -> None:
     config = build_config(processor)
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    # a random model that emitted a placeholder would read it as an image token when decoding
+    # as tiny LLaVA-NeXT's: the special tokens' output rows give logit 0, so the random model
+    # says random words (no early end of answer, and no placeholder read back as an image token)
+    text = config.text_config
+    special = [text.pad_token_id, text.bos_token_id, text.eos_token_id, config.image_token_id,
+               config.video_token_id]
     with torch.no_grad():
-        model.lm_head.weight[[config.image_token_id, config.video_token_id]] = 0.0
+        model.lm_head.weight[special] = 0.0
     model.generation_config = greedy_generation_config(config.text_config)
     save(model, processor, directory)
