@@ -149,7 +149,8 @@ def token_groups(
     if not attention[start:].all():
         raise RuntimeError(f"row {row} is not left-padded; fusionlens builds left-padded rows")
     tokens = inputs.images[row]
-    question = start + _question_offsets(adapter, inputs.prompts[row], ids[start:], tokens)
+    question = start + _question_offsets(adapter, inputs.prompts[row], ids[start:],
+                                         ids[tokens.positions])
     last = np.array([ids.size - 1], dtype=np.int64)
     question = np.setdiff1d(question, last)
     prompt = np.arange(start, ids.size, dtype=np.int64)
@@ -181,7 +182,7 @@ def token_groups_batch(
 
 # ----------------------------------------------------------------- the question's tokens
 def _question_offsets(
-    adapter: Adapter, prompt: str, row_ids: np.ndarray, tokens: ImageTokens
+    adapter: Adapter, prompt: str, row_ids: np.ndarray, image_ids: np.ndarray
 ) -> np.ndarray:
     """Offsets (into the row's unpadded tokens) of the tokens that spell the question.
 
@@ -203,8 +204,9 @@ def _question_offsets(
     if prompt.count(placeholder) != 1:
         count = prompt.count(placeholder)
         raise RuntimeError(f"the prompt holds {count} image placeholders, not 1")
-    # the processor writes the placeholder once per image token, then tokenises that text
-    expanded = placeholder * tokens.positions.size
+    # the processor writes the placeholder once per image token (Pixtral: with its row-break
+    # and end tokens among them), then tokenises that text: the image's own tokens, spelled out
+    expanded = "".join(tokenizer.convert_ids_to_tokens(image_ids.tolist()))
     head, question = prefix.replace(placeholder, expanded), prompt[len(prefix):end]
     encoded = tokenizer(
         head + question + suffix.replace(placeholder, expanded), return_offsets_mapping=True

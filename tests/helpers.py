@@ -18,7 +18,7 @@ RED = (255, 0, 0)
 # Every tiny random model family the engine-consistency, recording, overlay, lens and device
 # tests run on: adding a family's tiny model here puts it through all of them.
 TINY_FAMILIES = ("tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl",
-                 "tiny-random-qwen2-vl", "tiny-random-llava-onevision")
+                 "tiny-random-qwen2-vl", "tiny-random-llava-onevision", "tiny-random-mistral3")
 
 
 def image_with_box(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:

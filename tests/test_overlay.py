@@ -65,6 +65,10 @@ def _largest_cell(loaded, inputs, size) -> tuple[float, float]:
         # at least as fine (OneVision's downsampled tiles still hold 9 tiles' worth of cells)
         side = max(width, height) * vision.patch_size / vision.image_size
         return side, side
+    if loaded.adapter.family == "mistral3":  # resized (height, width); tokens merge patches
+        resized_h, resized_w = inputs.batch["image_sizes"][0].tolist()
+        cell = vision.patch_size * loaded.model.config.spatial_merge_size
+        return width / (resized_w / cell), height / (resized_h / cell)
     _, rows, cols = inputs.batch["image_grid_thw"][0].tolist()  # in patches; tokens merge 2x2
     merge = vision.spatial_merge_size
     return width / (cols / merge), height / (rows / merge)

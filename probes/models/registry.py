@@ -16,6 +16,7 @@ HUB_ALIASES: dict[str, str] = {
     "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
     "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
     "llava-onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "mistral3": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
 }
 DEFAULT_MODEL = "tiny-llava"
 

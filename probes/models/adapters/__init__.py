@@ -13,10 +13,12 @@ from probes.models.adapters.grids import ImageLayout, ImageTokens, PatchGrid
 from probes.models.adapters.llava import LlavaAdapter
 from probes.models.adapters.llava_next import LlavaNextAdapter
 from probes.models.adapters.llava_onevision import LlavaOnevisionAdapter
+from probes.models.adapters.mistral3 import Mistral3Adapter
 from probes.models.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, LlavaOnevisionAdapter,
+    Mistral3Adapter,
 )
 
 
@@ -41,7 +43,7 @@ def adapter_for(config: Any, processor: Any = None) -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "ImageLayout", "ImageTokens", "LlavaOnevisionAdapter", "PatchGrid",
-    "VLInputs",
+    "ADAPTERS", "Adapter", "ImageLayout", "ImageTokens", "LlavaOnevisionAdapter",
+    "Mistral3Adapter", "PatchGrid", "VLInputs",
     "adapter_class", "adapter_for", "supported_model_types",
 ]

@@ -112,5 +112,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "tiles up to 6x6, downsampled beyond 9)",
             builder="probes.models.zoo.tiny_llava_onevision:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-mistral3",
+            "UNTRAINED random weights: tiny Mistral 3 (Pixtral + Mistral, 4 layers, up to 8x8 "
+            "tokens and row breaks)",
+            builder="probes.models.zoo.tiny_mistral3:build_random",
+        ),
     )
 }
