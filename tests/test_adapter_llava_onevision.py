@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import image_with_box, red_cells, unnormalise
+from helpers import check_tiny_family, image_with_box, red_cells, unnormalise
 from PIL import Image
 from transformers import (
     CLIPVisionConfig,
@@ -30,7 +30,6 @@ from probes.errors import UserError
 from probes.models.adapters import LlavaOnevisionAdapter, adapter_for
 from probes.models.adapters.grids import SEPARATOR
 from probes.models.adapters.llava_onevision import OnevisionImageOnlyProcessor
-from probes.models.answer import answer_questions
 from probes.models.loading import load_model
 from probes.models.registry import resolve
 from probes.models.zoo.tiny_llava import BASIC_WORDS
@@ -52,17 +51,7 @@ def tiny():
 
 def test_loads_through_registry_and_answers(tiny):
     assert resolve("llava-onevision").location == "llava-hf/llava-onevision-qwen2-7b-ov-hf"
-    adapter = tiny.adapter
-    assert isinstance(adapter, LlavaOnevisionAdapter) and tiny.source.kind == "builtin"
-    assert type(tiny.processor) is OnevisionImageOnlyProcessor
-    assert type(tiny.processor.image_processor) is LlavaOnevisionImageProcessorPil
-    assert len(adapter.decoder_layers(tiny.model)) == adapter.num_layers == 4
-    assert (adapter.num_heads, adapter.num_kv_heads) == (4, 2)
-    answers = answer_questions(tiny, [Image.new("RGB", (50, 30)), Image.new("RGB", (200, 200))],
-                               QUESTIONS, max_new_tokens=3)
-    for answer in answers:
-        assert 0 < len(answer.token_ids) == len(answer.token_probabilities) <= 3
-        assert 0.0 <= answer.probability <= 1.0
+    check_tiny_family(tiny, LlavaOnevisionAdapter, OnevisionImageOnlyProcessor, LlavaOnevisionImageProcessorPil)
 
 
 @pytest.mark.parametrize("size", SIZES)

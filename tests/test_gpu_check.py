@@ -54,7 +54,7 @@ from probes.tokens import token_groups
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"tiny-random-llava": "llava", "tiny-random-llava-next": "llava_next",
         "tiny-random-qwen2.5-vl": "qwen2_5_vl", "tiny-random-qwen2-vl": "qwen2_vl",
-        "tiny-random-llava-onevision": "llava_onevision"}
+        "tiny-random-llava-onevision": "llava_onevision", "tiny-random-mistral3": "mistral3"}
 # test_run's input: its greedy continuations never emit the image placeholder token
 IMAGE, QUESTION = Image.new("RGB", (90, 60), (200, 30, 30)), "what color is the shape ?"
 
@@ -107,7 +107,7 @@ def test_a_missing_package_is_one_sentence_naming_it():
 @pytest.mark.parametrize(("family", "layers", "billions", "tokens"),
                          [("llava", 32, 7.06, 615), ("llava_next", 32, 7.57, 2379),
                           ("qwen2_5_vl", 28, 8.29, 442), ("qwen2_vl", 28, 8.29, 442),
-                          ("llava_onevision", 28, 8.03, 2969)])
+                          ("llava_onevision", 28, 8.03, 2969), ("mistral3", 20, 12.23, 445)])
 def test_real_7b_builds_on_the_meta_device_with_real_token_counts(family, layers, billions, tokens):
     loaded = build_real(family, "meta")
     assert loaded.device.type == "meta" and loaded.dtype == torch.bfloat16
@@ -117,10 +117,11 @@ def test_real_7b_builds_on_the_meta_device_with_real_token_counts(family, layers
     shapes = REAL[family].shapes
     inputs = loaded.adapter.build_inputs([Image.new("RGB", shapes.check)], ["what shape ?"])
     image_tokens = {"llava": 576, "llava_next": 2340, "qwen2_5_vl": 391, "qwen2_vl": 391,
-                    "llava_onevision": 2929}[family]
+                    "llava_onevision": 2929, "mistral3": 408}[family]
     assert len(inputs.images[0].positions) == image_tokens
     assert loaded.model.config.image_token_id == loaded.processor.tokenizer.convert_tokens_to_ids(
-        "<|image_pad|>" if family.startswith("qwen") else "<image>")
+        "<|image_pad|>" if family.startswith("qwen") else "[IMG]" if family == "mistral3"
+        else "<image>")
     # the check's own question: the token count the GPU run uses
     assert build_inputs(loaded, Image.new("RGB", shapes.check)).input_ids.shape[1] == tokens
 

@@ -16,7 +16,7 @@ from probes.models.zoo.checkpoint import greedy_generation_config
 
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
         "qwen2_5_vl": "tiny-random-qwen2.5-vl", "qwen2_vl": "tiny-random-qwen2-vl",
-        "llava_onevision": "tiny-random-llava-onevision"}
+        "llava_onevision": "tiny-random-llava-onevision", "mistral3": "tiny-random-mistral3"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ REAL = {
                           Shapes((644, 476), (644, 476), (1764, 1764))),
     "llava_onevision": RealModel("LLaVA-OneVision-7B", "llava-hf/llava-onevision-qwen2-7b-ov-hf",
                                  Shapes((644, 476), (644, 476), (644, 476))),
+    # Mistral-Small-3.1-24B's config with 20 of its 40 decoder layers: 24 B parameters in bf16
+    # (48 GB) leave too little of an 80 GB GPU for the checks' reference runs
+    "mistral3": RealModel("Mistral-Small-3.1-24B (20 of 40 layers)",
+                          "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+                          Shapes((644, 476), (644, 476), (644, 476))),
 }
 
 
@@ -95,6 +100,14 @@ def real_config_and_processor(family: str):
 
         config, processor = real_config(), ov.build_processor(tile=384, patch=14)
         special = {"image_token_id": ov.IMAGE_TOKEN, "video_token_id": ov.VIDEO_TOKEN}
+    elif family == "mistral3":
+        from test_adapter_mistral3 import real_config
+
+        from probes.models.zoo import tiny_mistral3
+
+        config = real_config(num_hidden_layers=20)
+        processor = tiny_mistral3.build_processor(patch=14, merge=2, longest=1540)
+        special = {"image_token_id": tiny_mistral3.IMAGE_TOKEN}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer

@@ -21,7 +21,6 @@ from fractions import Fraction
 from typing import Any
 
 from transformers import AutoProcessor, LlavaOnevisionProcessor
-from transformers.utils import is_torchvision_available
 
 from probes.errors import UserError
 from probes.models.adapters.grids import SpanGrid
@@ -111,13 +110,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     label = "LLaVA-OneVision"
     model_types = ("llava_onevision",)
     model_class_name = "LlavaOnevisionForConditionalGeneration"
-
-    @classmethod
-    def load_processor(cls, location: str, **kwargs: Any) -> Any:
-        # the stock processor insists on a video processor, which needs torchvision
-        if is_torchvision_available():
-            return super().load_processor(location, **kwargs)
-        return OnevisionImageOnlyProcessor.from_pretrained(location, **kwargs)
+    image_only_processor = OnevisionImageOnlyProcessor  # the stock one needs torchvision
 
     def _tiled_grid(
         self, image_size: tuple[int, int], side: int, patch: int, pinpoints: list[list[int]]

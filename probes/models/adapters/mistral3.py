@@ -15,8 +15,6 @@ vision tower, which the engine runs unchanged; the decoder is a plain causal Mis
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from transformers import AutoProcessor
@@ -84,15 +82,7 @@ class Mistral3Adapter(Adapter):
     family = "mistral3"
     model_types = ("mistral3",)
     model_class_name = "Mistral3ForConditionalGeneration"
-
-    @classmethod
-    def load_processor(cls, location: str, **kwargs: Any) -> Any:
-        # the stock PixtralProcessor cannot even be imported without torchvision
-        from transformers.utils import is_torchvision_available
-
-        if is_torchvision_available():
-            return super().load_processor(location, **kwargs)
-        return PixtralImageOnlyProcessor.from_pretrained(location, **kwargs)
+    image_only_processor = PixtralImageOnlyProcessor  # the stock one needs torchvision
 
     def image_layout(self, image_size: tuple[int, int]) -> ImageLayout:
         width, height = image_size

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -22,7 +21,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 )
 
 from probes.models.adapters.llava_onevision import OnevisionImageOnlyProcessor
-from probes.models.zoo.checkpoint import greedy_generation_config, save
+from probes.models.zoo.checkpoint import random_model, save
 from probes.models.zoo.tiny_llava import BASIC_WORDS
 from probes.models.zoo.vocab import word_tokenizer
 
@@ -91,14 +90,8 @@ def build_random(directory: Path, seed: int = 0) -> None:
     """Save an untrained tiny LLaVA-OneVision (36 px views, 4x4 cells, 4 layers)."""
     processor = build_processor()
     config = build_config(processor)
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    # as tiny LLaVA-NeXT's: the special tokens' output rows give logit 0, so the random model
-    # says random words (no early end of answer, and no placeholder read back as an image token)
     text = config.text_config
     special = [text.pad_token_id, text.bos_token_id, text.eos_token_id, config.image_token_id,
                config.video_token_id]
-    with torch.no_grad():
-        model.lm_head.weight[special] = 0.0
-    model.generation_config = greedy_generation_config(config.text_config)
-    save(model, processor, directory)
+    save(random_model(LlavaOnevisionForConditionalGeneration, config, seed, special), processor,
+         directory)

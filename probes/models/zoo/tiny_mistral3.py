@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
 from probes.models.adapters.mistral3 import PixtralImageOnlyProcessor
-from probes.models.zoo.checkpoint import greedy_generation_config, save
+from probes.models.zoo.checkpoint import random_model, save
 from probes.models.zoo.tiny_llava import BASIC_WORDS
 from probes.models.zoo.vocab import word_tokenizer
 
@@ -71,14 +70,8 @@ def build_random(directory: Path, seed: int = 0) -> None:
     """Save an untrained tiny Mistral 3 (4 decoder layers, up to 8x8 image tokens)."""
     processor = build_processor()
     config = build_config(processor)
-    torch.manual_seed(seed)
-    model = Mistral3ForConditionalGeneration(config).eval()
-    # as tiny LLaVA-NeXT's: the special tokens' output rows give logit 0, so the random model
-    # says random words (no early end, no image token read back as an image)
     text = config.text_config
     special = [text.pad_token_id, text.bos_token_id, text.eos_token_id,
                *processor.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))]
-    with torch.no_grad():
-        model.lm_head.weight[special] = 0.0
-    model.generation_config = greedy_generation_config(text)
-    save(model, processor, directory)
+    save(random_model(Mistral3ForConditionalGeneration, config, seed, special), processor,
+         directory)

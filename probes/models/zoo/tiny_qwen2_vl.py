@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from probes.models.adapters.qwen2_5_vl import QwenImageOnlyProcessor
-from probes.models.zoo.checkpoint import greedy_generation_config, save
+from probes.models.zoo.checkpoint import random_model, save
 from probes.models.zoo.tiny_llava import BASIC_WORDS
 from probes.models.zoo.tiny_qwen2_5_vl import (
     IM_END,
@@ -63,7 +62,4 @@ def build_random(directory: Path, seed: int = 0) -> None:
     ``directory`` (tests/test_adapter_qwen2_vl.py loads it through the registry)."""
     processor = build_processor(BASIC_WORDS)
     config = build_config(processor)
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config = greedy_generation_config(config.text_config)
-    save(model, processor, directory)
+    save(random_model(Qwen2VLForConditionalGeneration, config, seed), processor, directory)
