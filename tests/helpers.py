@@ -19,7 +19,8 @@ RED = (255, 0, 0)
 # tests run on: adding a family's tiny model here puts it through all of them.
 TINY_FAMILIES = ("tiny-random-llava", "tiny-random-llava-next", "tiny-random-qwen2.5-vl",
                  "tiny-random-internvl", "tiny-random-smolvlm", "tiny-random-idefics3",
-                 "tiny-random-gemma3", "tiny-random-qwen3-vl")
+                 "tiny-random-gemma3", "tiny-random-qwen3-vl", "tiny-random-qwen2-vl",
+                 "tiny-random-llava-onevision", "tiny-random-mistral3")
 
 
 def image_with_box(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
@@ -105,3 +106,21 @@ def consistency_inputs(loaded):
     taken for an image token)."""
     return loaded.adapter.build_inputs([Image.new("RGB", (90, 60), (200, 30, 30))],
                                        ["what color is the shape ?"])
+
+
+def check_tiny_family(loaded, adapter_class, processor_class, image_processor_class) -> None:
+    """A tiny random family built like the others, loaded through the registry: its adapter and
+    processor classes, 4 decoder layers of 4 heads sharing 2 KV heads, and words for answers."""
+    from probes.models.answer import answer_questions
+
+    adapter = loaded.adapter
+    assert isinstance(adapter, adapter_class) and loaded.source.kind == "builtin"
+    assert type(loaded.processor) is processor_class
+    assert type(loaded.processor.image_processor) is image_processor_class
+    assert len(adapter.decoder_layers(loaded.model)) == adapter.num_layers == 4
+    assert (adapter.num_heads, adapter.num_kv_heads) == (4, 2)
+    answers = answer_questions(loaded, [Image.new("RGB", (50, 30)), Image.new("RGB", (200, 90))],
+                               ["what shape is in the image?", "what colour?"], max_new_tokens=3)
+    for answer in answers:
+        assert 0 < len(answer.token_ids) == len(answer.token_probabilities) <= 3
+        assert 0.0 <= answer.probability <= 1.0

@@ -53,7 +53,9 @@ from probes.tokens import token_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"tiny-random-llava": "llava", "tiny-random-llava-next": "llava_next",
-        "tiny-random-qwen2.5-vl": "qwen2_5_vl", "tiny-random-qwen3-vl": "qwen3_vl"}
+        "tiny-random-qwen2.5-vl": "qwen2_5_vl", "tiny-random-qwen3-vl": "qwen3_vl",
+        "tiny-random-qwen2-vl": "qwen2_vl",
+        "tiny-random-llava-onevision": "llava_onevision", "tiny-random-mistral3": "mistral3"}
 # test_run's input: its greedy continuations never emit the image placeholder token
 IMAGE, QUESTION = Image.new("RGB", (90, 60), (200, 30, 30)), "what color is the shape ?"
 
@@ -107,7 +109,9 @@ def test_a_missing_package_is_one_sentence_naming_it():
                          [("llava", 32, 7.06, 615), ("llava_next", 32, 7.57, 2379),
                           ("qwen2_5_vl", 28, 8.29, 442), ("internvl", 28, 7.94, 3370),
                           ("idefics3", 32, 8.46, 2270), ("smolvlm", 24, 2.25, 1126),
-                          ("gemma3", 34, 4.30, 298), ("qwen3_vl", 36, 8.77, 342)])
+                          ("gemma3", 34, 4.30, 298), ("qwen3_vl", 36, 8.77, 342),
+                          ("qwen2_vl", 28, 8.29, 442), ("llava_onevision", 28, 8.03, 2969),
+                          ("mistral3", 20, 12.23, 445)])
 def test_real_7b_builds_on_the_meta_device_with_real_token_counts(family, layers, billions, tokens):
     loaded = build_real(family, "meta")
     assert loaded.device.type == "meta" and loaded.dtype == torch.bfloat16
@@ -117,13 +121,16 @@ def test_real_7b_builds_on_the_meta_device_with_real_token_counts(family, layers
     shapes = REAL[family].shapes
     inputs = loaded.adapter.build_inputs([Image.new("RGB", shapes.check)], ["what shape ?"])
     # InternVL: 13 views of 256 + <img>, </img>; Idefics3 / SmolVLM: 13 views of 169 / 81
-    # + 31 tile tags and line breaks; Gemma 3: 256 soft tokens at 896 x 896
+    # + 31 tile tags and line breaks; Gemma 3: 256 soft tokens at 896 x 896; Mistral 3:
+    # 17 rows of 23 + 17 breaks
     image_tokens = {"llava": 576, "llava_next": 2340, "qwen2_5_vl": 391, "internvl": 3330,
-                    "idefics3": 2228, "smolvlm": 1084, "gemma3": 256, "qwen3_vl": 300}[family]
+                    "idefics3": 2228, "smolvlm": 1084, "gemma3": 256, "qwen3_vl": 300,
+                    "qwen2_vl": 391, "llava_onevision": 2929, "mistral3": 408}[family]
     assert len(inputs.images[0].positions) == image_tokens
     assert loaded.model.config.image_token_id == loaded.processor.tokenizer.convert_tokens_to_ids(
-        {"qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>", "internvl": "<IMG_CONTEXT>",
-         "gemma3": "<image_soft_token>"}.get(family, "<image>"))
+        {"qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>", "qwen2_vl": "<|image_pad|>",
+         "internvl": "<IMG_CONTEXT>", "gemma3": "<image_soft_token>",
+         "mistral3": "[IMG]"}.get(family, "<image>"))
     # the check's own question: the token count the GPU run uses
     assert build_inputs(loaded, Image.new("RGB", shapes.check)).input_ids.shape[1] == tokens
 

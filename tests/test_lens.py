@@ -120,7 +120,8 @@ def test_export_refuses_reduced_or_empty_recordings(llava):
 
 
 @pytest.mark.parametrize("model", ["tiny-random-llava", "tiny-random-llava-next",
-                                   "tiny-random-idefics3", "tiny-random-gemma3"])
+                                   "tiny-random-idefics3", "tiny-random-gemma3",
+                                   "tiny-random-llava-onevision", "tiny-random-mistral3"])
 def test_crosscheck_patterns_and_knockouts_agree_with_transformer_lens(model):
     loaded = load_model(model)
     report = crosscheck(loaded, IMAGE, QUESTION)

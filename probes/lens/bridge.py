@@ -112,6 +112,8 @@ def boot_bridge(loaded: LoadedModel):
                 loaded.source.location, hf_model=model, tokenizer=tokenizer, dtype=loaded.dtype)
         except (ImportError, ValueError, NotImplementedError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            # an unsupported class: TransformerLens appends every architecture it knows
+            reason = reason.split(". Available architectures")[0]
             raise UserError(f"TransformerLens cannot bridge {loaded.model_id} "
                             f"({type(loaded.model).__name__}): {reason}") from err
     return bridge

@@ -19,6 +19,9 @@ HUB_ALIASES: dict[str, str] = {
     "idefics3": "HuggingFaceM4/Idefics3-8B-Llama3",
     "gemma3": "google/gemma-3-4b-it",
     "qwen3-vl": "Qwen/Qwen3-VL-8B-Instruct",
+    "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
+    "llava-onevision": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "mistral3": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
 }
 DEFAULT_MODEL = "tiny-llava"
 

@@ -17,7 +17,9 @@ from probes.models.zoo.checkpoint import greedy_generation_config
 TINY = {"llava": "tiny-random-llava", "llava_next": "tiny-random-llava-next",
         "qwen2_5_vl": "tiny-random-qwen2.5-vl", "internvl": "tiny-random-internvl",
         "idefics3": "tiny-random-idefics3", "smolvlm": "tiny-random-smolvlm",
-        "gemma3": "tiny-random-gemma3", "qwen3_vl": "tiny-random-qwen3-vl"}
+        "gemma3": "tiny-random-gemma3", "qwen3_vl": "tiny-random-qwen3-vl",
+        "qwen2_vl": "tiny-random-qwen2-vl", "llava_onevision": "tiny-random-llava-onevision",
+        "mistral3": "tiny-random-mistral3"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,15 @@ REAL = {
                         Shapes((644, 476), (644, 476), (896, 896))),
     "qwen3_vl": RealModel("Qwen3-VL-8B", "Qwen/Qwen3-VL-8B-Instruct",
                           Shapes((644, 476), (644, 476), (1764, 1764))),
+    "qwen2_vl": RealModel("Qwen2-VL-7B", "Qwen/Qwen2-VL-7B-Instruct",
+                          Shapes((644, 476), (644, 476), (1764, 1764))),
+    "llava_onevision": RealModel("LLaVA-OneVision-7B", "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+                                 Shapes((644, 476), (644, 476), (644, 476))),
+    # Mistral-Small-3.1-24B's config with 20 of its 40 decoder layers: 24 B parameters in bf16
+    # (48 GB) leave too little of an 80 GB GPU for the checks' reference runs
+    "mistral3": RealModel("Mistral-Small-3.1-24B (20 of 40 layers)",
+                          "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+                          Shapes((644, 476), (644, 476), (644, 476))),
 }
 
 
@@ -86,10 +97,11 @@ def real_config_and_processor(family: str):
             vision_feature_select_strategy="default", num_additional_image_tokens=1,
             chat_template=tiny_llava.CHAT_TEMPLATE)
         special = {"image_token_id": tiny_llava.IMAGE_TOKEN}
-    elif family == "qwen2_5_vl":
+    elif family in ("qwen2_5_vl", "qwen2_vl"):
         from test_adapter_qwen2_5_vl import _qwen2_5_vl_7b_config
+        from test_adapter_qwen2_vl import qwen2_vl_7b_config
 
-        config = _qwen2_5_vl_7b_config()
+        config = _qwen2_5_vl_7b_config() if family == "qwen2_5_vl" else qwen2_vl_7b_config()
         # Qwen/Qwen2.5-VL-7B-Instruct's preprocessor_config.json: 56 x 56 to 3584 x 3584 pixels
         processor = tiny_qwen2_5_vl.build_processor(BASIC_WORDS, min_pixels=3136,
                                                     max_pixels=12845056)
@@ -131,6 +143,21 @@ def real_config_and_processor(family: str):
         q = tiny_qwen2_5_vl
         special = {"image_token_id": q.IMAGE_PAD, "video_token_id": q.VIDEO_PAD,
                    "vision_start_token_id": q.VISION_START, "vision_end_token_id": q.VISION_END}
+    elif family == "llava_onevision":
+        from test_adapter_llava_onevision import real_config
+
+        from probes.models.zoo import tiny_llava_onevision as ov
+
+        config, processor = real_config(), ov.build_processor(tile=384, patch=14)
+        special = {"image_token_id": ov.IMAGE_TOKEN, "video_token_id": ov.VIDEO_TOKEN}
+    elif family == "mistral3":
+        from test_adapter_mistral3 import real_config
+
+        from probes.models.zoo import tiny_mistral3
+
+        config = real_config(num_hidden_layers=20)
+        processor = tiny_mistral3.build_processor(patch=14, merge=2, longest=1540)
+        special = {"image_token_id": tiny_mistral3.IMAGE_TOKEN}
     else:
         raise UserError(f"unknown family {family!r}; use {', '.join(REAL)}.")
     tokenizer = processor.tokenizer
@@ -139,7 +166,7 @@ def real_config_and_processor(family: str):
     text = config.text_config
     text.bos_token_id, text.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     eos = {"qwen2_5_vl": tiny_qwen2_5_vl.IM_END, "qwen3_vl": tiny_qwen2_5_vl.IM_END,
-           "internvl": tiny_qwen2_5_vl.IM_END,
+           "qwen2_vl": tiny_qwen2_5_vl.IM_END, "internvl": tiny_qwen2_5_vl.IM_END,
            "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
            "gemma3": "<end_of_turn>"}.get(family)
     text.eos_token_id = tokenizer.eos_token_id if eos is None else tokenizer.convert_tokens_to_ids(eos)

@@ -15,13 +15,15 @@ from probes.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from probes.models.adapters.internvl import InternVLAdapter
 from probes.models.adapters.llava import LlavaAdapter
 from probes.models.adapters.llava_next import LlavaNextAdapter
+from probes.models.adapters.llava_onevision import LlavaOnevisionAdapter
+from probes.models.adapters.mistral3 import Mistral3Adapter
 from probes.models.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from probes.models.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter,
     InternVLAdapter, Idefics3Adapter, SmolVLMAdapter, Gemma3Adapter, Qwen3VLAdapter,
-    Qwen3VLMoeAdapter,
+    Qwen3VLMoeAdapter, LlavaOnevisionAdapter, Mistral3Adapter,
 )
 
 
@@ -46,6 +48,7 @@ def adapter_for(config: Any, processor: Any = None) -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "ImageLayout", "ImageTokens", "PatchGrid", "VLInputs",
+    "ADAPTERS", "Adapter", "ImageLayout", "ImageTokens", "LlavaOnevisionAdapter",
+    "Mistral3Adapter", "PatchGrid", "VLInputs",
     "adapter_class", "adapter_for", "supported_model_types",
 ]

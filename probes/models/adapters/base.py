@@ -108,12 +108,20 @@ class Adapter(ABC):
         features of its own to refuse extends this."""
         check_modelled(config, cls.models_sliding_windows)
 
+    # a processor class that handles images and text as the family's stock one does without
+    # torchvision, for a family whose stock processor needs torchvision (for video only)
+    image_only_processor: ClassVar[type | None] = None
+
     @classmethod
     def load_processor(cls, location: str, **kwargs: Any) -> Any:
-        """Load a checkpoint's processor; a family whose stock processor cannot load here
-        overrides this."""
+        """Load a checkpoint's processor: the stock one, or without torchvision the family's
+        ``image_only_processor`` where it has one; a family whose processor cannot load here
+        otherwise overrides this."""
         import transformers
+        from transformers.utils import is_torchvision_available
 
+        if cls.image_only_processor is not None and not is_torchvision_available():
+            return cls.image_only_processor.from_pretrained(location, **kwargs)
         return transformers.AutoProcessor.from_pretrained(location, **kwargs)
 
     # ----------------------------------------------------------------- model structure

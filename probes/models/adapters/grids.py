@@ -56,14 +56,61 @@ class PatchGrid:
 
     def cells_overlapping(self, box: Box) -> list[tuple[int, int]]:
         """Cells whose box overlaps ``box`` with positive area, in row-major order."""
-        x0, y0, x1, y1 = box
-        cells = []
-        for row in range(self.rows):
-            for col in range(self.cols):
-                cx0, cy0, cx1, cy1 = self.cell_box(row, col)
-                if min(cx1, x1) > max(cx0, x0) and min(cy1, y1) > max(cy0, y0):
-                    cells.append((row, col))
-        return cells
+        return _cells_overlapping(self, box)
+
+
+def _cells_overlapping(grid: PatchGrid | SpanGrid, box: Box) -> list[tuple[int, int]]:
+    x0, y0, x1, y1 = box
+    cells = []
+    for row in range(grid.rows):
+        for col in range(grid.cols):
+            cx0, cy0, cx1, cy1 = grid.cell_box(row, col)
+            if min(cx1, x1) > max(cx0, x0) and min(cy1, y1) > max(cy0, y0):
+                cells.append((row, col))
+    return cells
+
+
+def _clip(value: float, limit: int) -> float:
+    return float(min(max(value, 0), limit))
+
+
+@dataclass(frozen=True)
+class SpanGrid:
+    """A grid whose columns and rows each cover their own span of the original image, for
+    cells that are not evenly spaced (LLaVA-OneVision's tiles: 27 patches of 14 px cover 378 of
+    each tile's 384 px, so the tiled grid skips 6 px at every tile seam).
+
+    ``col_spans[c] = (x0, x1)`` and ``row_spans[r] = (y0, y1)`` in original-image pixels,
+    end-exclusive, unclipped; :meth:`cell_box` clips them to the image.
+
+    >>> grid = SpanGrid(col_spans=((0, 7), (8, 15)), row_spans=((-2, 5),), image_size=(15, 5))
+    >>> grid.rows, grid.cols, grid.cell_box(0, 1)
+    (1, 2, (8.0, 0.0, 15.0, 5.0))
+    >>> grid.cells_overlapping((7, 0, 8, 5))  # the gap between the columns
+    []
+    """
+
+    col_spans: tuple[tuple[float, float], ...]
+    row_spans: tuple[tuple[float, float], ...]
+    image_size: tuple[int, int]  # (width, height) of the original image
+
+    @property
+    def rows(self) -> int:
+        return len(self.row_spans)
+
+    @property
+    def cols(self) -> int:
+        return len(self.col_spans)
+
+    def cell_box(self, row: int, col: int) -> Box:
+        """The pixel box (x0, y0, x1, y1) of cell (row, col), clipped to the image."""
+        width, height = self.image_size
+        (x0, x1), (y0, y1) = self.col_spans[col], self.row_spans[row]
+        return (_clip(x0, width), _clip(y0, height), _clip(x1, width), _clip(y1, height))
+
+    def cells_overlapping(self, box: Box) -> list[tuple[int, int]]:
+        """Cells whose box overlaps ``box`` with positive area, in row-major order."""
+        return _cells_overlapping(self, box)
 
 
 @dataclass(frozen=True)
@@ -74,7 +121,7 @@ class ImageLayout:
     ``grid_index == SEPARATOR`` marks a token that is no patch (a row newline).
     """
 
-    grids: tuple[PatchGrid, ...]
+    grids: tuple[PatchGrid | SpanGrid, ...]
     token_cells: np.ndarray  # int64 [n_tokens, 3]
 
     @property

@@ -27,6 +27,17 @@ class LlavaAdapter(Adapter):
     model_types = ("llava",)
     model_class_name = "LlavaForConditionalGeneration"
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        vision = getattr(config, "vision_config", None)
+        if getattr(vision, "model_type", None) == "pixtral":
+            # pixtral-12b: any image size, [IMG_BREAK] rows; Mistral 3's layout, merged 1x1
+            raise UserError("this LLaVA checkpoint has a Pixtral vision tower (as "
+                            "mistral-community/pixtral-12b), whose image layout fusionlens' LLaVA "
+                            "adapter does not model; Mistral 3 checkpoints (model type mistral3) "
+                            "are supported.")
+        super().check_config(config)
+
     def image_layout(self, image_size: tuple[int, int]) -> ImageLayout:
         processor = self.image_processor
         patch = int(self.config.vision_config.patch_size)

@@ -61,6 +61,21 @@ def _unpadded_cells(
     return 0, rows, cut, cols - 2 * cut
 
 
+def _canvas(
+    image_size: tuple[int, int], side: int, patch: int, pinpoints: list[list[int]]
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """Where the tiles put the image: its (width, height) resized onto the best pinpoint
+    canvas, the (x, y) padding before it there, and :func:`_unpadded_cells` of the canvas-wide
+    feature grid (``side // patch`` cells per tile)."""
+    width, height = image_size
+    best_height, best_width = select_best_resolution((height, width), pinpoints)
+    resized = _fit_inside(image_size, (best_width, best_height))
+    pad = ((best_width - resized[0]) // 2, (best_height - resized[1]) // 2)
+    cells = side // patch
+    kept = _unpadded_cells(image_size, best_height // side * cells, best_width // side * cells)
+    return resized, pad, kept
+
+
 def _token_cells(base: PatchGrid, tiled: PatchGrid) -> np.ndarray:
     """Sequence order of ``pack_image_features``: the base grid row by row, then each tiled row
     followed by its newline token, written ``(SEPARATOR, row, tiled.cols)``."""
@@ -88,6 +103,7 @@ class LlavaNextAdapter(Adapter):
     """
 
     family = "llava-next"
+    label = "LLaVA-NeXT"  # in messages
     model_types = ("llava_next",)
     model_class_name = "LlavaNextForConditionalGeneration"
 
@@ -102,14 +118,8 @@ class LlavaNextAdapter(Adapter):
         self, image_size: tuple[int, int], side: int, patch: int, pinpoints: list[list[int]]
     ) -> PatchGrid:
         """The unpadded canvas-wide grid of the tiles, placed on the original image."""
-        width, height = image_size
-        best_height, best_width = select_best_resolution((height, width), pinpoints)
-        resized = _fit_inside(image_size, (best_width, best_height))
-        pad_x, pad_y = (best_width - resized[0]) // 2, (best_height - resized[1]) // 2
-        cells = side // patch
-        row0, rows, col0, cols = _unpadded_cells(
-            image_size, best_height // side * cells, best_width // side * cells
-        )
+        resized, (pad_x, pad_y), (row0, rows, col0, cols) = _canvas(
+            image_size, side, patch, pinpoints)
         # cell (0, 0) starts col0 cells into the canvas, which starts pad_x before the image
         offset = (col0 * patch - pad_x, row0 * patch - pad_y)
         return resized_grid(resized, image_size, rows, cols, patch, offset)
@@ -120,21 +130,7 @@ class LlavaNextAdapter(Adapter):
         the layout above; anything else is refused rather than guessed."""
         vision = self.config.vision_config
         side, patch = int(vision.image_size), int(vision.patch_size)
-        if getattr(vision, "model_type", None) != "clip_vision_model":
-            raise UserError(
-                f"the LLaVA-NeXT adapter knows CLIP vision towers only, not {vision.model_type!r}."
-            )
-        if self.config.vision_feature_select_strategy != "default":
-            # with "full" each tile keeps its CLS feature, so pack_image_features' reshape of
-            # (tiles, 1 + 24*24) features into a 24x24 grid fails or silently mixes tokens
-            raise UserError(
-                "LLaVA-NeXT's tiled layout needs vision_feature_select_strategy 'default'; "
-                f"this config says {self.config.vision_feature_select_strategy!r}."
-            )
-        if side % patch:
-            raise UserError(
-                f"the vision tower's {side} px input is no multiple of its {patch} px patch."
-            )
+        self._check_tower(vision)
         pinpoints = [[int(h), int(w)] for h, w in self.config.image_grid_pinpoints]
         if any(h % side or w % side for h, w in pinpoints):
             raise UserError(
@@ -144,11 +140,30 @@ class LlavaNextAdapter(Adapter):
         self._check_token_count(patch)
         return side, patch, pinpoints
 
+    def _check_tower(self, vision: Any) -> None:
+        """The tower and feature strategy whose features fill one patch per cell."""
+        if getattr(vision, "model_type", None) != "clip_vision_model":
+            raise UserError(
+                f"the LLaVA-NeXT adapter knows CLIP vision towers only, not {vision.model_type!r}."
+            )
+        side, patch = int(vision.image_size), int(vision.patch_size)
+        if side % patch:
+            raise UserError(
+                f"the vision tower's {side} px input is no multiple of its {patch} px patch."
+            )
+        if self.config.vision_feature_select_strategy != "default":
+            # with "full" each tile keeps its CLS feature, so pack_image_features' reshape of
+            # (tiles, 1 + 24*24) features into a 24x24 grid fails or silently mixes tokens
+            raise UserError(
+                "LLaVA-NeXT's tiled layout needs vision_feature_select_strategy 'default'; "
+                f"this config says {self.config.vision_feature_select_strategy!r}."
+            )
+
     def _check_image_processor(self, side: int, pinpoints: list[list[int]]) -> None:
         image_processor = self.image_processor
         if image_processor is None or not hasattr(image_processor, "image_grid_pinpoints"):
             raise UserError(
-                "the LLaVA-NeXT adapter needs the checkpoint's LLaVA-NeXT image processor."
+                f"the {self.label} adapter needs the checkpoint's {self.label} image processor."
             )
         own = [[int(h), int(w)] for h, w in image_processor.image_grid_pinpoints]
         if own != pinpoints:
@@ -166,7 +181,7 @@ class LlavaNextAdapter(Adapter):
         tile = (size_field(crop, "height"), size_field(crop, "width")) if crop else (base, base)
         if base != side or tile != (side, side):
             raise UserError(
-                f"the LLaVA-NeXT image processor's size {size} and crop_size {crop} do not "
+                f"the {self.label} image processor's size {size} and crop_size {crop} do not "
                 f"match the {side} px vision tower."
             )
 

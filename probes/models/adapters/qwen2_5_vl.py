@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-from transformers.utils import is_torchvision_available
 
 from probes.errors import UserError
 from probes.models.adapters.base import Adapter, size_field
@@ -66,14 +65,15 @@ class Qwen2_5_VLAdapter(Adapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     model_class_name = "Qwen2_5_VLForConditionalGeneration"
-    image_only_processor: type = QwenImageOnlyProcessor  # without torchvision (see below)
+    # the stock Qwen processor insists on a video processor, which needs torchvision
+    image_only_processor = QwenImageOnlyProcessor
 
     @classmethod
     def load_processor(cls, location: str, min_pixels: int | None = None,
                        max_pixels: int | None = None, **kwargs: Any) -> Any:
         """The checkpoint's processor; ``min_pixels`` / ``max_pixels`` replace its pixel
         budget (the image processor's ``size``; the side not given keeps the checkpoint's)."""
-        processor = cls._load_processor(location, **kwargs)
+        processor = super().load_processor(location, **kwargs)
         if min_pixels is None and max_pixels is None:
             return processor
         size = processor.image_processor.size
@@ -81,15 +81,8 @@ class Qwen2_5_VLAdapter(Adapter):
                   else int(min_pixels),
                   "longest_edge": size_field(size, "longest_edge") if max_pixels is None
                   else int(max_pixels)}
-        return cls._load_processor(location, size=budget, **kwargs)
+        return super().load_processor(location, size=budget, **kwargs)
 
-    @classmethod
-    def _load_processor(cls, location: str, **kwargs: Any) -> Any:
-        # the stock Qwen processor insists on a video processor, which needs torchvision: with
-        # torchvision the checkpoint's own processor is used, without it the image-only one
-        if is_torchvision_available():
-            return super().load_processor(location, **kwargs)
-        return cls.image_only_processor.from_pretrained(location, **kwargs)
 
     def image_layout(self, image_size: tuple[int, int]) -> ImageLayout:
         width, height = image_size

@@ -130,5 +130,22 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "layers 0-1, 4-64 tokens)",
             builder="probes.models.zoo.tiny_qwen3_vl:build_random",
         ),
+        BuiltinModel(
+            "tiny-random-qwen2-vl",
+            "UNTRAINED random weights: tiny Qwen2-VL (global ViT + Qwen2, 4 layers, 4-64 tokens)",
+            builder="probes.models.zoo.tiny_qwen2_vl:build_random",
+        ),
+        BuiltinModel(
+            "tiny-random-llava-onevision",
+            "UNTRAINED random weights: tiny LLaVA-OneVision (SigLIP + Qwen2, 4 layers, 36 px "
+            "tiles up to 6x6, downsampled beyond 9)",
+            builder="probes.models.zoo.tiny_llava_onevision:build_random",
+        ),
+        BuiltinModel(
+            "tiny-random-mistral3",
+            "UNTRAINED random weights: tiny Mistral 3 (Pixtral + Mistral, 4 layers, up to 8x8 "
+            "tokens and row breaks)",
+            builder="probes.models.zoo.tiny_mistral3:build_random",
+        ),
     )
 }

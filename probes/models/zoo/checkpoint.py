@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import GenerationConfig
 
 
@@ -22,3 +24,18 @@ def save(model: Any, processor: Any, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+
+
+def random_model(model_class: Any, config: Any, seed: int, silenced: Sequence[int] = ()) -> Any:
+    """An untrained ``model_class(config)`` (in eval mode, greedy generation) from ``seed``.
+
+    ``silenced`` token ids get output rows of 0 (logit 0): an untrained model that ranks ``</s>``
+    first would answer nothing, and one that emitted an image placeholder would have it read
+    back as an image token; silenced, it says random *words*, which exercises more of the
+    answer path."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight[list(silenced)] = 0.0
+    model.generation_config = greedy_generation_config(config.get_text_config())
+    return model
