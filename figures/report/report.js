@@ -47,6 +47,16 @@ const fusionReport = (() => {
   function hideTip() { tip().hidden = true; }
 
   // ---------- charts ----------
+  // grid lines and labels of a y axis from y0 to y1 (Y: value -> pixel) at round steps
+  function yAxis(svg, y0, y1, Y, left, right) {
+    const raw = (y1 - y0) / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const tick = [1, 2, 5, 10].map(k => k * mag).find(k => k >= raw);
+    for (let v = Math.ceil(y0 / tick) * tick; v <= y1; v += tick) {
+      svg.append(sv("line", { x1: left, x2: right, y1: Y(v), y2: Y(v), stroke: "#eef0f3" }));
+      const t = sv("text", { x: left - 4, y: Y(v) + 4, "text-anchor": "end" });
+      t.textContent = String(Number((Math.abs(v) < tick / 2 ? 0 : v).toPrecision(3))); svg.append(t);
+    }
+  }
   // lines: [{name, color, dash, points: [{layer, mean, ci_low, ci_high, n}]}]
   function chart(title, lines, opts) {
     const W = (opts && opts.width) || 400, H = (opts && opts.height) || 220;
@@ -68,13 +78,7 @@ const fusionReport = (() => {
       const w = Math.max(4, (X(1) - X(0)) * 0.8);
       svg.append(sv("rect", { x: X(layer) - w / 2, y: m.t, width: w, height: H - m.t - m.b, fill: "#fde2e0" }));
     }
-    const raw = (y1 - y0) / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    const tick = [1, 2, 5, 10].map(k => k * mag).find(k => k >= raw);
-    for (let v = Math.ceil(y0 / tick) * tick; v <= y1; v += tick) {
-      svg.append(sv("line", { x1: m.l, x2: W - m.r, y1: Y(v), y2: Y(v), stroke: "#eef0f3" }));
-      const t = sv("text", { x: m.l - 4, y: Y(v) + 4, "text-anchor": "end" });
-      t.textContent = String(Number((Math.abs(v) < tick / 2 ? 0 : v).toPrecision(3))); svg.append(t);
-    }
+    yAxis(svg, y0, y1, Y, m.l, W - m.r);
     if (y0 < 0 && y1 > 0) svg.append(sv("line", { x1: m.l, x2: W - m.r, y1: Y(0), y2: Y(0), stroke: "#aab" }));
     const step = Math.max(1, Math.ceil((x1 - x0) / 8));
     for (let v = Math.ceil(x0); v <= x1; v += step) {
@@ -172,8 +176,8 @@ const fusionReport = (() => {
     const Y = v => H - m.b - (v - y0) / (y1 - y0) * (H - m.t - m.b);
     const step = (W - m.l - m.r) / Math.max(n, 1);
     const svg = sv("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+    yAxis(svg, y0, y1, Y, m.l, W - m.r);
     svg.append(sv("line", { x1: m.l, x2: W - m.r, y1: Y(0), y2: Y(0), stroke: "#aab" }));
-    for (const v of [y0 + pad, y1 - pad]) { const t = sv("text", { x: m.l - 4, y: Y(v) + 4, "text-anchor": "end" }); t.textContent = fmt(v); svg.append(t); }
     b.names.forEach((name, k) => {
       const v = b.values[k], x = m.l + k * step + step * 0.15, w = step * 0.7;
       if (v === null) return;
