@@ -76,6 +76,7 @@ def synthetic_heads_run(out: Path, samples: int, layers: int, heads: int,
     the summary computed from them by the analysis's own :func:`analyses.heads.run.summarize`."""
     from analyses.common import data_record
     from analyses.data import load_dataset
+    from analyses.heads.measure import random_heads
     from analyses.heads.run import HeadsConfig, summarize
     from analyses.results import provenance
 
@@ -84,7 +85,6 @@ def synthetic_heads_run(out: Path, samples: int, layers: int, heads: int,
     drop = rng.normal(0, 0.5, size=(samples, layers, heads))
     for layer, head in key_heads:
         drop[:, layer, head] = rng.uniform(10, 12, size=samples)
-    picks = np.stack([rng.choice(layers * heads, 8, replace=False) for _ in range(samples)])
     parts = {"dla_heads": rng.normal(0, 0.3, size=(samples, layers, heads)),
              "dla_mlps": rng.normal(0, 0.3, size=(samples, layers)),
              "dla_biases": np.zeros((samples, layers)), "dla_embedding": rng.normal(size=samples)}
@@ -97,7 +97,8 @@ def synthetic_heads_run(out: Path, samples: int, layers: int, heads: int,
               "logit_difference": parts["dla_heads"].sum((1, 2)) + parts["dla_mlps"].sum(1)
               + parts["dla_embedding"],
               "image_share": rng.uniform(0, 1, size=(samples, 2, layers, heads)),
-              "control_heads": np.stack([picks // heads, picks % heads], -1)}
+              "control_heads": np.stack([random_heads(rng, 8, layers, heads)
+                                         for _ in range(samples)])}
     config = HeadsConfig(n_bootstrap=200)
     summary = provenance("heads", {"id": "synthetic", "family": "llava", "layers": layers},
                          data_record(dataset), samples, config.recorded(), 0)
