@@ -68,6 +68,44 @@ def synthetic_run(out: Path, samples: int, layers: int, tokens: int = 576, heads
     return RunResult(summary, arrays).save(out)
 
 
+def synthetic_heads_run(out: Path, samples: int, layers: int, heads: int,
+                        key_heads: tuple = (), seed: int = 0) -> Path:
+    """A heads run of ``samples`` easy-VQA samples of a model with ``layers`` x ``heads``,
+    written as files without a model: random per-sample measures (every sample answered
+    correctly; the heads of ``key_heads`` drop the answer by 10-12 %, the others by N(0, 0.5)),
+    the summary computed from them by the analysis's own :func:`analyses.heads.run.summarize`."""
+    from analyses.common import data_record
+    from analyses.data import load_dataset
+    from analyses.heads.measure import random_heads
+    from analyses.heads.run import HeadsConfig, summarize
+    from analyses.results import provenance
+
+    rng = np.random.default_rng(seed)
+    dataset = load_dataset("easy-vqa", "test", limit=samples)
+    drop = rng.normal(0, 0.5, size=(samples, layers, heads))
+    for layer, head in key_heads:
+        drop[:, layer, head] = rng.uniform(10, 12, size=samples)
+    parts = {"dla_heads": rng.normal(0, 0.3, size=(samples, layers, heads)),
+             "dla_mlps": rng.normal(0, 0.3, size=(samples, layers)),
+             "dla_biases": np.zeros((samples, layers)), "dla_embedding": rng.normal(size=samples)}
+    arrays = {"sample_index": np.arange(samples), "sample_id": np.array([s.id for s in dataset]),
+              "kind": np.array([s.kind for s in dataset]), "correct": np.ones(samples, bool),
+              "answer_token": np.zeros(samples, np.int64),
+              "other_token": np.ones(samples, np.int64),
+              "clean_probability": rng.uniform(0.3, 1, size=samples),
+              "prob_change_pct": -drop, "logit_change": -drop / 10, **parts,
+              "logit_difference": parts["dla_heads"].sum((1, 2)) + parts["dla_mlps"].sum(1)
+              + parts["dla_embedding"],
+              "image_share": rng.uniform(0, 1, size=(samples, 2, layers, heads)),
+              "control_heads": np.stack([random_heads(rng, 8, layers, heads)
+                                         for _ in range(samples)])}
+    config = HeadsConfig(n_bootstrap=200)
+    summary = provenance("heads", {"id": "synthetic", "family": "llava", "layers": layers},
+                         data_record(dataset), samples, config.recorded(), 0)
+    summary.update(summarize(arrays, config))
+    return RunResult(summary, arrays).save(out)
+
+
 class Opened:
     """A report open in Chromium with every request but the page's own blocked and counted,
     and every console error and page error collected."""
@@ -632,4 +670,212 @@ def test_token_importance_colours_the_prompts_tokens_by_importance(browser, tmp_
         assert "(question): " in tip
         assert float(tip.split("(question): ")[1].split()[0]) == pytest.approx(top, rel=1e-3)
     shot(opened, "token_importance-samples-prompt")
+    opened.close()
+
+
+# ---------- the heads analysis: layer x head grids ----------
+
+KEY_HEADS = ((1, 2), (4, 0))
+HEAD_GRIDS = {  # the summary's per-head field and the arrays' per-sample values of each grid
+    "drop of p(answer), % ({flow}); outlined: key heads": "drop",
+    "direct logit attribution": "dla",
+    "attention on the image from last": "image_share_last",
+    "attention on the image from the question": "image_share_question",
+}
+
+
+def sample_grids(arrays, i: int) -> list[np.ndarray]:
+    """Sample ``i``'s per-head grids in the page's order: drop, DLA, image share (last, question)."""
+    return [-arrays["prob_change_pct"][i], arrays["dla_heads"][i], arrays["image_share"][i, 0],
+            arrays["image_share"][i, 1]]
+
+
+def shown_grids(page, scope: str, run: str | None = None) -> list[np.ndarray]:
+    """The values of every grid under ``scope`` (of the run labelled ``run``, if given), each
+    [rows, cols] with row 0 = layer 0, as the page holds them (NaN where none)."""
+    found = page.eval_on_selector_all(
+        f"{scope} .chart.grid", "(gs, run) => gs.filter(g => !run || g.dataset.run === run)"
+        ".map(g => [...g.querySelectorAll('rect.cell')].map(c => [+c.dataset.row, "
+        "+c.dataset.col, c.dataset.value]))", run)
+    out = []
+    for cells in found:
+        values = np.full((max(c[0] for c in cells) + 1, max(c[1] for c in cells) + 1), np.nan)
+        for r, c, v in cells:
+            values[r, c] = float(v) if v != "" else np.nan
+        out.append(values)
+    return out
+
+
+@pytest.fixture(scope="module")
+def heads_run(tmp_path_factory):
+    """A synthetic heads run of 10 samples, 6 layers x 4 heads, with two key heads."""
+    return synthetic_heads_run(tmp_path_factory.mktemp("heads") / "heads", 10, 6, 4, KEY_HEADS)
+
+
+def test_a_heads_run_shows_its_grids_top_heads_and_tables(browser, heads_run, tmp_path):
+    summary = json.loads((heads_run / "summary.json").read_text())
+    assert summary["key_heads"] == ["1.2", "4.0"]  # the analysis's rule found the planted ones
+    rows = {(r["layer"], r["head"]): r for r in summary["heads"]}
+    opened = Opened(browser, write_report([heads_run], tmp_path / "heads.html"))
+    page = opened.page
+    titles = page.eval_on_selector_all("#view-overview .chart.grid", "gs => gs.map(g => g.dataset.title)")
+    assert titles == [t.format(flow=summary["flow"]) for t in HEAD_GRIDS]
+    for shown, field in zip(shown_grids(page, "#view-overview"), HEAD_GRIDS.values()):
+        truth = np.array([[rows[(layer, head)][field] for head in range(4)] for layer in range(6)])
+        np.testing.assert_array_equal(shown, truth)  # exact: the page holds the summary's floats
+    marks = page.eval_on_selector_all("#view-overview .chart.grid >> nth=0",
+                                      "gs => [...gs[0].querySelectorAll('rect.mark')]"
+                                      ".map(m => [+m.dataset.row, +m.dataset.col])")
+    assert sorted(map(tuple, marks)) == sorted(KEY_HEADS)
+    # the hover of a key head's cell: its drop, CI, control and verdict
+    page.hover("#view-overview .chart.grid >> nth=0 >> rect.cell[data-row='4'][data-col='0']")
+    tip = page.inner_text("#tip")
+    row = rows[(4, 0)]
+    assert tip.startswith("layer 4 · head 0\n") and "key head: yes" in tip
+    value = float(tip.split("key heads: ")[1].split()[0])
+    assert value == pytest.approx(row["drop"], rel=1e-3)
+    assert float(tip.split("control: ")[1].split()[0]) == pytest.approx(row["control_drop"],
+                                                                        rel=1e-3)
+    # the top heads: bars with the summary's drops, the control as a dashed line
+    bars = page.eval_on_selector_all("rect.bar", "bs => bs.map(b => [b.dataset.name, +b.dataset.value])")
+    assert [b[0] for b in bars] == summary["top_heads"]
+    names = {f"{r['layer']}.{r['head']}": r for r in summary["heads"]}
+    assert [b[1] for b in bars] == [names[n]["drop"] for n in summary["top_heads"]]
+    line = float(page.get_attribute("line.ref", "data-value"))
+    assert line == names[summary["top_heads"][0]]["control_drop"]
+    page.hover("rect.bar >> nth=0")
+    tip = page.inner_text("#tip")
+    top = names[summary["top_heads"][0]]
+    assert tip.startswith(f"{summary['top_heads'][0]}: ") and "key head" in tip
+    low, high = (float(x) for x in tip.split("[")[1].split("]")[0].split(", "))
+    assert (low, high) == (pytest.approx(top["drop_ci_low"], rel=1e-3),
+                           pytest.approx(top["drop_ci_high"], rel=1e-3))
+    # the tables: the top heads by drop, |DLA| and image share, in the summary's order
+    heads = page.eval_on_selector_all(
+        "#view-overview table", "ts => ts.map(t => [...t.querySelectorAll('tr')].slice(1)"
+        ".map(r => r.firstChild.textContent))")
+    assert heads == [summary["top_heads"], summary["top_dla_heads"], summary["top_visual_heads"]]
+    assert json.loads(page.inner_text("dd[data-key=key_heads]")) == summary["key_heads"]
+    cells = page.eval_on_selector_all("#view-overview td", "ts => ts.length")
+    assert cells < 400  # not the 24-row table of every head
+    shot(opened, "heads-overview")
+    opened.close()
+
+
+def test_a_heads_run_shows_each_samples_grids(browser, heads_run, tmp_path):
+    from analyses.heads.measure import control_change
+
+    arrays = RunResult.load(heads_run).arrays
+    opened = Opened(browser, write_report([heads_run], tmp_path / "heads.html"))
+    page = opened.page
+    tab(opened, "samples")
+    control = -control_change(arrays["prob_change_pct"], arrays["control_heads"])
+    for i in (0, 7):
+        page.click(f"#sample-list [data-sample] >> nth={i}")
+        shown = shown_grids(page, "#sample-detail")
+        assert len(shown) == 4
+        for grid, truth in zip(shown, sample_grids(arrays, i)):  # float32, as the page keeps them
+            np.testing.assert_array_equal(grid, truth.astype(np.float32))
+        values = page.inner_text("#sample-detail dl.kv")
+        assert float(values.split("random-head control drop, %\n")[1].split()[0]) == \
+            pytest.approx(control[i], rel=1e-3)  # shown to 4 significant digits
+        marks = page.eval_on_selector_all("#sample-detail rect.mark",
+                                          "ms => ms.map(m => [+m.dataset.row, +m.dataset.col])")
+        assert sorted(map(tuple, marks)) == sorted(KEY_HEADS)  # the run's key heads
+    page.hover("#sample-detail .chart.grid >> nth=1 >> rect.cell[data-row='2'][data-col='3']")
+    tip = page.inner_text("#tip")
+    assert tip.startswith("layer 2 · head 3\ndirect logit attribution: ")
+    assert float(tip.split(": ")[1]) == pytest.approx(arrays["dla_heads"][7, 2, 3], rel=1e-3)
+    shot(opened, "heads-samples")
+    opened.close()
+
+
+def test_heads_report_size_and_first_view_at_32_layers_x_32_heads_smoke(browser, tmp_path):
+    """A smoke-sized heads run of a 32 x 32 model: each sample's four grids are float32 (base64)
+    and the summary's grids a few hundred kB; tests/bench_report.py measures 200 samples."""
+    samples, layers, heads = 8, 32, 32
+    run = synthetic_heads_run(tmp_path / "run", samples, layers, heads)
+    path = write_report([run], tmp_path / "heads.html")
+    grids = samples * 4 * layers * heads * 4  # float32 bytes
+    size = path.stat().st_size
+    assert grids * 4 / 3 < size < grids * 4 / 3 + 1.5e6
+    opened = Opened(browser, path)
+    cells = "cs => cs.length"
+    assert opened.page.eval_on_selector_all("#view-overview rect.cell", cells) == 4 * layers * heads
+    first = opened.first_view_ms()
+    tab(opened, "samples")
+    assert opened.page.eval_on_selector_all("#sample-detail rect.cell", cells) == 4 * layers * heads
+    print(f"\nheads report of {samples} samples x {layers} layers x {heads} heads: "
+          f"{size / 2**20:.2f} MB, first view at {first:.0f} ms")
+    opened.close()
+
+
+# ---------- a run and its shards; make demo's last step ----------
+
+def test_a_run_and_its_shards_open_side_by_side_with_the_merged_runs_numbers(browser, tmp_path):
+    from analyses.heads.__main__ import main
+    from analyses.merge import main as merge
+    from probes.cli import run_cli
+
+    options = ["--limit", "4", "--all-samples", "--bootstrap", "50", "--controls", "2"]
+    for name, shard in (("whole", "0/1"), ("shard0", "0/2"), ("shard1", "1/2")):
+        assert run_cli(main, [*options, "--shard", shard, "--out", str(tmp_path / name)]) == 0
+    assert run_cli(merge, [str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out",
+                           str(tmp_path / "merged")]) == 0
+    labels = ["whole", "merged", "shard0", "shard1"]
+    whole = RunResult.load(tmp_path / "whole")
+    rows = {(r["layer"], r["head"]): r for r in whole.summary["heads"]}
+    layers, heads = whole.arrays["prob_change_pct"].shape[1:]
+    opened = Opened(browser, write_report([tmp_path / n for n in labels], tmp_path / "r.html"))
+    page = opened.page
+    assert page.eval_on_selector_all(".card[data-run]", "cs => cs.map(c => c.dataset.run)") == labels
+    grids = {label: shown_grids(page, "#view-overview", label) for label in labels}
+    for field, shown in zip(HEAD_GRIDS.values(), grids["whole"]):
+        truth = np.array([[rows[(layer, head)][field] for head in range(heads)]
+                          for layer in range(layers)])
+        np.testing.assert_array_equal(shown, truth)
+    for a, b in zip(grids["merged"], grids["whole"], strict=True):
+        np.testing.assert_array_equal(a, b)  # the merged run shows the whole run's numbers
+    assert not np.array_equal(grids["shard0"][0], grids["whole"][0])  # a shard's own
+    bars = {label: page.eval_on_selector_all(
+        f".chart.bars[data-run={label}] rect.bar", "bs => bs.map(b => [b.dataset.name, "
+        "+b.dataset.value])") for label in labels}
+    assert bars["merged"] == bars["whole"] and len(bars["whole"]) == 10
+    shot(opened, "heads-shards-overview")
+    # the samples: sample 3 is in the whole run, the merged run and shard 1 (strided shards)
+    tab(opened, "samples")
+    page.click("#sample-list [data-sample] >> nth=3")
+    cards = page.eval_on_selector_all("#sample-detail > .card", "cs => cs.map(c => c.textContent)")
+    assert "shard0: sample not in this run" in cards[2]
+    per_run = [shown_grids(page, "#sample-detail", label) for label in ("whole", "merged",
+                                                                        "shard1")]
+    truth = sample_grids(whole.arrays, 3)
+    for shown in per_run:
+        for grid, expected in zip(shown, truth, strict=True):
+            np.testing.assert_array_equal(grid, expected.astype(np.float32))
+    shot(opened, "heads-shards-samples")
+    opened.close()
+
+
+def test_make_demos_last_step_writes_the_report_and_prints_its_path(browser, tmp_path):
+    """The demo target's last command, run as written on a small run of the demo's analysis (the
+    golden layer masking run in runs/demo of a fresh folder) instead of its 100 samples."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = [line.strip() for line in makefile.split("\ndemo:")[1].split("\n\n")[0]
+              .splitlines()[1:] if line.startswith("\t")]
+    first, last = recipe[0].split(), recipe[-1]
+    assert first[:3] == ["$(PY)", "-m", "analyses.layer_masking"]
+    assert first[first.index("--out") + 1] == "runs/demo"  # the report reads what the demo ran
+    assert last == "$(PY) -m figures.report runs/demo --out runs/demo/report.html"
+    shutil.copytree(GOLDEN / "layer_masking", tmp_path / "runs" / "demo")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(last.replace("$(PY)", sys.executable), shell=True, cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = tmp_path / "runs" / "demo" / "report.html"
+    assert report.is_file()
+    assert done.stdout.startswith("report in runs/demo/report.html (")
+    opened = Opened(browser, report)
+    assert opened.page.eval_on_selector_all("circle.pt", "cs => cs.length") > 0
     opened.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from figures.report.overviews import overview_panels
 from figures.report.runs import Run, read_runs
 from figures.report.samples import browser_record
 
@@ -70,11 +71,12 @@ def marks(summary: dict[str, Any]) -> list[int]:
     return sorted(int(x) for x in found)
 
 
-def findings(summary: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
-    """(the summary's tables: every top-level list of row dicts, key-values of the rest)."""
+def findings(summary: dict[str, Any], hide=()) -> tuple[list[dict], dict[str, Any]]:
+    """(the summary's tables: every top-level list of row dicts, key-values of the rest),
+    without the keys of ``hide``."""
     tables, values = [], {}
     for key, value in summary.items():
-        if key in NOT_FINDINGS:
+        if key in NOT_FINDINGS or key in hide:
             continue
         if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
             columns = list(dict.fromkeys(k for r in value for k in r))
@@ -176,7 +178,8 @@ def sample_texts(run: Run, record: dict[str, Any]) -> None:
 def run_view(run: Run) -> dict[str, Any]:
     """Everything the page shows of one run."""
     summary = run.summary
-    tables, values = findings(summary)
+    panels = overview_panels(summary)
+    tables, values = findings(summary, panels["hide"])
     record, why = browser_record(summary, run.arrays) if summary else ({}, "")
     if record:
         sample_texts(run, record)
@@ -188,7 +191,8 @@ def run_view(run: Run) -> dict[str, Any]:
     return _clean({
         "label": run.label, "path": str(run.path), "analysis": run.analysis,
         "provenance": {k: summary[k] for k in PROVENANCE if k in summary},
-        "charts": charts(summary), "marks": marks(summary), "tables": tables,
+        "charts": charts(summary), "marks": marks(summary),
+        "grids": panels["grids"], "bars": panels["bars"], "tables": panels["tables"] + tables,
         "findings": values, "rules": summary.get("rules") or {},
         "missing": missing, "skipped": skipped, "samples": record,
     })

@@ -47,6 +47,16 @@ const fusionReport = (() => {
   function hideTip() { tip().hidden = true; }
 
   // ---------- charts ----------
+  // grid lines and labels of a y axis from y0 to y1 (Y: value -> pixel) at round steps
+  function yAxis(svg, y0, y1, Y, left, right) {
+    const raw = (y1 - y0) / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const tick = [1, 2, 5, 10].map(k => k * mag).find(k => k >= raw);
+    for (let v = Math.ceil(y0 / tick) * tick; v <= y1; v += tick) {
+      svg.append(sv("line", { x1: left, x2: right, y1: Y(v), y2: Y(v), stroke: "#eef0f3" }));
+      const t = sv("text", { x: left - 4, y: Y(v) + 4, "text-anchor": "end" });
+      t.textContent = String(Number((Math.abs(v) < tick / 2 ? 0 : v).toPrecision(3))); svg.append(t);
+    }
+  }
   // lines: [{name, color, dash, points: [{layer, mean, ci_low, ci_high, n}]}]
   function chart(title, lines, opts) {
     const W = (opts && opts.width) || 400, H = (opts && opts.height) || 220;
@@ -68,13 +78,7 @@ const fusionReport = (() => {
       const w = Math.max(4, (X(1) - X(0)) * 0.8);
       svg.append(sv("rect", { x: X(layer) - w / 2, y: m.t, width: w, height: H - m.t - m.b, fill: "#fde2e0" }));
     }
-    const raw = (y1 - y0) / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    const tick = [1, 2, 5, 10].map(k => k * mag).find(k => k >= raw);
-    for (let v = Math.ceil(y0 / tick) * tick; v <= y1; v += tick) {
-      svg.append(sv("line", { x1: m.l, x2: W - m.r, y1: Y(v), y2: Y(v), stroke: "#eef0f3" }));
-      const t = sv("text", { x: m.l - 4, y: Y(v) + 4, "text-anchor": "end" });
-      t.textContent = String(Number((Math.abs(v) < tick / 2 ? 0 : v).toPrecision(3))); svg.append(t);
-    }
+    yAxis(svg, y0, y1, Y, m.l, W - m.r);
     if (y0 < 0 && y1 > 0) svg.append(sv("line", { x1: m.l, x2: W - m.r, y1: Y(0), y2: Y(0), stroke: "#aab" }));
     const step = Math.max(1, Math.ceil((x1 - x0) / 8));
     for (let v = Math.ceil(x0); v <= x1; v += step) {
@@ -110,6 +114,106 @@ const fusionReport = (() => {
     box.append(el("div", { class: "legend" }, lines.map(l =>
       el("span", {}, el("i", { style: `background:${l.color}` }), l.name))));
     return box;
+  }
+
+  // ---------- grids (a value over two axes, e.g. layer x head) and bar charts ----------
+  // g: {title, row_label, col_label, signed, marks: [[row, col]], extra: {label: [[...]]}};
+  // value(r, c) gives a cell's value (null: none); row 0 at the bottom, as figures.heads draws
+  function heatmap(g, rows, cols, value, opts) {
+    const label = (opts && opts.label) || g.title;
+    const box = el("div", { class: "chart grid", "data-title": g.title, "data-run": opts && opts.run });
+    box.append(el("div", { class: "title" }, label));
+    const vals = [];
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) { const v = value(r, c); if (v !== null && Number.isFinite(v)) vals.push(v); }
+    if (!vals.length) { box.append(el("div", { class: "muted" }, "no values")); return box; }
+    const cell = Math.max(5, Math.min(28, Math.floor(Math.min(320 / cols, 320 / rows))));
+    const m = { l: 34, b: 30, t: 4, r: 6 };
+    const W = m.l + cols * cell + m.r, H = m.t + rows * cell + m.b;
+    const bound = Math.max(...vals.map(Math.abs)) || 1;
+    const low = g.signed ? -bound : Math.min(0, ...vals), high = g.signed ? bound : (Math.max(...vals) || 1);
+    const tOf = v => (high > low ? (v - low) / (high - low) : 0);
+    const svg = sv("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+    const X = c => m.l + c * cell, Y = r => m.t + (rows - 1 - r) * cell;
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
+      const v = value(r, c), ok = v !== null && Number.isFinite(v);
+      const rgb = ok ? colormap(tOf(v), g.signed) : [230, 230, 230];
+      svg.append(sv("rect", { class: "cell", x: X(c), y: Y(r), width: cell, height: cell, fill: `rgb(${rgb})`,
+                              "data-row": r, "data-col": c, "data-value": ok ? v : "" }));
+    }
+    for (const [r, c] of g.marks || []) {
+      svg.append(sv("rect", { class: "mark", x: X(c) + 0.75, y: Y(r) + 0.75, width: cell - 1.5, height: cell - 1.5,
+                              fill: "none", stroke: "#000", "stroke-width": 1.5, "data-row": r, "data-col": c }));
+    }
+    const every = Math.max(1, Math.ceil(12 / cell));
+    for (let c = 0; c < cols; c += every) { const t = sv("text", { x: X(c) + cell / 2, y: H - m.b + 12, "text-anchor": "middle" }); t.textContent = c; svg.append(t); }
+    for (let r = 0; r < rows; r += every) { const t = sv("text", { x: m.l - 4, y: Y(r) + cell / 2 + 4, "text-anchor": "end" }); t.textContent = r; svg.append(t); }
+    const xl = sv("text", { x: m.l + cols * cell / 2, y: H - 2, "text-anchor": "middle" }); xl.textContent = g.col_label; svg.append(xl);
+    const yl = sv("text", { x: 10, y: m.t + rows * cell / 2, "text-anchor": "middle", transform: `rotate(-90 10 ${m.t + rows * cell / 2})` });
+    yl.textContent = g.row_label; svg.append(yl);
+    svg.addEventListener("mousemove", e => {
+      const d = e.target.dataset;
+      if (!e.target.classList.contains("cell")) { hideTip(); return; }
+      const r = +d.row, c = +d.col, v = value(r, c);
+      const extra = Object.entries(g.extra || {}).map(([k, x]) => `\n${k}: ${fmt(x[r][c])}`).join("");
+      showTip(e, `${g.row_label} ${r} · ${g.col_label} ${c}\n${g.title}: ${fmt(v)}${extra}`);
+    });
+    svg.addEventListener("mouseleave", hideTip);
+    box.append(svg);
+    const bar = el("canvas", { width: 140, height: 10 }); const bctx = bar.getContext("2d");
+    for (let x = 0; x < 140; x++) { bctx.fillStyle = `rgb(${colormap(x / 139, g.signed)})`; bctx.fillRect(x, 0, 1, 10); }
+    box.append(el("div", { class: "colorbar" }, fmt(low), bar, fmt(high), el("span", { class: "muted" }, " · hover a cell for its value")));
+    return box;
+  }
+  // b: {title, names, values, ci_low, ci_high, highlight, highlight_label, line, line_label}
+  function barChart(b, opts) {
+    const box = el("div", { class: "chart bars", "data-title": b.title, "data-run": opts && opts.run });
+    box.append(el("div", { class: "title" }, (opts && opts.label) || b.title));
+    const n = b.names.length;
+    const ys = [0, ...b.values, ...b.ci_low, ...b.ci_high, ...(b.line === null ? [] : [b.line])].filter(v => v !== null && Number.isFinite(v));
+    const W = Math.max(260, 48 + n * 26 + 10), H = 220, m = { l: 48, r: 10, t: 8, b: 40 };
+    let y0 = Math.min(...ys), y1 = Math.max(...ys); if (y0 === y1) y1 = y0 + 1;
+    const pad = (y1 - y0) * 0.06; y0 -= pad; y1 += pad;
+    const Y = v => H - m.b - (v - y0) / (y1 - y0) * (H - m.t - m.b);
+    const step = (W - m.l - m.r) / Math.max(n, 1);
+    const svg = sv("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+    yAxis(svg, y0, y1, Y, m.l, W - m.r);
+    svg.append(sv("line", { x1: m.l, x2: W - m.r, y1: Y(0), y2: Y(0), stroke: "#aab" }));
+    b.names.forEach((name, k) => {
+      const v = b.values[k], x = m.l + k * step + step * 0.15, w = step * 0.7;
+      if (v === null) return;
+      const rect = sv("rect", { class: "bar", x, width: w, y: Math.min(Y(v), Y(0)), height: Math.abs(Y(v) - Y(0)),
+        fill: b.highlight && b.highlight[k] ? COLORS[0] : "#9aa3b2", "data-name": name, "data-value": v });
+      const text = `${name}: ${fmt(v)}  95% CI [${fmt(b.ci_low[k])}, ${fmt(b.ci_high[k])}]${b.highlight && b.highlight[k] ? "  " + b.highlight_label : ""}`;
+      rect.addEventListener("mousemove", e => showTip(e, text)); rect.addEventListener("mouseleave", hideTip);
+      svg.append(rect);
+      if (b.ci_low[k] !== null && b.ci_high[k] !== null) {
+        svg.append(sv("line", { x1: x + w / 2, x2: x + w / 2, y1: Y(b.ci_low[k]), y2: Y(b.ci_high[k]), stroke: "#1d2330" }));
+      }
+      const t = sv("text", { x: x + w / 2, y: H - m.b + 12, "text-anchor": "end", transform: `rotate(-60 ${x + w / 2} ${H - m.b + 12})` });
+      t.textContent = name; svg.append(t);
+    });
+    if (b.line !== null && b.line !== undefined) {
+      svg.append(sv("line", { class: "ref", x1: m.l, x2: W - m.r, y1: Y(b.line), y2: Y(b.line), stroke: "#444", "stroke-dasharray": "5 3", "data-value": b.line }));
+    }
+    box.append(svg);
+    box.append(el("div", { class: "legend" },
+      el("span", {}, el("i", { style: `background:${COLORS[0]}` }), b.highlight_label || "highlighted"),
+      b.line !== null && b.line !== undefined ? el("span", {}, el("i", { style: "background:#444" }), `${b.line_label}: ${fmt(b.line)}`) : null));
+    return box;
+  }
+  function b64floats(text) {
+    const bin = atob(text); const bytes = new Uint8Array(bin.length);
+    for (let k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
+    return new Float32Array(bytes.buffer);
+  }
+  // run-level panels of one kind (grids or bars) in one row: by title, the runs' side by side
+  function panelRow(runs, kind, draw) {
+    const titles = [...new Set(runs.flatMap(r => (r[kind] || []).map(p => p.title)))];
+    if (!titles.length) return null;
+    return el("div", { class: "charts" }, titles.flatMap(title => runs.map(run => {
+      const p = (run[kind] || []).find(x => x.title === title);
+      return p ? draw(p, { run: run.label, label: runs.length > 1 ? `${run.label}: ${title}` : title }) : null;
+    })));
   }
 
   // ---------- tables and key-values ----------
@@ -151,6 +255,11 @@ const fusionReport = (() => {
       root.append(box);
       if (runs.some(r => r.marks.length)) root.append(el("div", { class: "muted" }, "shaded: fusion layers found by the run"));
     }
+    const grids = panelRow(runs, "grids", (g, o) => heatmap(g, g.values.length, g.values[0].length, (r, c) => g.values[r][c], o));
+    const first = runs.flatMap(r => r.grids || [])[0];
+    if (grids) root.append(el("h2", {}, `Per ${first.row_label} and ${first.col_label} (hover a cell for its values)`), grids);
+    const bars = panelRow(runs, "bars", barChart);
+    if (bars) root.append(el("div", { class: "muted" }, "bars: hover one for its value and CI"), bars);
     root.append(el("h2", {}, "Findings"));
     const cols = el("div", { class: "cols", style: `--n:${runs.length}` });
     for (const run of runs) {
@@ -431,6 +540,11 @@ const fusionReport = (() => {
     }
     const values = Object.entries(s.values || {}).map(([k, v]) => [k, v[i]]);
     if (values.length) card.append(keyValues(Object.fromEntries(values)));
+    for (const g of s.grids || []) {
+      if (!g.data[i]) continue;
+      const v = b64floats(g.data[i]);
+      card.append(heatmap(g, g.rows, g.cols, (r, c) => (Number.isNaN(v[r * g.cols + c]) ? null : v[r * g.cols + c]), { run: run.label }));
+    }
     for (const curve of s.curves || []) {
       const lines = curve.series.map((name, k) => ({ name, color: COLORS[k % COLORS.length],
         points: curve.values[i][k].map((mean, layer) => ({ layer, mean })) }));

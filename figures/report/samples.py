@@ -3,8 +3,12 @@ verdicts per method, per-layer curves, the prompt's tokens with a value each, an
 image tokens packed compactly.
 
 Each analysis's view is one function of :data:`BROWSERS` (the arrays it needs, and a function
-filling the record: ``verdicts``, ``curves``, ``maps``, ``values``, ``prompt``, ``notes``); the
-page draws whatever a record holds, so a new analysis's view is that one function.
+filling the record: ``verdicts``, ``curves``, ``maps``, ``grids``, ``values``, ``prompt``,
+``notes``); the page draws whatever a record holds, so a new analysis's view is that one
+function.
+
+Grids (a value over two axes that are not the image, e.g. layer x head) are kept exactly: one
+base64 blob of float32 [rows, cols] per sample (:func:`grid_entry`), decoded when shown.
 
 Maps are quantised to uint8 per map (a map = one sample, series, layer and head) with its own
 (low, high): value = low + q / 255 * (high - low), within (high - low) / 510 of the float.
@@ -87,6 +91,17 @@ def _map_entry(name: str, values: np.ndarray, series: Sequence[str], cells, sign
             "tokens": int(values.shape[-1]),
             "cells": _cells(cells) if shared else None,
             "sample_cells": None if shared else [_cells(c) for c in cells], "data": data}
+
+
+def grid_entry(title: str, values: np.ndarray, signed: bool = False, marks=(),
+               row_label: str = "layer", col_label: str = "head") -> dict[str, Any]:
+    """A per-sample grid: ``values`` [sample, rows, cols] as float32 (NaN where none),
+    ``marks`` [row, col] cells outlined in every sample's grid."""
+    values = np.asarray(values, dtype="<f4")
+    return {"title": title, "row_label": row_label, "col_label": col_label, "signed": signed,
+            "rows": int(values.shape[1]), "cols": int(values.shape[2]),
+            "marks": [[int(r), int(c)] for r, c in marks],
+            "data": [base64.b64encode(v.tobytes()).decode("ascii") for v in values]}
 
 
 def _methods(summary: dict[str, Any], count: int) -> list[str]:
@@ -252,6 +267,25 @@ def _logit_lens(summary, arrays, out):
                                   ["in box"], cells, layered=False, binary=True))
 
 
+def _heads(summary, arrays, out):
+    from analyses.heads.measure import control_change
+
+    out["verdicts"] = _verdicts(["clean"], arrays["correct"][:, None])
+    changes = arrays["prob_change_pct"]  # [sample, layer, head]
+    flow = summary.get("flow", "")
+    keys = [(r["layer"], r["head"]) for r in summary.get("heads") or [] if r.get("key_head")]
+    out["grids"] += [
+        grid_entry(f"drop of p(answer), % ({flow}); outlined: the run's key heads", -changes,
+                   signed=True, marks=keys),
+        grid_entry("direct logit attribution", arrays["dla_heads"], signed=True),
+        grid_entry("attention on the image from last", arrays["image_share"][:, 0]),
+        grid_entry("attention on the image from the question", arrays["image_share"][:, 1])]
+    out["values"] = {"clean probability": _rounded(arrays["clean_probability"]),
+                     "random-head control drop, %": _rounded(
+                         -control_change(changes, arrays["control_heads"])),
+                     "logit difference": _rounded(arrays["logit_difference"])}
+
+
 # analysis -> (the arrays it needs, the function filling the browser's record)
 BROWSERS = {
     "layer_masking": (("sample_index", "prob_change_pct"), _layer_masking),
@@ -266,6 +300,8 @@ BROWSERS = {
     "logit_lens": (("sample_index", "answer_prob", "answer_rank", "correct", "answer_token",
                     "image_top1", "image_offsets", "in_box", "token_ids", "token_text",
                     "first_top1", "settled"), _logit_lens),
+    "heads": (("sample_index", "correct", "prob_change_pct", "dla_heads", "image_share",
+               "control_heads", "clean_probability", "logit_difference"), _heads),
 }
 
 
@@ -286,7 +322,7 @@ def browser_record(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> tu
         "id": _strings(arrays["sample_id"]) if "sample_id" in arrays else
         [str(i) for i in np.asarray(index).tolist()],
         "kind": _strings(arrays["kind"]) if "kind" in arrays else [""] * count,
-        "verdicts": None, "curves": [], "maps": [], "values": {}, "prompt": None, "notes": [],
+        "verdicts": None, "curves": [], "maps": [], "grids": [], "values": {}, "prompt": None, "notes": [],
     }
     fill(summary, arrays, out)
     return out, ""

@@ -1,0 +1,104 @@
+"""The overview panels an analysis adds to its report beyond the generic ones (the curves of its
+``per_layer`` rows, its findings and tables, :mod:`figures.report.build`): grids (a heatmap of
+one value over two axes, e.g. layer x head, a value on hover), bar charts (bars with their CI
+and a reference line) and tables built from its summary.
+
+Each analysis's panels are one function of :data:`OVERVIEWS` from its ``summary.json`` to a dict
+with ``grids``, ``bars``, ``tables`` and ``hide`` (summary keys the generic findings leave out
+because a panel shows them); the page draws whatever the dict holds.
+
+>>> rows = [{"layer": l, "head": h, "drop": float(l - h), "key_head": (l, h) == (1, 0)}
+...         for l in range(2) for h in range(2)]
+>>> g = grid("drop", rows, 2, 2, "drop", signed=True, marked="key_head")
+>>> g["values"], g["marks"]
+([[0.0, -1.0], [1.0, 0.0]], [[1, 0]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def grid(title: str, rows: Sequence[dict], num_rows: int, num_cols: int, field: str,
+         signed: bool = False, marked: str | None = None,
+         extra: dict[str, str] | None = None, row_label: str = "layer",
+         col_label: str = "head") -> dict[str, Any]:
+    """A heatmap of ``field`` of ``rows`` (each with its ``row_label`` and ``col_label``
+    indices): ``values`` [row][col] (None where no row); ``marks`` the [row, col] cells whose
+    ``marked`` field is true; ``extra`` {hover label: field} shown on hover with the value."""
+    def table(name: str) -> list[list]:
+        out: list[list] = [[None] * num_cols for _ in range(num_rows)]
+        for row in rows:
+            out[int(row[row_label])][int(row[col_label])] = row.get(name)
+        return out
+
+    return {"title": title, "row_label": row_label, "col_label": col_label, "signed": signed,
+            "values": table(field),
+            "marks": [[int(r[row_label]), int(r[col_label])] for r in rows
+                      if marked and r.get(marked)],
+            "extra": {label: table(name) for label, name in (extra or {}).items()}}
+
+
+def _named(rows: Sequence[dict]) -> dict[str, dict]:
+    return {f"{r['layer']}.{r['head']}": r for r in rows}
+
+
+def _top_table(title: str, names: Sequence[str], rows: dict[str, dict],
+               columns: Sequence[str]) -> dict[str, Any]:
+    return {"title": title, "columns": ["head", *columns],
+            "rows": [[name, *(rows[name].get(c) for c in columns)] for name in names
+                     if name in rows]}
+
+
+def _heads(summary: dict[str, Any]) -> dict[str, Any]:
+    rows = summary.get("heads") or []
+    layers, heads = int(summary.get("num_layers") or 0), int(summary.get("num_heads") or 0)
+    if not rows or not layers or not heads:
+        return {}
+    flow = summary.get("flow", "")
+    ci = {"95% CI low": "drop_ci_low", "95% CI high": "drop_ci_high"}
+    grids = [
+        grid(f"drop of p(answer), % ({flow}); outlined: key heads", rows, layers, heads, "drop",
+             signed=True, marked="key_head",
+             extra={**ci, "control": "control_drop", "p (Holm)": "p_holm",
+                    "key head": "key_head"}),
+        grid("direct logit attribution", rows, layers, heads, "dla", signed=True,
+             extra={"95% CI low": "dla_ci_low", "95% CI high": "dla_ci_high"}),
+        grid("attention on the image from last", rows, layers, heads, "image_share_last"),
+        grid("attention on the image from the question", rows, layers, heads,
+             "image_share_question"),
+    ]
+    named = _named(rows)
+    top = [name for name in summary.get("top_heads") or [] if name in named]
+    bars = [{"title": f"top heads by drop, % ({flow}; mean, 95% CI; n = "
+                      f"{summary.get('n_tested')})",
+             "names": top, "values": [named[n]["drop"] for n in top],
+             "ci_low": [named[n]["drop_ci_low"] for n in top],
+             "ci_high": [named[n]["drop_ci_high"] for n in top],
+             "highlight": [bool(named[n]["key_head"]) for n in top],
+             "highlight_label": "key head",
+             "line": named[top[0]]["control_drop"] if top else None,
+             "line_label": "random head (control)"}] if top else []
+    tables = [
+        _top_table("top heads by drop", top, named,
+                   ["drop", "drop_ci_low", "drop_ci_high", "control_drop", "p_holm", "key_head",
+                    "dla", "image_share_last", "image_share_question"]),
+        _top_table("top heads by |DLA|", summary.get("top_dla_heads") or [], named,
+                   ["dla", "dla_ci_low", "dla_ci_high", "drop"]),
+        _top_table("top heads by image share at last", summary.get("top_visual_heads") or [],
+                   named, ["image_share_last", "image_share_question", "drop"]),
+    ]
+    return {"grids": grids, "bars": bars, "tables": tables, "hide": ["heads"]}
+
+
+# analysis -> the function of its summary giving its overview's own panels
+OVERVIEWS = {"heads": _heads}
+
+
+def overview_panels(summary: dict[str, Any]) -> dict[str, Any]:
+    """The analysis's own panels (``grids``, ``bars``, ``tables``, ``hide``; empty lists where
+    it has none)."""
+    fill = OVERVIEWS.get(summary.get("analysis"))
+    found = fill(summary) if fill else {}
+    return {key: found.get(key, []) for key in ("grids", "bars", "tables", "hide")}
