@@ -16,8 +16,10 @@ before adding it (Gemma 2 and 3's sandwich norms: the adapter's
 norm's output, linearised at the clean attention output (RMSNorm: ``gain / rms(a)``, ``rms``
 from the clean ``a``, checked against the norm there), so each head's write and the bias are
 scaled by it and a layer's heads sum exactly to its normalised attention output; its MLP part
-is the post-MLP norm's output itself. :func:`decompose` returns these parts from one plain
-forward; they sum to the final residual to float rounding (tests/test_heads.py).
+is the post-MLP norm's output itself. At an image position of a Qwen3-VL, the DeepStack
+vision features added after its first layers are parts too. :func:`decompose` returns these
+parts from one plain forward; they sum to the final residual to float rounding
+(tests/test_heads.py).
 
 **Direct logit attribution** (:func:`logit_attribution`): a part's contribution to the logit
 difference ``logit(answer) - logit(other)`` (``other``: a token, or the mean over the vocabulary)
@@ -49,11 +51,15 @@ class Decomposition:
     heads: torch.Tensor  # [layers, heads, hidden]: each head's write
     biases: torch.Tensor  # [layers, hidden]: o_proj's bias (zeros without one)
     mlps: torch.Tensor  # [layers, hidden]: each MLP's output
+    # [layers, hidden]: what the model adds after each layer at an image position (Qwen3-VL's
+    # DeepStack vision features); zeros elsewhere and in other families
+    deepstack: torch.Tensor
     final: torch.Tensor  # [hidden]: the residual stream leaving the last layer (before the norm)
 
     def total(self) -> torch.Tensor:
         """The parts summed: equal to ``final`` to float rounding."""
-        return self.embedding + self.heads.sum((0, 1)) + self.biases.sum(0) + self.mlps.sum(0)
+        return (self.embedding + self.heads.sum((0, 1)) + self.biases.sum(0) + self.mlps.sum(0)
+                + self.deepstack.sum(0))
 
 
 def _part(module: torch.nn.Module, name: str, what: str) -> torch.nn.Module:
@@ -94,9 +100,11 @@ def decompose(loaded: LoadedModel, inputs: VLInputs, position: int = -1) -> Deco
         lambda module, args, kwargs: kept.__setitem__(
             ("embedding", 0), (args[0] if args else kwargs["hidden_states"])[0, position]
             .detach().double().cpu()), with_kwargs=True))
+    additions: dict = {}
     try:
         attention.enable(model)  # a passthrough: the model's own numbers
-        model(**inputs.batch, use_cache=False, logits_to_keep=1)
+        with adapter.deepstack(model, captured=additions):
+            model(**inputs.batch, use_cache=False, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
@@ -117,7 +125,22 @@ def decompose(loaded: LoadedModel, inputs: VLInputs, position: int = -1) -> Deco
         biases.append(bias)
     return Decomposition(kept[("embedding", 0)], torch.stack(writes), torch.stack(biases),
                          torch.stack([kept[("mlp", i)] for i in range(len(mlps))]),
+                         _deepstack_at(additions, position, inputs.input_ids.shape[1],
+                                       len(layers), adapter.hidden_size),
                          kept[("final", 0)])
+
+
+def _deepstack_at(additions: dict, position: int, length: int, num_layers: int,
+                  hidden: int) -> torch.Tensor:
+    """[layers, hidden]: the captured DeepStack additions ({layer: (positions, values)}) at
+    ``position`` (negative: from the end), zeros where a layer adds nothing there."""
+    found = torch.zeros(num_layers, hidden, dtype=torch.float64)
+    where = position % length
+    for layer, (positions, values) in additions.items():
+        hit = (positions.cpu() == where).nonzero()
+        if hit.numel():
+            found[layer] = values[int(hit[0, 0])].detach().double().cpu()
+    return found
 
 
 def linearised(loaded: LoadedModel, norm: torch.nn.Module, x: torch.Tensor, what: str,
@@ -164,7 +187,8 @@ def answer_direction(loaded: LoadedModel, answer: int, other: int | None) -> tor
 def logit_attribution(loaded: LoadedModel, parts: Decomposition, answer: int,
                       other: int | None) -> dict[str, torch.Tensor]:
     """Each part's contribution to ``logit(answer) - logit(other)`` (module docstring):
-    ``heads`` [layers, heads], ``biases`` and ``mlps`` [layers], ``embedding`` [] (float64)."""
+    ``heads`` [layers, heads], ``biases``, ``mlps`` and ``deepstack`` [layers], ``embedding`` []
+    (float64)."""
     scale, centre = linearised_norm(loaded, parts.final)
     direction = answer_direction(loaded, answer, other) * scale
 
@@ -173,7 +197,7 @@ def logit_attribution(loaded: LoadedModel, parts: Decomposition, answer: int,
         return centred @ direction
 
     return {"heads": read(parts.heads), "biases": read(parts.biases), "mlps": read(parts.mlps),
-            "embedding": read(parts.embedding)}
+            "deepstack": read(parts.deepstack), "embedding": read(parts.embedding)}
 
 
 def image_shares(recorder: AttentionRecorder, query_sets: dict[str, np.ndarray],

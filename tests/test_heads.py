@@ -153,6 +153,13 @@ def test_the_parts_sum_to_the_final_residual_and_their_attributions_to_the_logit
     assert float((parts.total() - final).abs().max()) <= TOLERANCE * scale
     # every head writes something: the parts are not a split of zeros
     assert bool((parts.heads.norm(dim=-1) > 1e-3 * scale).all())
+    # at an image position too (Qwen3-VL's DeepStack additions are parts there)
+    image = int(groups.image[0])
+    at_image = decompose(loaded, inputs, image)
+    there = residuals(loaded, inputs, "image", [loaded.adapter.num_layers - 1])[0, 0].double()
+    assert float((at_image.total() - there).abs().max()) <= TOLERANCE * float(there.abs().max())
+    assert bool(at_image.deepstack.any()) == bool(loaded.adapter.deepstack_layers)
+    assert not parts.deepstack.any()  # last is text: nothing added there
     logits = loaded.model(**inputs.batch).logits[0, -1].double()
     answer, other = logits.topk(2).indices.tolist()
     for against, difference in ((other, logits[answer] - logits[other]),
