@@ -381,6 +381,24 @@ def test_another_images_run_restored_from_the_clean_one_equals_the_reference(mon
     assert len(from_source) < n - 1 if deepstack else len(from_source) == n - 1
 
 
+def test_restoring_part_of_a_bidirectional_image_block_runs_the_whole_block(monkeypatch):
+    """Gemma 3 reads its image block both ways: restoring the first half of a noised block
+    leaves the block's earlier tokens reading its later (still noised) ones, so the clean
+    run's keys and values cannot stand for them; the block is computed from its start."""
+    loaded = load_model("tiny-random-gemma3")
+    inputs = consistency_inputs(loaded)
+    groups = token_groups(loaded.adapter, inputs)
+    half = groups.image[: groups.image.size // 2]
+    noise = [Patch(-1, half, _random((half.size, loaded.adapter.hidden_size), 3))]
+    clean = FAST.prefill(loaded, inputs, groups)
+    corrupt = FAST.patched_prefill(loaded, inputs, groups, noise)
+    conditions = [[Patch(1, half, FAST.read(clean, [Site("residual", 1)], half)[0])]]
+    expected = reference(loaded, inputs, noise + conditions[0])[0]
+    seen = _spied(monkeypatch)
+    _close(FAST.patch_many(corrupt, conditions, source=clean)[0], expected)
+    assert seen == [(int(groups.image[0]), [1])]
+
+
 def test_fine_grained_questions_are_paired_with_a_twin_differing_in_the_asked_attribute():
     from analyses.data import load_dataset
     from analyses.patching import Patching, PatchingConfig
