@@ -43,11 +43,13 @@ import torch
 
 from probes import attention
 from probes.cache import SharedPrefixCache
+from probes.deepstack import Additions
 from probes.devices import module_device
 from probes.errors import UserError
 from probes.models.adapters import VLInputs
 from probes.models.loading import LoadedModel
 from probes.run import CleanPass, RotaryTables, SuffixMasks, clean_pass, run_layers
+from probes.structure import AttentionStructure
 
 SITES = ("residual", "attn", "mlp", "head")
 EMBEDDINGS = -1  # the residual site's layer that is the input embeddings
@@ -276,40 +278,49 @@ def patch_conditions(loaded: LoadedModel, inputs: VLInputs, target: CleanPass,
     put into the run ``target`` (a :func:`prefill_pass` of ``inputs``), equal to one
     :func:`patched_forward` per condition to float rounding. Positions before a condition's
     first patched position are shared with ``target`` (its keys and values: conditions are
-    run in groups of the same first position, each from its own prefix), a condition joins the
-    batch at its first patched layer, and one without patches is ``target``'s own logits.
+    run in groups of the same first position, each from its own prefix, moved back to the
+    start of an image block it falls inside where the model reads image blocks both ways), a
+    condition joins the batch at its first patched layer, and one without patches is
+    ``target``'s own logits. The model's own attention structure (sliding windows,
+    bidirectional image blocks) and its DeepStack additions (``target``'s, after the layers
+    that make them) are kept, as the knockout executor keeps them.
 
     ``source``: the run the patches' values were read from (same token layout). A condition
     that puts back the source's residual stream after layer l at every position where the two
     runs differ, up to p (the image block of a corrupted image), makes every position before p
     the source run's from layer l on (attention is causal): those keys and values are taken
-    from ``source`` and only positions p.. are computed, from layer l + 1."""
+    from ``source`` and only positions p.. are computed, from layer l + 1 (where no position
+    before p reads one after it, and the two runs' DeepStack additions from layer l on are the
+    same)."""
     target.check_usable()
     length = target.hidden_states[0].shape[1]
+    structure = AttentionStructure.of(loaded.adapter, inputs)
     logits = target.logits.float().cpu().repeat(len(conditions), 1)
-    from_source = _source_prefixes(loaded, target, source, conditions)
+    from_source = _source_prefixes(loaded, target, source, conditions, structure)
     buckets: dict[tuple[bool, int], list[int]] = {}
     for i, condition in enumerate(conditions):
         key = (True, from_source[i]) if i in from_source else (
-            False, _first_position(condition, length))
+            False, structure.shared_prefix(_first_position(condition, length)))
         buckets.setdefault(key, []).append(i)
     for (shared_source, prefix), chosen in sorted(buckets.items()):
         if shared_source:
             starts = [conditions[i][0].layer + 1 for i in chosen]
             logits[chosen] = _from_prefix(loaded, target, [[] for _ in chosen], prefix,
-                                          batch_size, logits[chosen], source, starts)
+                                          batch_size, logits[chosen], structure, source, starts)
         else:
             logits[chosen] = _from_prefix(loaded, target, [conditions[i] for i in chosen],
-                                          prefix, batch_size, logits[chosen])
+                                          prefix, batch_size, logits[chosen], structure)
     return logits
 
 
 def _source_prefixes(loaded: LoadedModel, target: CleanPass, source: CleanPass | None,
-                     conditions) -> dict[int, int]:
+                     conditions, structure: AttentionStructure) -> dict[int, int]:
     """Condition index -> p, for the conditions :func:`patch_conditions` runs on the source's
     keys and values: one residual patch after a layer l < last whose positions are exactly
     d..p-1 (d: the first position where the two runs' embeddings or position ids differ;
-    before it they are the same run) and whose values are the source's there."""
+    before it they are the same run), whose values are the source's there, where no position
+    before p reads one after it (p is not inside a bidirectional image block) and the runs'
+    DeepStack additions after layers l.. are the same."""
     if source is None:
         return {}
     embedded, theirs = target.hidden_states[0][0], source.hidden_states[0][0]
@@ -328,7 +339,9 @@ def _source_prefixes(loaded: LoadedModel, target: CleanPass, source: CleanPass |
         positions = np.asarray(patch.positions)
         if (patch.kind != "residual" or not 0 <= patch.layer < loaded.adapter.num_layers - 1
                 or positions.size == 0 or positions[0] != first
-                or not np.array_equal(positions, np.arange(first, first + positions.size))):
+                or not np.array_equal(positions, np.arange(first, first + positions.size))
+                or structure.shared_prefix(first + positions.size) != first + positions.size
+                or not _same_additions(target, source, patch.layer)):
             continue
         states = source.hidden_states[patch.layer + 1][0, first : first + positions.size]
         if torch.equal(patch.values.to(states.device, states.dtype), states):
@@ -336,9 +349,19 @@ def _source_prefixes(loaded: LoadedModel, target: CleanPass, source: CleanPass |
     return found
 
 
+def _same_additions(target: CleanPass, source: CleanPass, layer: int) -> bool:
+    """Whether the two runs' DeepStack additions after layers ``layer``.. are the same."""
+    later = {k for k in (*target.additions, *source.additions) if k >= layer}
+    return all(k in target.additions and k in source.additions
+               and all(torch.equal(a, b) for a, b in zip(target.additions[k],
+                                                         source.additions[k]))
+               for k in later)
+
+
 def _from_prefix(loaded: LoadedModel, target: CleanPass, conditions, prefix: int,
-                 batch_size: int, logits: torch.Tensor, shared: CleanPass | None = None,
-                 starts: Sequence[int] | None = None) -> torch.Tensor:
+                 batch_size: int, logits: torch.Tensor, structure: AttentionStructure,
+                 shared: CleanPass | None = None, starts: Sequence[int] | None = None
+                 ) -> torch.Tensor:
     """:func:`patch_conditions` of conditions that patch nothing before ``prefix``: the
     positions before it have the keys and values of ``shared`` (default: ``target``); rows
     join at ``starts`` (default: each condition's first patched layer) with ``target``'s
@@ -352,18 +375,20 @@ def _from_prefix(loaded: LoadedModel, target: CleanPass, conditions, prefix: int
     if not order:
         return logits
     like = target.hidden_states[0]
-    masks = SuffixMasks([[] for _ in conditions], prefix, length, like.dtype, like.device)
+    masks = SuffixMasks([[] for _ in conditions], prefix, length, like.dtype, like.device,
+                        structure)
     cache = SharedPrefixCache((shared or target).keys_values, prefix,
                               max(1, min(batch_size, len(order))), length, one_shot=True)
     tables = RotaryTables(loaded, target, target.position_ids[..., prefix:length], prefix)
     head = loaded.adapter.lm_head(loaded.model)
-    entering = [states[:, prefix:] for states in target.hidden_states]
+    additions = Additions(target.additions, [None] * len(conditions))
+    entering = additions.entering(target.hidden_states, prefix)
     attention.enable(loaded.model)
     for chunk_start in range(0, len(order), batch_size):
         chunk = order[chunk_start : chunk_start + batch_size]
         writes = [(row, patch) for row, index in enumerate(chunk) for patch in conditions[index]]
         with _hooks(loaded, writes, offset=prefix):
             normed = run_layers(loaded, entering, [starts[i] for i in chunk], chunk, prefix,
-                                length, cache, masks, tables)
+                                length, cache, masks, tables, additions=additions)
         logits[chunk] = head(normed.to(module_device(head))).float().cpu()
     return logits

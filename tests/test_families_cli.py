@@ -29,11 +29,17 @@ ANALYSES = {
     "evaluate": [],
     "logit_lens": [],
     "train_vif": ["--steps", "2"],
+    "heads": ["--all-samples"],
+    # noise far above the image embeddings' scale changes random weights' answers
+    "patching": ["--corrupt", "noise", "--noise-scale", "100", "--sites",
+                 "residual,attn,mlp,head"],
 }
 
 
-def _headline(analysis: str, summary: dict, layers: int) -> None:
-    """The value each analysis exists to produce is there and sized by the family's layers."""
+def _headline(analysis: str, summary: dict, layers: int, heads: int) -> None:
+    """The value each analysis exists to produce is there and sized by the family's layers
+    (and heads)."""
+    every_head = {(layer, head) for layer in range(layers) for head in range(heads)}
     if analysis == "layer_masking":
         rows = summary["per_layer"]
         assert {row["layer"] for row in rows} == set(range(layers))
@@ -44,6 +50,24 @@ def _headline(analysis: str, summary: dict, layers: int) -> None:
         assert summary["results"], "evaluate recorded no result"
     elif analysis == "train_vif":
         assert summary["methods"], "train_vif evaluated no method"
+    elif analysis == "heads":
+        rows = summary["heads"]
+        assert len(rows) == layers * heads
+        assert {(row["layer"], row["head"]) for row in rows} == every_head
+        assert all(math.isfinite(row["drop"]) and math.isfinite(row["dla"]) for row in rows)
+        assert summary["dla_check"]["max_abs_error"] < 1e-3  # the parts sum to the logits
+    elif analysis == "patching":
+        assert summary["n_used"] >= 1, "the corruption changed no answer"
+        rows = summary["per_layer"]
+        series = {(row["site"], row["group"]) for row in rows}
+        assert series == {(site, group) for site in ("residual", "attn", "mlp")
+                          for group in ("image", "question", "last")}
+        assert len(rows) == len(series) * layers
+        for site, group in series:
+            mine = [row for row in rows if (row["site"], row["group"]) == (site, group)]
+            assert [row["layer"] for row in mine] == list(range(layers))
+            assert all(math.isfinite(row["mean"]) for row in mine)
+        assert {(row["layer"], row["head"]) for row in summary["heads"]} == every_head
 
 
 @pytest.mark.parametrize("analysis", sorted(ANALYSES))
@@ -60,4 +84,4 @@ def test_every_analysis_runs_on_every_tiny_family(model, analysis, tmp_path):
     assert summary["model"]["family"] == loaded.adapter.family
     assert summary["n_samples"] == 2
     assert not summary.get("failed"), summary.get("failed")
-    _headline(analysis, summary, loaded.adapter.num_layers)
+    _headline(analysis, summary, loaded.adapter.num_layers, loaded.adapter.num_heads)

@@ -153,6 +153,13 @@ def test_the_parts_sum_to_the_final_residual_and_their_attributions_to_the_logit
     assert float((parts.total() - final).abs().max()) <= TOLERANCE * scale
     # every head writes something: the parts are not a split of zeros
     assert bool((parts.heads.norm(dim=-1) > 1e-3 * scale).all())
+    # at an image position too (Qwen3-VL's DeepStack additions are parts there)
+    image = int(groups.image[0])
+    at_image = decompose(loaded, inputs, image)
+    there = residuals(loaded, inputs, "image", [loaded.adapter.num_layers - 1])[0, 0].double()
+    assert float((at_image.total() - there).abs().max()) <= TOLERANCE * float(there.abs().max())
+    assert bool(at_image.deepstack.any()) == bool(loaded.adapter.deepstack_layers)
+    assert not parts.deepstack.any()  # last is text: nothing added there
     logits = loaded.model(**inputs.batch).logits[0, -1].double()
     answer, other = logits.topk(2).indices.tolist()
     for against, difference in ((other, logits[answer] - logits[other]),
@@ -162,12 +169,51 @@ def test_the_parts_sum_to_the_final_residual_and_their_attributions_to_the_logit
         assert abs(total - float(difference)) <= 1e-4 * max(1.0, float(logits.abs().max()))
     # by hand for one head: its write through the clean norm's scale onto the direction
     norm = loaded.adapter.final_norm(loaded.model)
-    rms = float(final.pow(2).mean().add(norm.variance_epsilon).sqrt())
+    rms = float(final.pow(2).mean().add(_eps(norm)).sqrt())
     unembedding = loaded.adapter.lm_head(loaded.model).weight.double()
-    head = parts.heads[1, 0] * norm.weight.double() / rms
+    head = parts.heads[1, 0] * _gain(norm) / rms
     by_hand = float(head @ (unembedding[answer] - unembedding[other]))
     one = logit_attribution(loaded, parts, answer, other)["heads"][1, 0]
-    assert abs(float(one) - by_hand) <= 1e-9
+    assert abs(float(one) - by_hand) <= 1e-6 * max(1.0, abs(by_hand))
+
+
+def _gain(norm) -> torch.Tensor:
+    """An RMSNorm's per-coordinate gain read from the norm itself (whatever its weight
+    convention, Gemma's 1 + w included): its output on a vector of ones, times rms(ones)."""
+    ones = torch.ones(1, norm.weight.shape[0], dtype=norm.weight.dtype)
+    return norm(ones)[0].double() * (1 + _eps(norm)) ** 0.5
+
+
+def _eps(norm) -> float:
+    return getattr(norm, "variance_epsilon", None) or norm.eps
+
+
+def test_each_layer_adds_its_heads_and_its_mlp_part_to_the_stream(setup):
+    """Per layer, what the layer adds to the stream at the last position (its output minus its
+    input, read by hand from the decoder layers) is its heads' writes + bias + its MLP part:
+    with Gemma's sandwich norms, the heads sum to the normalised attention output."""
+    loaded, inputs, _ = setup
+    parts = decompose(loaded, inputs)
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    seen = {}
+    handles = [layer.register_forward_hook(
+        lambda module, args, kwargs, output, i=i: seen.__setitem__(
+            i, ((args[0] if args else kwargs["hidden_states"])[0, -1].double(),
+                (output[0] if isinstance(output, tuple) else output)[0, -1].double())),
+        with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            loaded.model(**inputs.batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for i in range(len(layers)):
+        added = seen[i][1] - seen[i][0]
+        ours = parts.heads[i].sum(0) + parts.biases[i] + parts.mlps[i]
+        assert float((ours - added).abs().max()) <= TOLERANCE * float(added.abs().max())
+    if loaded.adapter.norm_layout.post_norms is not None:  # the norm is really in the parts
+        attention = layers[1].post_attention_layernorm
+        assert float(_gain(attention).sub(1).abs().max()) > 0.05
 
 
 def test_image_shares_sum_each_heads_attention_on_the_image(setup):

@@ -30,9 +30,10 @@ def setup(request):
 
 def _reference_module(model, site: Site):
     """(module, hooks its input) by hand: every family here keeps its decoder layers at
-    model.model.language_model.layers, attention at .self_attn (output projection .o_proj) and
-    the MLP at .mlp."""
-    layers = model.model.language_model.layers
+    model.model.language_model.layers (Idefics3 and SmolVLM: model.model.text_model.layers),
+    attention at .self_attn (output projection .o_proj) and the MLP at .mlp."""
+    inner = model.model
+    layers = (inner.text_model if hasattr(inner, "text_model") else inner.language_model).layers
     if site.layer == -1:
         return layers[0], True
     layer = layers[site.layer]
@@ -303,26 +304,11 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, argv, sentence):
     assert sentence in err
 
 
-def test_restoring_a_corrupted_block_runs_only_the_positions_after_it(monkeypatch):
-    """Denoising the residual stream at every image position (the noised block) makes every
-    position up to the block's end the clean run's from that layer on: with the clean run as
-    the source, only the positions after the block are computed, and the numbers are the
-    reference's."""
+def _spied(monkeypatch) -> list:
+    """(first computed position, layers the rows join at) of every run_layers call of
+    probes.patching from now on."""
     from probes import patching
 
-    loaded = load_model("tiny-random-llava")
-    inputs = consistency_inputs(loaded)
-    groups = token_groups(loaded.adapter, inputs)
-    n, image = loaded.adapter.num_layers, groups.image
-    noise = [Patch(-1, image, _random((image.size, loaded.adapter.hidden_size), 3))]
-    clean = FAST.prefill(loaded, inputs, groups)
-    corrupt = FAST.patched_prefill(loaded, inputs, groups, noise)
-    sites = [Site("residual", layer) for layer in range(-1, n)]
-    values = FAST.read(clean, sites, image)
-    conditions = [[Patch(site.layer, image, read)] for site, read in zip(sites, values)]
-    conditions.append([Patch(1, groups.last, FAST.read(clean, [Site("residual", 1)],
-                                                        groups.last)[0])])
-    expected = torch.stack([reference(loaded, inputs, noise + c)[0] for c in conditions])
     seen = []
     real = patching.run_layers
 
@@ -331,15 +317,86 @@ def test_restoring_a_corrupted_block_runs_only_the_positions_after_it(monkeypatc
         return real(loaded, entering, starts, rows, start, stop, *rest, **options)
 
     monkeypatch.setattr(patching, "run_layers", spy)
+    return seen
+
+
+@pytest.mark.parametrize("model", TINY_FAMILIES)
+def test_restoring_a_corrupted_block_runs_only_the_positions_after_it(monkeypatch, model):
+    """Denoising the residual stream at every position of the noised block (the image's span)
+    makes every position up to the block's end the clean run's from that layer on: with the
+    clean run as the source, only the positions after the block are computed, and the numbers
+    are the reference's (sliding windows, Gemma 3's bidirectional image block and Qwen3-VL's
+    DeepStack additions included)."""
+    loaded = load_model(model)
+    inputs = consistency_inputs(loaded)
+    groups = token_groups(loaded.adapter, inputs)
+    n = loaded.adapter.num_layers
+    block = np.arange(groups.image[0], groups.image[-1] + 1)  # tiles' markers too: contiguous
+    noise = [Patch(-1, block, _random((block.size, loaded.adapter.hidden_size), 3))]
+    clean = FAST.prefill(loaded, inputs, groups)
+    corrupt = FAST.patched_prefill(loaded, inputs, groups, noise)
+    sites = [Site("residual", layer) for layer in range(-1, n)]
+    values = FAST.read(clean, sites, block)
+    conditions = [[Patch(site.layer, block, read)] for site, read in zip(sites, values)]
+    conditions.append([Patch(1, groups.last, FAST.read(clean, [Site("residual", 1)],
+                                                        groups.last)[0])])
+    expected = torch.stack([reference(loaded, inputs, noise + c)[0] for c in conditions])
+    seen = _spied(monkeypatch)
     _close(FAST.patch_many(corrupt, conditions, batch_size=16, source=clean), expected)
-    after = int(image[-1]) + 1
+    after = int(block[-1]) + 1
     # the embeddings' patch and the last layer's run as any patch; layers 0..n-2 from the block
-    assert (after, list(range(1, n))) in seen
-    assert sorted(seen) == sorted([(after, list(range(1, n))), (int(image[0]), [0, n - 1]),
+    assert sorted(seen) == sorted([(after, list(range(1, n))), (int(block[0]), [0, n - 1]),
                                   (int(groups.last[0]), [1])])
     _close(NNSIGHT.patch_many(NNSIGHT.patched_prefill(loaded, inputs, groups, noise),
                               conditions, source=NNSIGHT.prefill(loaded, inputs, groups)),
            expected)
+
+
+@pytest.mark.parametrize("model", ["tiny-random-qwen3-vl", "tiny-random-llava"])
+def test_another_images_run_restored_from_the_clean_one_equals_the_reference(monkeypatch,
+                                                                              model):
+    """Patching the clean residual stream at the image's positions into the run of another
+    image (same layout): the clean run's keys and values stand for the block only where the two
+    runs' DeepStack additions after the patched layer are the same (for Qwen3-VL, from the
+    layer after its last DeepStack addition on), and the numbers are the reference's."""
+    from PIL import Image
+
+    loaded = load_model(model)
+    inputs = consistency_inputs(loaded)
+    other = loaded.adapter.build_inputs([Image.new("RGB", (90, 60), (20, 30, 200))],
+                                        ["what color is the shape ?"])
+    groups = token_groups(loaded.adapter, inputs)
+    n, image = loaded.adapter.num_layers, groups.image
+    clean = FAST.prefill(loaded, inputs, groups)
+    target = FAST.prefill(loaded, other, token_groups(loaded.adapter, other))
+    sites = [Site("residual", layer) for layer in range(n - 1)]
+    conditions = [[Patch(site.layer, image, read)]
+                  for site, read in zip(sites, FAST.read(clean, sites, image))]
+    expected = torch.stack([reference(loaded, other, c)[0] for c in conditions])
+    seen = _spied(monkeypatch)
+    _close(FAST.patch_many(target, conditions, source=clean), expected)
+    deepstack = loaded.adapter.deepstack_layers
+    from_source = [layer for layer in range(n - 1) if layer > max(deepstack, default=-1)]
+    assert (int(image[-1]) + 1, [layer + 1 for layer in from_source]) in seen
+    assert len(from_source) < n - 1 if deepstack else len(from_source) == n - 1
+
+
+def test_restoring_part_of_a_bidirectional_image_block_runs_the_whole_block(monkeypatch):
+    """Gemma 3 reads its image block both ways: restoring the first half of a noised block
+    leaves the block's earlier tokens reading its later (still noised) ones, so the clean
+    run's keys and values cannot stand for them; the block is computed from its start."""
+    loaded = load_model("tiny-random-gemma3")
+    inputs = consistency_inputs(loaded)
+    groups = token_groups(loaded.adapter, inputs)
+    half = groups.image[: groups.image.size // 2]
+    noise = [Patch(-1, half, _random((half.size, loaded.adapter.hidden_size), 3))]
+    clean = FAST.prefill(loaded, inputs, groups)
+    corrupt = FAST.patched_prefill(loaded, inputs, groups, noise)
+    conditions = [[Patch(1, half, FAST.read(clean, [Site("residual", 1)], half)[0])]]
+    expected = reference(loaded, inputs, noise + conditions[0])[0]
+    seen = _spied(monkeypatch)
+    _close(FAST.patch_many(corrupt, conditions, source=clean)[0], expected)
+    assert seen == [(int(groups.image[0]), [1])]
 
 
 def test_fine_grained_questions_are_paired_with_a_twin_differing_in_the_asked_attribute():

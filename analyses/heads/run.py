@@ -249,9 +249,11 @@ def summarize(arrays: dict[str, np.ndarray], config: HeadsConfig) -> dict[str, A
             "key_head": f"Holm-adjusted (over all heads) one-sided paired sign-flip p (drop - "
                         f"control) < {config.alpha}, the drop's 95% bootstrap CI above 0, and "
                         f"its mean >= {config.min_effect}%",
-            "dla": "o_proj's columns of the head times its slice of o_proj's input at last, "
-                   "through the final norm linearised at the clean final residual (its clean "
-                   "scale), onto unembedding(answer) - "
+            "dla": "o_proj's columns of the head times its slice of o_proj's input at last "
+                   "(then through the layer's post-attention norm, where the family has one, "
+                   "linearised at the clean attention output), through the final norm "
+                   "linearised at the clean final residual (its clean scale), onto "
+                   "unembedding(answer) - "
                    + ("unembedding(runner-up)" if config.against == "runner-up"
                       else "the mean unembedding row"),
             "image_share": "each head's attention mass on the image tokens, from last and "

@@ -75,6 +75,24 @@ def check_question(question: str) -> str:
     return question
 
 
+@dataclass(frozen=True)
+class NormLayout:
+    """Where a language model's norms depart from Llama's pre-norm block (what
+    :mod:`probes.heads` linearises). ``unit_offset``: its RMSNorms scale by ``1 + weight``
+    (Gemma's) rather than by ``weight``. ``post_norms``: the names, in a decoder layer, of the
+    norms applied to the attention output and to the MLP output before each is added to the
+    residual stream (Gemma 2 and 3's sandwich norms); None where both are added as they are."""
+
+    unit_offset: bool = False
+    post_norms: tuple[str, str] | None = None
+
+
+_GEMMA_SANDWICH = NormLayout(True, ("post_attention_layernorm", "post_feedforward_layernorm"))
+# by the language model's config.model_type (a LLaVA may hold a Gemma 2); any other: Llama's
+NORM_LAYOUTS = {"gemma": NormLayout(unit_offset=True), "gemma2": _GEMMA_SANDWICH,
+                "gemma3_text": _GEMMA_SANDWICH}
+
+
 class Adapter(ABC):
     """Base class: the family-specific facts about one loaded model and its processor.
 
@@ -128,6 +146,11 @@ class Adapter(ABC):
     @property
     def text_config(self) -> Any:
         return self.config.get_text_config()
+
+    @property
+    def norm_layout(self) -> NormLayout:
+        """How the language model's norms depart from Llama's (:data:`NORM_LAYOUTS`)."""
+        return NORM_LAYOUTS.get(getattr(self.text_config, "model_type", None), NormLayout())
 
     @property
     def num_layers(self) -> int:
