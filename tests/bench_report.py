@@ -2,7 +2,9 @@
 200 samples x 32 layers at LLaVA-1.5 geometry (576 image tokens, 2 series, 32 heads recorded),
 written as files (no model), built into one HTML file and opened in headless Chromium; and a
 synthetic heads run of 200 samples of a 32 layer x 32 head model (its overview: four 32 x 32
-heatmaps; each sample's four grids).
+heatmaps; each sample's four grids); and a synthetic patching run of 200 samples of a 32 layer x
+32 head model (residual, attn and mlp at three token groups, every head: its overview's four
+heatmaps, each sample's four grids).
 
     make bench        (or: python tests/bench_report.py [--samples 200] [--heads 32])
 
@@ -25,7 +27,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_engine import report, sized  # noqa: E402
-from test_report import Opened, launch, synthetic_heads_run, synthetic_run  # noqa: E402
+from test_report import (  # noqa: E402
+    Opened,
+    launch,
+    synthetic_heads_run,
+    synthetic_patching_run,
+    synthetic_run,
+)
 
 from figures.report import write_report  # noqa: E402
 
@@ -71,12 +79,21 @@ def main() -> None:
     print(f"  samples tab + map  {statistics.median(samples):.0f} ms")
     shape = f"{args.samples} samples x {args.layers} layers x 576 tokens, {args.heads} heads"
     first = statistics.median(firsts)
-    heads_size, heads_first, heads_sample = heads_report(args.samples, args.layers, args.heads)
+    heads_size, heads_first, heads_sample = grids_report(args.samples, args.layers, args.heads)
     print(f"heads report: {args.samples} samples x {args.layers} layers x {args.heads} heads")
     print(f"  file size          {heads_size:.1f} MB")
     print(f"  first view drawn   {heads_first:.0f} ms (median of 3)")
     print(f"  samples tab        {heads_sample:.0f} ms")
     heads_shape = f"heads run, {args.samples} samples x {args.layers} layers x {args.heads} heads"
+    patching_size, patching_first, patching_sample = grids_report(
+        args.samples, args.layers, args.heads, synthetic_patching_run)
+    print(f"patching report: {args.samples} samples x {args.layers} layers, residual, attn and "
+          f"mlp at 3 token groups, {args.heads} heads")
+    print(f"  file size          {patching_size:.1f} MB")
+    print(f"  first view drawn   {patching_first:.0f} ms (median of 3)")
+    print(f"  samples tab        {patching_sample:.0f} ms")
+    patching_shape = (f"patching run, {args.samples} samples x {args.layers} layers x 3 sites x "
+                      f"3 groups + {args.heads} heads")
     report([
         {"name": "report: file size, PNG per map vs ours", "baseline": naive, "ours": size,
          "unit": "MB", "ratio": naive / size, "shape": shape},
@@ -87,17 +104,25 @@ def main() -> None:
         {"name": "report: heads first view, 2 s target vs ours", "baseline": 2000.0,
          "ours": heads_first, "unit": "ms", "ratio": 2000.0 / heads_first,
          "shape": heads_shape},
+        {"name": "report: patching file size, 25 MB target vs ours", "baseline": 25.0,
+         "ours": patching_size, "unit": "MB", "ratio": 25.0 / patching_size,
+         "shape": patching_shape},
+        {"name": "report: patching first view, 2 s target vs ours", "baseline": 2000.0,
+         "ours": patching_first, "unit": "ms", "ratio": 2000.0 / patching_first,
+         "shape": patching_shape},
     ])
 
 
-def heads_report(samples: int, layers: int, heads: int) -> tuple[float, float, float]:
-    """(MB, first view ms, samples tab ms; medians) of the report of a synthetic heads run."""
+def grids_report(samples: int, layers: int, heads: int, make=synthetic_heads_run
+                 ) -> tuple[float, float, float]:
+    """(MB, first view ms, samples tab ms; medians) of the report of a synthetic run of grids
+    (``make``: heads, or patching)."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        run = synthetic_heads_run(folder / "heads", samples, layers, heads)
-        path = write_report([run], folder / "heads.html")
+        run = make(folder / "run", samples, layers, heads)
+        path = write_report([run], folder / "report.html")
         firsts, tabs = [], []
         with sync_playwright() as playwright:
             browser = launch(playwright)

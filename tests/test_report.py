@@ -106,6 +106,40 @@ def synthetic_heads_run(out: Path, samples: int, layers: int, heads: int,
     return RunResult(summary, arrays).save(out)
 
 
+def synthetic_patching_run(out: Path, samples: int, layers: int, heads: int,
+                           sites: tuple = ("residual", "attn", "mlp"), seed: int = 0) -> Path:
+    """A patching run of ``samples`` easy-VQA samples of a model with ``layers`` x ``heads``
+    (``sites`` patched at image, question and last, and every head at last), written as files
+    without a model: random per-sample effects (every tenth sample skipped as unchanged), the
+    summary computed from them by the analysis's own :func:`analyses.patching.run.summarize`."""
+    from analyses.common import data_record
+    from analyses.data import load_dataset
+    from analyses.patching.run import Patching, PatchingConfig, summarize
+    from analyses.results import provenance
+
+    rng = np.random.default_rng(seed)
+    dataset = load_dataset("easy-vqa", "test", limit=samples)
+    config = PatchingConfig(sites=(*sites, "head"), n_bootstrap=200)
+    skipped = np.where(np.arange(samples) % 10 == 9, "unchanged", "")
+    effect = rng.normal(0.2, 0.4, size=(samples, len(sites), layers, 3))
+    head_effect = rng.normal(0, 0.1, size=(samples, layers, heads))
+    effect[skipped != ""], head_effect[skipped != ""] = np.nan, np.nan
+    arrays = {"sample_index": np.arange(samples), "sample_id": np.array([s.id for s in dataset]),
+              "kind": np.array([s.kind for s in dataset]),
+              "answer": np.array([s.answer for s in dataset]),
+              "counterpart": np.array([""] * samples),
+              "clean_token": np.full(samples, 7), "corrupt_token": np.full(samples, 9),
+              "clean_text": np.array(["red"] * samples),
+              "corrupt_text": np.array(["blue"] * samples),
+              "skipped": skipped, "ld_clean": rng.uniform(2, 6, samples),
+              "ld_corrupt": rng.uniform(-4, 0, samples), "effect": effect,
+              "head_effect": head_effect}
+    summary = provenance("patching", {"id": "synthetic", "family": "llava", "layers": layers},
+                         data_record(dataset), samples, Patching(config).recorded(), 0)
+    summary.update(summarize(arrays, config, layers))
+    return RunResult(summary, arrays).save(out)
+
+
 class Opened:
     """A report open in Chromium with every request but the page's own blocked and counted,
     and every console error and page error collected."""
@@ -806,6 +840,178 @@ def test_heads_report_size_and_first_view_at_32_layers_x_32_heads_smoke(browser,
     tab(opened, "samples")
     assert opened.page.eval_on_selector_all("#sample-detail rect.cell", cells) == 4 * layers * heads
     print(f"\nheads report of {samples} samples x {layers} layers x {heads} heads: "
+          f"{size / 2**20:.2f} MB, first view at {first:.0f} ms")
+    opened.close()
+
+
+# ---------- the patching analysis: group x layer and layer x head grids ----------
+
+def grid_cells(page, scope: str) -> list[tuple[str, np.ndarray, list]]:
+    """(title, values [rows, cols] as the page holds them, outlined [row, col]) of every grid
+    under ``scope``."""
+    titles = page.eval_on_selector_all(f"{scope} .chart.grid", "gs => gs.map(g => g.dataset.title)")
+    marks = page.eval_on_selector_all(
+        f"{scope} .chart.grid", "gs => gs.map(g => [...g.querySelectorAll('rect.mark')]"
+        ".map(m => [+m.dataset.row, +m.dataset.col]))")
+    return list(zip(titles, shown_grids(page, scope), marks))
+
+
+@pytest.fixture(scope="module")
+def patching_run(tmp_path_factory):
+    """A real patching run on tiny-llava: 4 samples, image noise at 10 x the embeddings' std
+    (one sample's answer survives it: skipped), the residual stream and every head patched."""
+    from analyses.patching.__main__ import main
+    from probes.cli import run_cli
+
+    out = tmp_path_factory.mktemp("patching") / "patching"
+    assert run_cli(main, ["--limit", "4", "--corrupt", "noise", "--noise-scale", "10",
+                          "--sites", "residual,attn,head", "--bootstrap", "50", "--out",
+                          str(out)]) == 0
+    return out
+
+
+def test_a_patching_run_shows_its_grids_restoring_layers_and_provenance(browser, patching_run,
+                                                                         tmp_path):
+    summary = json.loads((patching_run / "summary.json").read_text())
+    sites, groups, layers = summary["sites"], summary["groups"], summary["num_layers"]
+    assert sites == ["residual", "attn"] and summary["heads"]
+    opened = Opened(browser, write_report([patching_run], tmp_path / "patching.html"))
+    page = opened.page
+    rows = {(r["site"], r["group"], r["layer"]): r for r in summary["per_layer"]}
+    grids = grid_cells(page, "#view-overview")
+    assert [g[0] for g in grids] == [f"{site}: share restored; outlined: restoring layers"
+                                     for site in sites] + ["heads at last: share restored"]
+    for site, (_, shown, marks) in zip(sites, grids):
+        truth = np.array([[rows[(site, group, layer)]["mean"] for layer in range(layers)]
+                          for group in groups])
+        np.testing.assert_array_equal(shown, truth)  # exact: the page holds the summary's floats
+        restoring = {(g, layer) for g, group in enumerate(groups)
+                     for layer in summary["restoring_layers"][f"{site}:{group}"]}
+        assert set(map(tuple, marks)) == restoring
+    assert any(grid[2] for grid in grids)  # the noise run restores somewhere
+    heads = {(r["layer"], r["head"]): r for r in summary["heads"]}
+    count = 1 + max(h for _, h in heads)
+    np.testing.assert_array_equal(grids[-1][1], np.array(
+        [[heads[(layer, h)]["mean"] for h in range(count)] for layer in range(layers)]))
+    # the hover of a cell: its group and layer, mean, CI and n
+    row = rows[("residual", "last", layers - 1)]
+    page.hover(f"#view-overview .chart.grid >> nth=0 >> rect.cell[data-row='{groups.index('last')}']"
+               f"[data-col='{layers - 1}']")
+    tip = page.inner_text("#tip")
+    assert tip.startswith(f"group last · layer {layers - 1}\n")
+    assert float(tip.split("restoring layers: ")[1].split()[0]) == pytest.approx(row["mean"],
+                                                                                 rel=1e-3)
+    for label, field in (("95% CI low", "ci_low"), ("95% CI high", "ci_high")):
+        assert float(tip.split(f"{label}: ")[1].split()[0]) == pytest.approx(row[field], rel=1e-3)
+    assert f"n: {row['n']}" in tip
+    page.hover("#view-overview .chart.grid >> nth=2 >> rect.cell[data-row='3'][data-col='2']")
+    tip = page.inner_text("#tip")
+    assert tip.startswith("layer 3 · head 2\n") and f"n: {heads[(3, 2)]['n']}" in tip
+    # the curves: one panel per site, one line per group, the summary's means
+    points = page.eval_on_selector_all(
+        "#view-overview circle.pt", "cs => cs.map(c => [c.closest('.chart').dataset.title, "
+        "c.dataset.line, +c.dataset.layer, +c.dataset.mean])")
+    assert sorted(points) == sorted(
+        [f"{r['site']}: share of the logit difference restored (clean into corrupt)",
+         r["group"], r["layer"], r["mean"]] for r in summary["per_layer"] if r["n"])
+    # the findings: the restoring layers per site and group; the summary's table of every
+    # head is not repeated (the grid's hovers hold it)
+    table = page.eval_on_selector_all("#view-overview table >> nth=0", "ts => [...ts[0]."
+                                      "querySelectorAll('tr')].slice(1).map(r => [...r.cells]"
+                                      ".map(c => c.textContent))")
+    assert table == [[series, ", ".join(map(str, found)) or "none"]
+                     for series, found in summary["restoring_layers"].items()]
+    assert page.inner_text("#view-overview dd[data-key=n_used]") == str(summary["n_used"])
+    assert page.eval_on_selector_all("#view-overview td", "ts => ts.length") < 60
+    shot(opened, "patching-overview")
+    tab(opened, "provenance")
+    text = page.inner_text("#view-provenance")
+    assert "noise on the image embeddings, 10.0 x their std" in text
+    skipped = ", ".join(f"{n} {r}" for r, n in summary["skipped_by_reason"].items())
+    assert f"skipped\n{skipped}" in text and f"samples used\n{summary['n_used']}" in text
+    shot(opened, "patching-provenance")
+    opened.close()
+
+
+def test_a_patching_run_shows_each_samples_grids_answers_and_skip_reason(browser, patching_run,
+                                                                          tmp_path):
+    run = RunResult.load(patching_run)
+    arrays, summary = run.arrays, run.summary
+    opened = Opened(browser, write_report([patching_run], tmp_path / "patching.html"))
+    page = opened.page
+    tab(opened, "samples")
+    used = np.flatnonzero(arrays["skipped"] == "")
+    assert 0 < used.size < 4
+    for i in range(4):
+        page.click(f"#sample-list [data-sample] >> nth={i}")
+        values = page.inner_text("#sample-detail dl.kv")
+        clean = f"{str(arrays['clean_text'][i])!r} (token {arrays['clean_token'][i]})"
+        assert f"clean answer\n{clean}" in values
+        grids = grid_cells(page, "#sample-detail")
+        if arrays["skipped"][i]:
+            assert "skipped\nunchanged: the corruption leaves the answer token as it is" in values
+            assert not grids and not page.query_selector("#sample-detail circle.pt")
+            continue
+        corrupt = f"{str(arrays['corrupt_text'][i])!r} (token {arrays['corrupt_token'][i]})"
+        assert f"corrupt answer\n{corrupt}" in values and "skipped\nno (patched)" in values
+        for label, name in (("clean", "ld_clean"), ("corrupt", "ld_corrupt")):
+            shown = float(values.split(f"logit difference, {label}\n")[1].split()[0])
+            assert shown == pytest.approx(arrays[name][i], rel=1e-3)  # 4 significant digits
+        assert len(grids) == 3
+        for s, (_, shown, marks) in enumerate(grids[:2]):  # float32, as the page keeps them
+            np.testing.assert_array_equal(shown, arrays["effect"][i, s].T.astype(np.float32))
+            site = summary["sites"][s]
+            assert {tuple(m) for m in marks} == {
+                (g, layer) for g, group in enumerate(summary["groups"])
+                for layer in summary["restoring_layers"][f"{site}:{group}"]}
+        np.testing.assert_array_equal(grids[2][1], arrays["head_effect"][i].astype(np.float32))
+        curve = page.eval_on_selector_all(
+            "#sample-detail .chart:not(.grid) >> nth=0", "cs => [...cs[0].querySelectorAll("
+            "'circle.pt')].map(c => [c.dataset.line, +c.dataset.layer, +c.dataset.mean])")
+        truth = [[g, layer, arrays["effect"][i, 0, layer, k]] for k, g in
+                 enumerate(summary["groups"]) for layer in range(summary["num_layers"])]
+        assert [c[:2] for c in curve] == [t[:2] for t in truth]
+        np.testing.assert_allclose([c[2] for c in curve], [t[2] for t in truth], rtol=1e-4,
+                                   atol=1e-9)
+    page.click(f"#sample-list [data-sample] >> nth={int(used[0])}")
+    page.hover("#sample-detail .chart.grid >> nth=2 >> rect.cell[data-row='1'][data-col='3']")
+    tip = page.inner_text("#tip")
+    assert tip.startswith("layer 1 · head 3\nheads at last: share restored: ")
+    assert float(tip.split(": ")[-1]) == pytest.approx(arrays["head_effect"][used[0], 1, 3],
+                                                       rel=1e-3)
+    shot(opened, "patching-samples")
+    opened.close()
+    # a run saved before the answers' text: token ids and a note
+    older = tmp_path / "older"
+    shutil.copytree(patching_run, older)
+    np.savez(older / "arrays.npz", **{k: v for k, v in arrays.items()
+                                       if k not in ("clean_text", "corrupt_text")})
+    opened = Opened(browser, write_report([older], tmp_path / "older.html"))
+    tab(opened, "samples")
+    assert "predates its answers' text" in opened.page.inner_text("#view-samples")
+    assert f"clean answer\ntoken {arrays['clean_token'][0]}" in opened.page.inner_text(
+        "#sample-detail dl.kv")
+    opened.close()
+
+
+def test_patching_report_size_and_first_view_at_32_layers_x_32_heads_smoke(browser, tmp_path):
+    """A smoke-sized patching run of a 32 x 32 model, three sites: each used sample's grids are
+    float32 (base64); tests/bench_report.py measures 200 samples."""
+    samples, layers, heads = 10, 32, 32
+    run = synthetic_patching_run(tmp_path / "run", samples, layers, heads)
+    path = write_report([run], tmp_path / "patching.html")
+    grids = (samples - 1) * (3 * 3 * layers + layers * heads) * 4  # float32 bytes, 1 skipped
+    size = path.stat().st_size
+    assert grids * 4 / 3 < size < grids * 4 / 3 + 1.5e6
+    opened = Opened(browser, path)
+    cells = "cs => cs.length"
+    assert opened.page.eval_on_selector_all("#view-overview rect.cell", cells) == \
+        3 * 3 * layers + layers * heads
+    first = opened.first_view_ms()
+    tab(opened, "samples")
+    assert opened.page.eval_on_selector_all("#sample-detail rect.cell", cells) == \
+        3 * 3 * layers + layers * heads
+    print(f"\npatching report of {samples} samples x {layers} layers x {heads} heads: "
           f"{size / 2**20:.2f} MB, first view at {first:.0f} ms")
     opened.close()
 

@@ -79,13 +79,14 @@ def measure_sample(engine: Engine, loaded, sample, config, index: int, counterpa
     record = {"sample_id": sample.id, "kind": sample.kind, "answer": sample.answer,
               "counterpart": "" if counterpart is None else counterpart.id,
               "clean_token": int(clean.logits.argmax()), "corrupt_token": -1,
+              "clean_text": token_text(loaded, int(clean.logits.argmax())), "corrupt_text": "",
               "skipped": reason, "ld_clean": np.nan, "ld_corrupt": np.nan,
               "effect": np.full(grid.shape(), np.nan),
               "head_effect": np.full((grid.num_layers, grid.heads), np.nan)}
     if corrupt is None:
         return record
     clean_token, corrupt_token = int(clean.logits.argmax()), int(corrupt.logits.argmax())
-    record["corrupt_token"] = corrupt_token
+    record.update(corrupt_token=corrupt_token, corrupt_text=token_text(loaded, corrupt_token))
     if clean_token == corrupt_token:
         record["skipped"] = "unchanged"
         return record
@@ -104,6 +105,11 @@ def measure_sample(engine: Engine, loaded, sample, config, index: int, counterpa
         record[array][where] = value
     record.update(ld_clean=ld_clean, ld_corrupt=ld_corrupt)
     return record
+
+
+def token_text(loaded, token: int) -> str:
+    """The text of one token id (what the report shows as a run's answer)."""
+    return loaded.processor.tokenizer.decode([int(token)])
 
 
 def conditions_of(engine: Engine, grid: Grid, source, groups):

@@ -34,6 +34,11 @@ SAMPLES = "samples"
 DIRECTIONS = ("denoise", "noise")
 PATCH_GROUPS = ("image", "question", "last", "object", "background")
 RESTORED = 0.5  # a layer "restores" the answer where patching there brings back half its lead
+SKIPPED = {  # why a sample is skipped, by its recorded reason
+    "unchanged": "the corruption leaves the answer token as it is",
+    "misaligned": "the counterpart's input has other token positions",
+    "unpaired": "the data names no counterpart",
+}
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,8 @@ class Patching(Analysis):
 def unpaired(sample, grid: Grid) -> dict[str, Any]:
     """The record of a sample without a counterpart (its data names none)."""
     return {"sample_id": sample.id, "kind": sample.kind, "answer": sample.answer,
-            "counterpart": "", "clean_token": -1, "corrupt_token": -1, "skipped": "unpaired",
+            "counterpart": "", "clean_token": -1, "corrupt_token": -1, "clean_text": "",
+            "corrupt_text": "", "skipped": "unpaired",
             "ld_clean": np.nan, "ld_corrupt": np.nan, "effect": np.full(grid.shape(), np.nan),
             "head_effect": np.full((grid.num_layers, grid.heads), np.nan)}
 
@@ -172,8 +178,11 @@ def no_sample_sentence(config: PatchingConfig, arrays: Mapping[str, np.ndarray])
 
 
 def stack(rows: Records) -> dict[str, np.ndarray]:
+    """The per-sample arrays, with each sample's index in the data (``sample_index``)."""
     order = sorted(rows)
-    return {name: np.stack([np.asarray(rows[i][name]) for i in order]) for name in rows[order[0]]}
+    return {"sample_index": np.array(order, dtype=np.int64),
+            **{name: np.stack([np.asarray(rows[i][name]) for i in order])
+               for name in rows[order[0]]}}
 
 
 def mean_ci(values: np.ndarray, config: PatchingConfig) -> tuple[float, float, float, int]:
@@ -218,9 +227,7 @@ def summarize(arrays: Mapping[str, np.ndarray], config: PatchingConfig, num_laye
                       "answer]; restored = (LD_patched - LD_corrupt) / (LD_clean - "
                       "LD_corrupt); effect = restored (denoise: clean into corrupt) or 1 - "
                       "restored (noise: corrupt into clean)",
-            "skipped": "unchanged: the corruption leaves the answer token as it is; "
-                       "misaligned: the counterpart's input has other token positions; "
-                       "unpaired: the data names no counterpart",
+            "skipped": "; ".join(f"{reason}: {why}" for reason, why in SKIPPED.items()),
             "restoring_layers": f"per site:group, the layers whose mean effect is at least "
                                 f"{RESTORED}",
         },

@@ -43,18 +43,25 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def charts(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def charts(summary: dict[str, Any], spec: dict[str, str] | None = None
+           ) -> list[dict[str, Any]]:
     """The summary's ``per_layer`` rows as panels of lines: one panel per metric (or per series
-    where rows are split by subset), one line per series (or subset), points with CI."""
+    where rows are split by subset), one line per series (or subset), points with CI. ``spec``
+    (an analysis's own, :mod:`figures.report.overviews`): the row fields naming the ``panel``
+    and the ``line``, and the panel's ``title`` ("{}" for the panel field's value)."""
     rows = [r for r in summary.get("per_layer") or [] if isinstance(r, dict) and "layer" in r]
     panels: dict[str, dict[str, list]] = {}
     for row in rows:
         labels = {k: v for k, v in row.items() if k not in ROW_FIELDS and isinstance(v, str)}
-        if "subset" in labels:
-            panel, line = labels.pop("series", ""), labels.pop("subset")
+        if spec:
+            panel = spec.get("title", "{}").format(labels.get(spec["panel"], ""))
+            line = labels.get(spec["line"], "") or "mean"
         else:
-            panel, line = labels.pop("metric", ""), labels.pop("series", "")
-        line = " ".join([line, *labels.values()]).strip() or "mean"
+            if "subset" in labels:
+                panel, line = labels.pop("series", ""), labels.pop("subset")
+            else:
+                panel, line = labels.pop("metric", ""), labels.pop("series", "")
+            line = " ".join([line, *labels.values()]).strip() or "mean"
         point = {k: row.get(k) for k in ROW_FIELDS}
         panels.setdefault(panel, {}).setdefault(line, []).append(point)
     return [{"title": title, "lines": [{"name": name, "points": sorted(points, key=lambda p:
@@ -190,8 +197,9 @@ def run_view(run: Run) -> dict[str, Any]:
                summary.get("skipped") or []]
     return _clean({
         "label": run.label, "path": str(run.path), "analysis": run.analysis,
-        "provenance": {k: summary[k] for k in PROVENANCE if k in summary},
-        "charts": charts(summary), "marks": marks(summary),
+        "provenance": {**{k: summary[k] for k in PROVENANCE if k in summary},
+                       **panels["provenance"]},
+        "charts": charts(summary, panels["charts"]), "marks": marks(summary),
         "grids": panels["grids"], "bars": panels["bars"], "tables": panels["tables"] + tables,
         "findings": values, "rules": summary.get("rules") or {},
         "missing": missing, "skipped": skipped, "samples": record,

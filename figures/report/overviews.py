@@ -4,8 +4,10 @@ one value over two axes, e.g. layer x head, a value on hover), bar charts (bars 
 and a reference line) and tables built from its summary.
 
 Each analysis's panels are one function of :data:`OVERVIEWS` from its ``summary.json`` to a dict
-with ``grids``, ``bars``, ``tables`` and ``hide`` (summary keys the generic findings leave out
-because a panel shows them); the page draws whatever the dict holds.
+with ``grids``, ``bars``, ``tables``, ``hide`` (summary keys the generic findings leave out
+because a panel shows them), ``provenance`` (entries added to the run's provenance) and
+``charts`` (how its ``per_layer`` rows make panels and lines, :func:`figures.report.build.charts`);
+the page draws whatever the dict holds.
 
 >>> rows = [{"layer": l, "head": h, "drop": float(l - h), "key_head": (l, h) == (1, 0)}
 ...         for l in range(2) for h in range(2)]
@@ -23,10 +25,11 @@ from typing import Any
 def grid(title: str, rows: Sequence[dict], num_rows: int, num_cols: int, field: str,
          signed: bool = False, marked: str | None = None,
          extra: dict[str, str] | None = None, row_label: str = "layer",
-         col_label: str = "head") -> dict[str, Any]:
+         col_label: str = "head", row_names: Sequence[str] | None = None) -> dict[str, Any]:
     """A heatmap of ``field`` of ``rows`` (each with its ``row_label`` and ``col_label``
     indices): ``values`` [row][col] (None where no row); ``marks`` the [row, col] cells whose
-    ``marked`` field is true; ``extra`` {hover label: field} shown on hover with the value."""
+    ``marked`` field is true; ``extra`` {hover label: field} shown on hover with the value;
+    ``row_names`` the rows' names (default: their indices)."""
     def table(name: str) -> list[list]:
         out: list[list] = [[None] * num_cols for _ in range(num_rows)]
         for row in rows:
@@ -37,7 +40,8 @@ def grid(title: str, rows: Sequence[dict], num_rows: int, num_cols: int, field: 
             "values": table(field),
             "marks": [[int(r[row_label]), int(r[col_label])] for r in rows
                       if marked and r.get(marked)],
-            "extra": {label: table(name) for label, name in (extra or {}).items()}}
+            "extra": {label: table(name) for label, name in (extra or {}).items()},
+            "row_names": None if row_names is None else list(row_names)}
 
 
 def _named(rows: Sequence[dict]) -> dict[str, dict]:
@@ -92,13 +96,65 @@ def _heads(summary: dict[str, Any]) -> dict[str, Any]:
     return {"grids": grids, "bars": bars, "tables": tables, "hide": ["heads"]}
 
 
+PATCHING_CI = {"95% CI low": "ci_low", "95% CI high": "ci_high", "n": "n"}
+
+
+def patching_effect(summary: dict[str, Any], short: bool = False) -> str:
+    """What a patching run's effect is, in words (its direction; ``short``: for a grid)."""
+    denoise = (summary.get("config") or {}).get("direction", "denoise") == "denoise"
+    if short:
+        return "share restored" if denoise else "share removed"
+    return ("share of the logit difference restored (clean into corrupt)" if denoise
+            else "share of the logit difference removed (corrupt into clean)")
+
+
+def _patching(summary: dict[str, Any]) -> dict[str, Any]:
+    from analyses.patching.run import RESTORED
+
+    layers = int(summary.get("num_layers") or 0)
+    sites, groups = summary.get("sites") or [], summary.get("groups") or []
+    config = summary.get("config") or {}
+    effect, short = patching_effect(summary), patching_effect(summary, short=True)
+    restoring = summary.get("restoring_layers") or {}
+    grids = []
+    for site in sites if layers and groups else []:
+        rows = [{**r, "group": groups.index(r["group"]),
+                 "restores": r["layer"] in restoring.get(r["series"], [])}
+                for r in summary.get("per_layer") or [] if r.get("site") == site]
+        grids.append(grid(f"{site}: {short}; outlined: restoring layers", rows, len(groups),
+                          layers, "mean", signed=True, marked="restores", extra=PATCHING_CI,
+                          row_label="group", col_label="layer", row_names=groups))
+    heads = summary.get("heads") or []
+    if heads and layers:
+        count = 1 + max(int(r["head"]) for r in heads)
+        grids.append(grid(f"heads at {config.get('head_group', 'last')}: {short}", heads,
+                          layers, count, "mean", signed=True, extra=PATCHING_CI))
+    tables = [{"title": f"restoring layers (mean effect at least {RESTORED:g})",
+               "columns": ["site:group", "layers"],
+               "rows": [[series, ", ".join(map(str, found)) or "none"]
+                        for series, found in restoring.items()]}] if restoring else []
+    skipped = summary.get("skipped_by_reason") or {}
+    corrupt = config.get("corrupt")
+    if corrupt == "noise":
+        corrupt = f"noise on the image embeddings, {config.get('noise_scale')} x their std"
+    provenance = {"patching": {
+        "corruption": corrupt, "direction": config.get("direction"),
+        "sites": ", ".join(sites + (["head"] if heads else [])), "token groups": ", ".join(groups),
+        "samples used": summary.get("n_used"), "samples": summary.get("n_samples"),
+        "skipped": ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "none"}}
+    return {"grids": grids, "tables": tables, "provenance": provenance,
+            "hide": ["heads", "restoring_layers", "skipped_by_reason", "sites", "groups"],
+            "charts": {"panel": "site", "line": "group", "title": f"{{}}: {effect}"}}
+
+
 # analysis -> the function of its summary giving its overview's own panels
-OVERVIEWS = {"heads": _heads}
+OVERVIEWS = {"heads": _heads, "patching": _patching}
 
 
 def overview_panels(summary: dict[str, Any]) -> dict[str, Any]:
     """The analysis's own panels (``grids``, ``bars``, ``tables``, ``hide``; empty lists where
-    it has none)."""
+    it has none; ``provenance`` and ``charts``: empty dicts)."""
     fill = OVERVIEWS.get(summary.get("analysis"))
     found = fill(summary) if fill else {}
-    return {key: found.get(key, []) for key in ("grids", "bars", "tables", "hide")}
+    return {**{key: found.get(key, []) for key in ("grids", "bars", "tables", "hide")},
+            **{key: found.get(key, {}) for key in ("provenance", "charts")}}

@@ -117,8 +117,9 @@ const fusionReport = (() => {
   }
 
   // ---------- grids (a value over two axes, e.g. layer x head) and bar charts ----------
-  // g: {title, row_label, col_label, signed, marks: [[row, col]], extra: {label: [[...]]}};
-  // value(r, c) gives a cell's value (null: none); row 0 at the bottom, as figures.heads draws
+  // g: {title, row_label, col_label, signed, marks: [[row, col]], extra: {label: [[...]]},
+  // row_names (null: the rows' indices)}; value(r, c) gives a cell's value (null: none); row 0
+  // at the bottom, as figures.heads draws; cells as square as the 320-pixel box allows
   function heatmap(g, rows, cols, value, opts) {
     const label = (opts && opts.label) || g.title;
     const box = el("div", { class: "chart grid", "data-title": g.title, "data-run": opts && opts.run });
@@ -126,36 +127,37 @@ const fusionReport = (() => {
     const vals = [];
     for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) { const v = value(r, c); if (v !== null && Number.isFinite(v)) vals.push(v); }
     if (!vals.length) { box.append(el("div", { class: "muted" }, "no values")); return box; }
-    const cell = Math.max(5, Math.min(28, Math.floor(Math.min(320 / cols, 320 / rows))));
-    const m = { l: 34, b: 30, t: 4, r: 6 };
-    const W = m.l + cols * cell + m.r, H = m.t + rows * cell + m.b;
+    const side = n => Math.max(5, Math.min(28, Math.floor(320 / n)));
+    const cw = side(cols), ch = side(rows);
+    const rowName = r => (g.row_names ? g.row_names[r] : r);
+    const m = { l: g.row_names ? 22 + 6.5 * Math.max(...g.row_names.map(n => String(n).length)) : 34, b: 30, t: 4, r: 6 };
+    const W = m.l + cols * cw + m.r, H = m.t + rows * ch + m.b;
     const bound = Math.max(...vals.map(Math.abs)) || 1;
     const low = g.signed ? -bound : Math.min(0, ...vals), high = g.signed ? bound : (Math.max(...vals) || 1);
     const tOf = v => (high > low ? (v - low) / (high - low) : 0);
     const svg = sv("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
-    const X = c => m.l + c * cell, Y = r => m.t + (rows - 1 - r) * cell;
+    const X = c => m.l + c * cw, Y = r => m.t + (rows - 1 - r) * ch;
     for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
       const v = value(r, c), ok = v !== null && Number.isFinite(v);
       const rgb = ok ? colormap(tOf(v), g.signed) : [230, 230, 230];
-      svg.append(sv("rect", { class: "cell", x: X(c), y: Y(r), width: cell, height: cell, fill: `rgb(${rgb})`,
+      svg.append(sv("rect", { class: "cell", x: X(c), y: Y(r), width: cw, height: ch, fill: `rgb(${rgb})`,
                               "data-row": r, "data-col": c, "data-value": ok ? v : "" }));
     }
     for (const [r, c] of g.marks || []) {
-      svg.append(sv("rect", { class: "mark", x: X(c) + 0.75, y: Y(r) + 0.75, width: cell - 1.5, height: cell - 1.5,
+      svg.append(sv("rect", { class: "mark", x: X(c) + 0.75, y: Y(r) + 0.75, width: cw - 1.5, height: ch - 1.5,
                               fill: "none", stroke: "#000", "stroke-width": 1.5, "data-row": r, "data-col": c }));
     }
-    const every = Math.max(1, Math.ceil(12 / cell));
-    for (let c = 0; c < cols; c += every) { const t = sv("text", { x: X(c) + cell / 2, y: H - m.b + 12, "text-anchor": "middle" }); t.textContent = c; svg.append(t); }
-    for (let r = 0; r < rows; r += every) { const t = sv("text", { x: m.l - 4, y: Y(r) + cell / 2 + 4, "text-anchor": "end" }); t.textContent = r; svg.append(t); }
-    const xl = sv("text", { x: m.l + cols * cell / 2, y: H - 2, "text-anchor": "middle" }); xl.textContent = g.col_label; svg.append(xl);
-    const yl = sv("text", { x: 10, y: m.t + rows * cell / 2, "text-anchor": "middle", transform: `rotate(-90 10 ${m.t + rows * cell / 2})` });
+    for (let c = 0; c < cols; c += Math.max(1, Math.ceil(12 / cw))) { const t = sv("text", { x: X(c) + cw / 2, y: H - m.b + 12, "text-anchor": "middle" }); t.textContent = c; svg.append(t); }
+    for (let r = 0; r < rows; r += Math.max(1, Math.ceil(12 / ch))) { const t = sv("text", { x: m.l - 4, y: Y(r) + ch / 2 + 4, "text-anchor": "end" }); t.textContent = rowName(r); svg.append(t); }
+    const xl = sv("text", { x: m.l + cols * cw / 2, y: H - 2, "text-anchor": "middle" }); xl.textContent = g.col_label; svg.append(xl);
+    const yl = sv("text", { x: 10, y: m.t + rows * ch / 2, "text-anchor": "middle", transform: `rotate(-90 10 ${m.t + rows * ch / 2})` });
     yl.textContent = g.row_label; svg.append(yl);
     svg.addEventListener("mousemove", e => {
       const d = e.target.dataset;
       if (!e.target.classList.contains("cell")) { hideTip(); return; }
       const r = +d.row, c = +d.col, v = value(r, c);
       const extra = Object.entries(g.extra || {}).map(([k, x]) => `\n${k}: ${fmt(x[r][c])}`).join("");
-      showTip(e, `${g.row_label} ${r} · ${g.col_label} ${c}\n${g.title}: ${fmt(v)}${extra}`);
+      showTip(e, `${g.row_label} ${rowName(r)} · ${g.col_label} ${c}\n${g.title}: ${fmt(v)}${extra}`);
     });
     svg.addEventListener("mouseleave", hideTip);
     box.append(svg);
@@ -256,8 +258,8 @@ const fusionReport = (() => {
       if (runs.some(r => r.marks.length)) root.append(el("div", { class: "muted" }, "shaded: fusion layers found by the run"));
     }
     const grids = panelRow(runs, "grids", (g, o) => heatmap(g, g.values.length, g.values[0].length, (r, c) => g.values[r][c], o));
-    const first = runs.flatMap(r => r.grids || [])[0];
-    if (grids) root.append(el("h2", {}, `Per ${first.row_label} and ${first.col_label} (hover a cell for its values)`), grids);
+    const axes = [...new Set(runs.flatMap(r => (r.grids || []).map(g => `${g.row_label} and ${g.col_label}`)))];
+    if (grids) root.append(el("h2", {}, `Per ${axes.join("; per ")} (hover a cell for its values)`), grids);
     const bars = panelRow(runs, "bars", barChart);
     if (bars) root.append(el("div", { class: "muted" }, "bars: hover one for its value and CI"), bars);
     root.append(el("h2", {}, "Findings"));
@@ -546,6 +548,7 @@ const fusionReport = (() => {
       card.append(heatmap(g, g.rows, g.cols, (r, c) => (Number.isNaN(v[r * g.cols + c]) ? null : v[r * g.cols + c]), { run: run.label }));
     }
     for (const curve of s.curves || []) {
+      if (curve.values[i].every(row => row.every(v => v === null))) continue;  // none: not drawn
       const lines = curve.series.map((name, k) => ({ name, color: COLORS[k % COLORS.length],
         points: curve.values[i][k].map((mean, layer) => ({ layer, mean })) }));
       card.append(chart(curve.title, lines, { width: 340, height: 170 }));

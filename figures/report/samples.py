@@ -94,13 +94,16 @@ def _map_entry(name: str, values: np.ndarray, series: Sequence[str], cells, sign
 
 
 def grid_entry(title: str, values: np.ndarray, signed: bool = False, marks=(),
-               row_label: str = "layer", col_label: str = "head") -> dict[str, Any]:
+               row_label: str = "layer", col_label: str = "head",
+               row_names: Sequence[str] | None = None) -> dict[str, Any]:
     """A per-sample grid: ``values`` [sample, rows, cols] as float32 (NaN where none),
-    ``marks`` [row, col] cells outlined in every sample's grid."""
+    ``marks`` [row, col] cells outlined in every sample's grid, ``row_names`` the rows' names
+    (default: their indices)."""
     values = np.asarray(values, dtype="<f4")
     return {"title": title, "row_label": row_label, "col_label": col_label, "signed": signed,
             "rows": int(values.shape[1]), "cols": int(values.shape[2]),
             "marks": [[int(r), int(c)] for r, c in marks],
+            "row_names": None if row_names is None else list(row_names),
             "data": [base64.b64encode(v.tobytes()).decode("ascii") for v in values]}
 
 
@@ -286,6 +289,50 @@ def _heads(summary, arrays, out):
                      "logit difference": _rounded(arrays["logit_difference"])}
 
 
+def _patching(summary, arrays, out):
+    from figures.report.overviews import patching_effect
+
+    effect, heads = arrays["effect"], arrays["head_effect"]  # [sample, site, layer, group]
+    sites = summary.get("sites") or [f"site {s}" for s in range(effect.shape[1])]
+    groups = summary.get("groups") or [f"group {g}" for g in range(effect.shape[3])]
+    restoring = summary.get("restoring_layers") or {}
+    what, short = patching_effect(summary), patching_effect(summary, short=True)
+    for s, site in enumerate(sites):
+        marks = [(g, layer) for g, group in enumerate(groups)
+                 for layer in restoring.get(f"{site}:{group}", [])]
+        by_group = effect[:, s].transpose(0, 2, 1)  # [sample, group, layer]
+        out["grids"].append(grid_entry(f"{site}: {short}; outlined: the run's restoring layers",
+                                       by_group, signed=True, marks=marks, row_label="group",
+                                       col_label="layer", row_names=groups))
+        out["curves"].append(_curve(f"{site}: {what}", groups, by_group))
+    if heads.shape[2]:
+        group = (summary.get("config") or {}).get("head_group", "last")
+        out["grids"].append(grid_entry(f"heads at {group}: {short}", heads, signed=True))
+
+    def answers(run: str) -> list[str]:  # "text" (token id); "–" where the run has none
+        ids = arrays[f"{run}_token"].tolist()
+        texts = _strings(arrays[f"{run}_text"]) if f"{run}_text" in arrays else [None] * len(ids)
+        return [("–" if t < 0 else f"token {t}" if text is None else f"{text!r} (token {t})")
+                for t, text in zip(ids, texts)]
+
+    from analyses.patching.run import SKIPPED
+
+    reasons = _strings(arrays["skipped"])
+    for entry in out["grids"]:  # a skipped sample has no values: its grids are left out
+        entry["data"] = [None if r else d for r, d in zip(reasons, entry["data"])]
+    out["values"] = {"clean answer": answers("clean"), "corrupt answer": answers("corrupt"),
+                     "logit difference, clean": _rounded(arrays["ld_clean"]),
+                     "logit difference, corrupt": _rounded(arrays["ld_corrupt"]),
+                     "skipped": [f"{r}: {SKIPPED.get(r, '')}".rstrip(": ") if r else
+                                 "no (patched)" for r in reasons]}
+    if "counterpart" in arrays and any(_strings(arrays["counterpart"])):
+        out["values"]["counterpart"] = _strings(arrays["counterpart"])
+    if "clean_text" not in arrays:
+        out["notes"].append("the run predates its answers' text in its arrays (clean_text, "
+                            "corrupt_text): the answers show as token ids; rerun it to see "
+                            "their text.")
+
+
 # analysis -> (the arrays it needs, the function filling the browser's record)
 BROWSERS = {
     "layer_masking": (("sample_index", "prob_change_pct"), _layer_masking),
@@ -302,6 +349,8 @@ BROWSERS = {
                     "first_top1", "settled"), _logit_lens),
     "heads": (("sample_index", "correct", "prob_change_pct", "dla_heads", "image_share",
                "control_heads", "clean_probability", "logit_difference"), _heads),
+    "patching": (("sample_id", "effect", "head_effect", "skipped", "clean_token",
+                  "corrupt_token", "ld_clean", "ld_corrupt"), _patching),
 }
 
 
