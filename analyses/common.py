@@ -55,8 +55,10 @@ class RunSpec:
     """What a run loads, read once from its options: ``model``, :func:`load_model`'s keyword
     arguments (``--model --device --dtype --trust-remote-code --allow-pickle --device-map
     --min-pixels --max-pixels``), and ``data``, :func:`load_data`'s (``name split limit``) with
-    ``prompt`` (``--prompt``). The local path loads from it and the Ray backend hands both dicts
-    to every worker as they are (:class:`analyses.runner.ray_backend.RayBackend`)."""
+    ``prompt`` (``--prompt``). The local path loads from it, the Ray backend hands both dicts
+    to every worker as they are (:class:`analyses.runner.ray_backend.RayBackend`), and
+    :mod:`analyses.merge` rebuilds it from what the shards recorded (:meth:`from_recorded`): all
+    three read the samples through :meth:`dataset` (:meth:`load`, then :meth:`prompt`)."""
 
     model: dict[str, Any]
     data: dict[str, Any]
@@ -70,6 +72,33 @@ class RunSpec:
         data = {"name": args.data, "split": args.split, "limit": args.limit,
                 "prompt": getattr(args, "prompt", None)}
         return cls(model, data)
+
+    @classmethod
+    def from_recorded(cls, model: dict[str, Any], data: dict[str, Any]) -> RunSpec:
+        """The spec of a run from what its result recorded (:func:`data_record`): the data it
+        reloads from (``spec``), its size, and its prompt template (a suite's list of templates
+        means each part's default; no template: the samples were used as loaded)."""
+        template = data.get("prompt")
+        return cls({"model": model.get("id")},
+                   {"name": data.get("spec", data["name"]), "split": data["split"],
+                    "limit": data["size"], "prompt": template if isinstance(template, str) else None,
+                    "prompted": template is not None})
+
+    def load(self) -> Dataset:
+        """The samples ``data`` names, as loaded (:func:`load_data`)."""
+        return load_data(self.data["name"], self.data["split"], self.data["limit"])
+
+    def prompt(self, dataset: Dataset, family: str) -> Dataset:
+        """``dataset`` asked as a model of ``family`` is asked, or as ``prompt`` says
+        (:func:`prompt_data`); unchanged for a recorded run that used its samples as loaded."""
+        if not self.data.get("prompted", True):
+            return dataset
+        return prompt_data(dataset, family, self.data.get("prompt"))
+
+    def dataset(self, family: str) -> Dataset:
+        """The run's samples for a model of ``family``: what the local path, every Ray worker
+        and :mod:`analyses.merge` read."""
+        return self.prompt(self.load(), family)
 
 
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:

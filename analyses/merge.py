@@ -55,15 +55,10 @@ class LazyDataset:
 
     def __getitem__(self, index: int):
         if self._dataset is None:
-            from analyses.common import load_data
+            from analyses.common import RunSpec
 
-            try:
-                dataset = load_data(self.data.get("spec", self.data["name"]), self.data["split"],
-                                    self.data["size"])
-                template = self.data.get("prompt")
-                if template is not None:  # a suite records one template per part
-                    template = template if isinstance(template, str) else None
-                    dataset = dataset.prompted(self.family, template)
+            try:  # the run's own specification, as the shards recorded it
+                dataset = RunSpec.from_recorded({}, self.data).dataset(self.family)
             except Exception as err:
                 raise UserError(f"merge needs the dataset {self.data['name']} for the figures' "
                                 f"example images and cannot load it: {err}") from None

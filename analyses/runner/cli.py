@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from analyses.common import DEFAULT_DATA, load_data, load_model_from_args, prompt_data, write_run
+from analyses.common import DEFAULT_DATA, RunSpec, load_model_from_args, write_run
 from analyses.data import available_datasets
 from analyses.results import RunResult
 from analyses.runner.execute import LocalBackend, RunOptions, run
@@ -123,13 +123,13 @@ def run_from_args(analysis: Analysis, args: argparse.Namespace, dataset=None) ->
     use_file_backend()
     options = options_from_args(args)
     check_out_from_args(args)  # before any loading: a bad --out costs nothing
+    spec = RunSpec.from_args(args)
     if dataset is None:
-        dataset = load_data(args.data, args.split, args.limit)
+        dataset = spec.load()  # before the model: bad data costs nothing
     backend = make_backend(args)
     try:
         # the samples are asked as the model's family is asked (or as --prompt says)
-        dataset = prompt_data(dataset, backend.model_record()["family"],
-                              getattr(args, "prompt", None))
+        dataset = spec.prompt(dataset, backend.model_record()["family"])
         result = run(analysis, backend, dataset, options)
     except KeyboardInterrupt:  # run_cli says "interrupted: " and this
         raise KeyboardInterrupt(interrupted_hint(options.out)) from None

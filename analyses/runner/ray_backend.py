@@ -98,13 +98,12 @@ class _Worker:
                 import torch
 
                 torch.set_num_threads(threads)
-            from analyses.common import load_data, prompt_data
+            from analyses.common import RunSpec
             from probes.models.loading import load_model
 
             self.loaded = load_model(**model)
             if data is not None:  # the driver's data, prompted for the family or --prompt
-                self.dataset = prompt_data(load_data(data["name"], data["split"], data["limit"]),
-                                           self.loaded.adapter.family, data.get("prompt"))
+                self.dataset = RunSpec(model, data).dataset(self.loaded.adapter.family)
         except Exception as error:  # raised again by every call
             self._error = error
 
