@@ -83,7 +83,7 @@ def main() -> int:
     torch.set_num_threads(1)
     rows = []
     image = Image.new("RGB", (336, 336), (200, 30, 30))
-    for width, repeats in sized(((128, 7), (1024, 5)), ((128, 1), (256, 1))):
+    for width, repeats in sized(((128, 15), (1024, 5)), ((128, 1), (256, 1))):
         with tempfile.TemporaryDirectory() as directory:
             llava_15_shape(Path(directory), width)
             loaded = load_model(directory)
