@@ -69,6 +69,8 @@ class SuffixMasks:
         self.dtype, self.low = dtype, torch.finfo(dtype).min
         self._bases: dict = {}  # per kind of layer: (OnDevices mask [1, 1, Q, K], causal rows)
         self._built: dict[tuple, torch.Tensor] = {}
+        # (layer, row, device) -> (the row's full mask, causal rows where it blocks nothing)
+        self._single: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _base(self, layer: int) -> tuple[OnDevices, torch.Tensor]:
         """The model's own mask at ``layer``, and which of its rows are plain causal ones."""
@@ -99,14 +101,23 @@ class SuffixMasks:
         """[len(rows) or 1, 1 (or heads, where a row blocks edges per head), stop - start, stop]
         on ``device`` for queries ``start..stop-1`` reading keys ``0..stop-1``, or None where
         plain attention is exact (one query, reading its causal keys, nothing blocked)."""
+        if len(rows) == 1:  # a decode: the same row at every step, its mask looked up once
+            key = (layer, rows[0], device)
+            if key not in self._single:
+                mask = self._row(rows[0], layer, device)
+                base, causal_rows = self._base(layer)
+                self._single[key] = (base.on(device) if mask is None else mask,
+                                     causal_rows if mask is None else None)
+            full, causal_rows = self._single[key]
+            if causal_rows is not None and stop - start == 1 and bool(causal_rows[start - self.prefix]):
+                return None
+            return full[:, :, start - self.prefix : stop - self.prefix, :stop]
         masks = [self._row(row, layer, device) for row in rows]
         base, causal_rows = self._base(layer)
         if all(mask is None for mask in masks):
             if stop - start == 1 and bool(causal_rows[start - self.prefix]):
                 return None
             full = base.on(device)
-        elif len(masks) == 1:
-            full = masks[0]
         else:
             base = base.on(device)
             full = [base if mask is None else mask for mask in masks]
@@ -202,10 +213,29 @@ class RotaryTables:
                      for table in tables.on(device))
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The decoder layers and the final norm with the device each computes on, looked up once
+    per run: a decoding step runs every layer again, and finding a layer's device walks its
+    parameters (:func:`~probes.devices.module_device`)."""
+
+    layers: tuple[tuple[torch.nn.Module, torch.device], ...]
+    norm: torch.nn.Module
+    norm_device: torch.device
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> Placement:
+        model, adapter = loaded.model, loaded.adapter
+        norm = adapter.final_norm(model)
+        return cls(tuple((layer, module_device(layer)) for layer in adapter.decoder_layers(model)),
+                   norm, module_device(norm))
+
+
 def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Sequence[int],
                rows: Sequence[int], start: int, stop: int, cache, masks: SuffixMasks,
                rotary: RotaryTables, on_layer: Callable[[int, torch.Tensor], None] | None = None,
-               additions: Additions | None = None) -> torch.Tensor:
+               additions: Additions | None = None,
+               placement: Placement | None = None) -> torch.Tensor:
     """Decoder layers and the final norm for queries at positions ``start..stop-1`` of the runs
     ``rows`` (indices into ``masks.rows``). Run ``rows[i]`` joins at layer ``starts[i]``
     (ascending) with ``entering[layer]`` [1, queries, hidden], the clean hidden states entering
@@ -213,14 +243,14 @@ def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Se
     costs nothing there. ``on_layer(layer, hidden)`` sees each layer's output (on that layer's
     device). ``additions`` adds what the model adds after a layer (DeepStack), as each row
     keeps it. Each layer runs on its own device, its inputs moved there. Returns [rows, hidden]
-    at the last query position after the final norm, on the final norm's device."""
-    model, adapter = loaded.model, loaded.adapter
+    at the last query position after the final norm, on the final norm's device.
+    ``placement``: the model's :class:`Placement`, when the caller runs it more than once."""
+    placement = placement or Placement.of(loaded)
     hidden, active = None, 0
-    for index, layer in enumerate(adapter.decoder_layers(model)):
+    for index, (layer, device) in enumerate(placement.layers):
         joining = 0
         while active + joining < len(starts) and starts[active + joining] == index:
             joining += 1
-        device = module_device(layer)
         if joining:
             new = entering[index].to(device).expand(joining, -1, -1)
             hidden = new if hidden is None else torch.cat([hidden.to(device), new])
@@ -236,8 +266,7 @@ def run_layers(loaded: LoadedModel, entering: Sequence[torch.Tensor], starts: Se
             on_layer(index, hidden)
         if additions is not None:
             hidden = additions.after(index, hidden, rows[:active], start, stop)
-    norm = adapter.final_norm(model)
-    return norm(hidden[:, -1].to(module_device(norm)))
+    return placement.norm(hidden[:, -1].to(placement.norm_device))
 
 
 @dataclass
@@ -450,8 +479,10 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
     additions = Additions(clean.additions, knockouts or [None])
     embed = loaded.adapter.language_model(loaded.model).get_input_embeddings()
     head_device, embed_device = module_device(head), module_device(embed)
+    placement = Placement.of(loaded)
     hidden = run_layers(loaded, [clean.hidden_states[0][:, prefix:]], [0], [0],
-                        prefix, length, cache, masks, tables, additions=additions)
+                        prefix, length, cache, masks, tables, additions=additions,
+                        placement=placement)
     tokens, step_logits, stop = [], [], loaded.eos_token_ids()
     for step in range(max_new_tokens):
         logits = head(hidden.to(head_device)).float()[0]
@@ -463,5 +494,5 @@ def masked_generate(loaded: LoadedModel, inputs: VLInputs, knockout, max_new_tok
         position = length + step
         token_embedding = embed(torch.tensor([[token]], device=embed_device))
         hidden = run_layers(loaded, [token_embedding], [0], [0], position, position + 1,
-                            cache, masks, tables)
+                            cache, masks, tables, placement=placement)
     return Generation(tokens, torch.stack(step_logits).cpu())

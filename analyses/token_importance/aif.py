@@ -193,31 +193,38 @@ def prompt_text(groups: TokenGroups) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class ProfileRecorder(AttentionRecorder):
-    """The profiling pass's recorder: ``maps`` as :class:`AttentionRecorder` records them from
-    the ``rows`` (the dynamics: attention to the image patches, heads reduced, max over the
-    rows), and from the same probabilities ``answer_maps[layer]``: the ``answer`` position's
-    attention to each of ``prompt`` (heads reduced alike), float32 [prompt tokens]. The
-    queries are ``rows`` and ``answer``; the dynamics never see the answer row unless it is
-    one of ``rows``."""
+    """The profiling pass's recorder. Its queries are the ``rows`` and the ``answer``
+    position. Per layer it keeps one map: those queries' probabilities over every key, heads
+    reduced ([queries, keys], float32, on the CPU). :meth:`readouts` then takes, for every
+    layer at once, what AIF reads: the dynamics (the ``rows``' attention to the image patches
+    ``keys``, max over the rows; the answer row counts only when it is one of ``rows``) and
+    the ``answer`` position's attention to each of ``prompt``. Reducing the heads before
+    choosing rows and keys gives the same numbers (the reduction is per element), with one
+    small operation per layer where slicing first took two gathers, two reductions and two
+    copies."""
 
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     answer: int = -1
     prompt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    answer_maps: dict = field(default_factory=dict)
 
     def _store(self, layer: int, probabilities: torch.Tensor) -> None:
         if probabilities.shape[2] != self.queries.size:
             raise ValueError("the profiling pass records its every query row in one call")
+        heads = probabilities.mean(1) if self.reduce == "mean_heads" else probabilities.amax(1)
+        self.maps[layer] = heads[0].to("cpu", torch.float32)  # [queries, keys]
+
+    def readouts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(dynamics [image patches, layers], the answer position's attention to the prompt
+        [layers, prompt tokens]), float64, from every layer's map."""
+        if not self.maps:
+            raise ValueError("the profiling pass recorded nothing")
+        stacked = torch.stack([self.maps[layer] for layer in sorted(self.maps)])  # [L, Q, K]
+        chosen = torch.from_numpy(np.flatnonzero(np.isin(self.queries, self.rows)))
+        span = self._key_span()
+        keys = slice(*span) if span is not None else torch.from_numpy(self.keys)
+        dynamics = stacked[:, chosen][:, :, keys].amax(1).double().numpy().T
         at = int(np.searchsorted(self.queries, self.answer))
-        keys = torch.as_tensor(self.prompt, device=probabilities.device)
-        answer = probabilities[:, :, at][..., keys]  # [batch, heads, prompt tokens]
-        answer = answer.mean(1) if self.reduce == "mean_heads" else answer.amax(1)
-        self.answer_maps[layer] = answer[0].float().cpu()
-        chosen = np.isin(self.queries, self.rows)
-        if not chosen.all():
-            probabilities = probabilities[:, :, torch.as_tensor(np.flatnonzero(chosen),
-                                                                device=probabilities.device)]
-        super()._store(layer, probabilities)
+        return dynamics, stacked[:, at][:, torch.from_numpy(self.prompt)].double().numpy()
 
 
 def text_queries(groups: TokenGroups) -> np.ndarray:
@@ -244,14 +251,14 @@ def profile(loaded: LoadedModel, inputs: VLInputs, groups: TokenGroups,
     prompt, prompt_groups = prompt_text(groups)
     answer = int(groups.last[-1])
     recorder = ProfileRecorder(queries=np.union1d(rows, [answer]), keys=positions,
-                               reduce=HEADS[config.heads], max_queries=True, rows=rows,
+                               reduce=HEADS[config.heads], rows=rows,
                                answer=answer, prompt=prompt)
     clean = engine.prefill(loaded, inputs, groups, record=recorder, reserve=reserve)
-    dynamics = np.stack([recorder.maps[layer][0, 0, 0].double().cpu().numpy()
-                         for layer in range(layers)], axis=1)  # [tokens, layers]
+    if sorted(recorder.maps) != list(range(layers)):
+        raise ValueError("the profiling pass did not record every layer")
+    dynamics, reads = recorder.readouts()  # [tokens, layers], [layers, prompt tokens]
     entropy, mu = curve_entropy(dynamics), mean_attention(dynamics)
     scan = scan_ratios(mu, mask_order(entropy), config.ratios, config.scan == "normalized")
-    reads = np.stack([recorder.answer_maps[layer].double().numpy() for layer in range(layers)])
     return TokenImportance(positions, cells, dynamics, entropy, mu, scan, prompt,
                            prompt_groups, reads.mean(0)), clean
 
