@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-from probes.models.zoo.checkpoint import greedy_generation_config, save
+from probes.models.zoo.checkpoint import random_model, save
 from probes.models.zoo.tiny_llava import BASIC_WORDS
 from probes.models.zoo.vocab import word_tokenizer
 
@@ -91,15 +91,13 @@ def build_config(processor: Gemma3Processor, text_width: int = 64, text_layers: 
 
 
 def build_model(config: Gemma3Config, seed: int) -> Gemma3ForConditionalGeneration:
-    torch.manual_seed(seed)
-    model = Gemma3ForConditionalGeneration(config).eval()
+    model = random_model(Gemma3ForConditionalGeneration, config, seed)
     # transformers initialises the projector and the (1 + weight) RMSNorms at zero: random
     # values instead, so that every part carries signal in a test
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "norm" in name or "mm_input_projection" in name:
                 parameter.normal_(0.0, 0.2)
-    model.generation_config = greedy_generation_config(config.text_config)
     return model
 
 

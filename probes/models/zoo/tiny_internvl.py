@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
 from probes.models.adapters.internvl import InternVLImageOnlyProcessor
-from probes.models.zoo.checkpoint import greedy_generation_config, save
+from probes.models.zoo.checkpoint import random_model, save
 from probes.models.zoo.tiny_llava import BASIC_WORDS
 from probes.models.zoo.vocab import word_tokenizer
 
@@ -83,10 +82,7 @@ def build_config(processor: InternVLImageOnlyProcessor, text_width: int = 128,
 
 
 def build_model(config: InternVLConfig, seed: int) -> InternVLForConditionalGeneration:
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config).eval()
-    model.generation_config = greedy_generation_config(config.text_config)
-    return model
+    return random_model(InternVLForConditionalGeneration, config, seed)
 
 
 def build_random(directory: Path, seed: int = 0) -> None:
