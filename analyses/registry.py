@@ -41,6 +41,7 @@ ANALYSES = {
     "logit_lens": Registered("analyses.logit_lens.run:LogitLens", "figures.logit_lens:draw_all"),
     "heads": Registered("analyses.heads.run:Heads", "figures.heads:draw_all"),
     "patching": Registered("analyses.patching.run:Patching", "figures.patching:draw_all"),
+    "sinks": Registered("analyses.sinks.run:Sinks", "figures.sinks:draw_all"),
 }
 
 
