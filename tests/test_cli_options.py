@@ -147,6 +147,8 @@ SPEC = {
                             "--min-effect": Range(False, 0)}),
     "analyses.patching": ([], {**RUNNER, "--bootstrap": BOOTSTRAP,
                                "--noise-scale": Range(False, 0, low_open=True)}),
+    "analyses.sinks": ([], {**RUNNER, "--bootstrap": BOOTSTRAP,
+                            "--tau": Range(False, 0, low_open=True)}),
     "analyses.train_vif": ([], {
         **RUNNER, "--steps": SOME, "--lr": Range(False, 0, low_open=True),
         "--kl-weight": Range(False, 0), "--sparsity-weight": Range(False, 0),

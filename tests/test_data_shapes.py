@@ -42,6 +42,7 @@ from analyses.heads.__main__ import main as heads_main
 from analyses.layer_masking.__main__ import main as layer_masking_main
 from analyses.logit_lens.__main__ import main as logit_lens_main
 from analyses.patching.__main__ import main as patching_main
+from analyses.sinks.__main__ import main as sinks_main
 from analyses.token_importance.__main__ import main as token_importance_main
 from analyses.train_vif.__main__ import main as train_vif_main
 from probes.cli import EXIT_BAD_INPUT, run_cli
@@ -63,6 +64,7 @@ ANALYSES = {
     "logit_lens": (logit_lens_main, FAST),
     "heads": (heads_main, [*FAST, "--controls", "2"]),
     "patching": (patching_main, [*FAST, "--sites", "residual,head"]),
+    "sinks": (sinks_main, FAST),
     "train_vif": (train_vif_main, ["--steps", "1", "--batch-size", "2"]),
     "evaluate": (evaluate_main, [*FAST, "--methods", "clean,aif", "--max-new-tokens", "2"]),
 }

@@ -28,6 +28,7 @@ ANALYSES = {
     "attenuation": [],
     "evaluate": [],
     "logit_lens": [],
+    "sinks": [],
     "train_vif": ["--steps", "2"],
     "heads": ["--all-samples"],
     # noise far above the image embeddings' scale changes random weights' answers, on some
@@ -48,6 +49,11 @@ def _headline(analysis: str, summary: dict, layers: int, heads: int) -> None:
         assert all(math.isfinite(row["mean"]) for row in rows if row["mean"] is not None)
     elif analysis == "logit_lens":
         assert summary["num_layers"] == layers
+    elif analysis == "sinks":
+        rows = [row for row in summary["per_layer"] if row["series"] == "answer_first"]
+        assert [row["layer"] for row in rows] == list(range(layers))
+        assert all(0 <= row["mean"] <= 1 for row in rows)
+        assert summary["max_sum_error"] < 1e-4  # each row's groups sum to 1
     elif analysis == "evaluate":
         assert summary["results"], "evaluate recorded no result"
     elif analysis == "train_vif":
