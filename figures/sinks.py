@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter
 
 from figures.logit_lens import _band, _curve, _layer_axis
-from figures.style import PALETTE, SERIES_COLORS, house_style, new_figure, note_empty
+from figures.style import PALETTE, SERIES_COLORS, house_style, log_y, new_figure, note_empty
 
 GROUP_LABELS = {"first": "first token", "image": "image tokens",
                 "before": "text before the image", "after": "text after the image"}
@@ -36,9 +35,7 @@ def _panel(axes, summary: Mapping[str, Any], series: Mapping[str, str], title: s
     else:
         axes.legend(loc="best", fontsize=6)
     if log:
-        axes.set_yscale("log")
-        for axis in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
-            axis(FormatStrFormatter("%g"))
+        log_y(axes)
     axes.set_title(title)
     _layer_axis(axes, summary)
 

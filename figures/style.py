@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 # Okabe & Ito (2008), the palette most journals point to for colour-vision deficiency
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
@@ -113,3 +114,12 @@ def note_empty(axes, reason: str) -> None:
     """Mark a panel with nothing to draw (its rows have n = 0): ``reason`` in its middle."""
     axes.text(0.5, 0.5, reason, ha="center", va="center", transform=axes.transAxes,
               fontsize="small", color="0.4", wrap=True)
+
+
+def log_y(axes) -> None:
+    """A log y axis labelled in plain numbers at 1, 2 and 5 of each decade (no 10^k, no
+    crowded minor labels)."""
+    axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes.yaxis.set_minor_formatter(NullFormatter())

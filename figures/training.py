@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-from figures.style import OKABE_ITO, PALETTE, house_style, new_figure, save, use_file_backend
+from figures.style import (
+    OKABE_ITO,
+    PALETTE,
+    house_style,
+    log_y,
+    new_figure,
+    save,
+    use_file_backend,
+)
 from probes.arguments import ArgumentParser
 from probes.cli import run_cli
 from probes.errors import UserError
@@ -42,10 +49,7 @@ def training_curve(report: Mapping[str, Any]) -> Figure:
     with house_style():
         loss_axes.plot([row["step"] for row in curve], [row["loss"] for row in curve],
                        color=PALETTE["flow"])
-        loss_axes.set_yscale("log")
-        loss_axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        loss_axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        loss_axes.yaxis.set_minor_formatter(NullFormatter())
+        log_y(loss_axes)
         config = report.get("config", {})
         if config.get("shape_only_fraction") and config.get("steps"):
             switch = config["shape_only_fraction"] * config["steps"]
