@@ -78,7 +78,8 @@ def training_curve(report: Mapping[str, Any]) -> Figure:
         accuracy_axes.set_ylabel("accuracy (first answer token)")
         accuracy_axes.set_ylim(0, 100)
         if kinds:
-            accuracy_axes.legend(loc="lower right", title="lines: 200-question check\n"
+            accuracy_axes.legend(loc="lower right", title_fontsize="small", ncols=2,
+                                 title="lines: 200-question check\n"
                                  "diamonds: whole test split" if final else None)
     return figure
 
