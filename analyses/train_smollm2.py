@@ -13,6 +13,13 @@ twice as often (tiny-llava's recipe). Deterministic given ``--seed`` and the thr
 the trainable weights, optimizer and sampler are saved every ``--checkpoint-every`` steps, and
 ``--resume`` continues from there. At the end: ``vision_projector.safetensors`` (what the
 repository ships) and ``training.json`` (config, loss curve, evaluations) in ``--out``.
+
+Stage 2 (``--init-from`` the stage-1 file, ``--lora-rank R``): low-rank adapters on every
+layer's attention projections (``--lora-targets``) train with the tower and projector, SmolLM2's
+own weights still frozen (:mod:`probes.models.lora`; B starts at zero, so step 0 is the stage-1
+model exactly). The shared prefix is then recomputed every step, once per batch. The shipped
+file adds the adapters (``...q_proj.lora_A`` / ``lora_B``, scale in its metadata); assembly
+merges them into the language model (:mod:`probes.models.zoo.smollm2`).
 """
 
 from __future__ import annotations
@@ -170,13 +177,14 @@ def start_from(model, config: SmolTrainConfig) -> None:
     state = smollm2.initial_vision_state(model.config, config.seed)
     if config.init_from is not None:
         given, adapters, _ = smollm2.load_trained_state(Path(config.init_from))
-        problem = ("also holds LoRA adapters (continue a LoRA run with --resume)" if adapters
-                   else next((f"lacks {name}" for name in state if name not in given), None)
-                   or next((f"has {name} of shape {tuple(given[name].shape)}, not "
-                            f"{tuple(state[name].shape)}" for name in state
-                            if given[name].shape != state[name].shape), None))
-        if problem:
-            raise UserError(f"--init-from {config.init_from} {problem}.")
+        problems = [f"lacks {name}" if name not in given else
+                    f"has {name} of shape {tuple(given[name].shape)}, not {tuple(tensor.shape)}"
+                    for name, tensor in state.items()
+                    if name not in given or given[name].shape != tensor.shape]
+        if adapters:
+            problems.insert(0, "also holds LoRA adapters (continue a LoRA run with --resume)")
+        if problems:
+            raise UserError(f"--init-from {config.init_from} {problems[0]}.")
         state = given
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(name.startswith(smollm2.VISION_PREFIXES) for name in missing):

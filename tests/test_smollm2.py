@@ -438,6 +438,30 @@ def test_lora_training_moves_only_adapters_tower_projector_and_resumes_identical
     assert all(torch.equal(continued[name], uninterrupted[name]) for name in uninterrupted)
 
 
+def test_training_starts_from_smollm2_as_converted_even_when_the_shipped_file_has_adapters(
+        built, fake_gguf, tmp_path, monkeypatch):
+    from transformers import LlavaForConditionalGeneration
+
+    from probes.models import lora
+
+    for name, value in (("PACKAGE", "fake-smol"), ("GGUF", "fake_smol/model.gguf"),
+                        ("GGUF_SHA256", fake_gguf.sha256), ("cache_dir", lambda: tmp_path / "cache"),
+                        ("TRAINED_WEIGHTS", tmp_path / "shipped.safetensors")):
+        monkeypatch.setattr(smollm2, name, value)
+    model = LlavaForConditionalGeneration.from_pretrained(built)
+    _save_trained(model, smollm2.TRAINED_WEIGHTS, 1.0)  # no adapters: the one cache serves
+    assert smollm2.base_checkpoint_directory() == smollm2.checkpoint_directory()
+    _randomize_b(lora.add_adapters(model.model.language_model, ("o_proj",), 2, 2.0,
+                                   torch.Generator()))
+    _save_trained(model, smollm2.TRAINED_WEIGHTS, 1.0)
+    base = smollm2.base_checkpoint_directory()
+    assert base != smollm2.checkpoint_directory()
+    assert (base / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    merged = LlavaForConditionalGeneration.from_pretrained(smollm2.checkpoint_directory())
+    assert not torch.equal(merged.model.language_model.layers[0].self_attn.o_proj.weight,
+                           model.model.language_model.layers[0].self_attn.o_proj.weight)
+
+
 def _one_line(error) -> str:
     message = str(error.value)
     assert "\n" not in message and message.endswith(".")
