@@ -1,4 +1,4 @@
-"""Train ``tiny-llava-smollm2``'s vision tower and projector on easy-VQA, SmolLM2 frozen.
+"""Train ``tiny-llava-smollm2``'s vision tower and projector on easy-VQA, SmolLM2 frozen (or LoRA).
 
     python -m analyses.train_tiny --substrate smollm2 --out /work/smollm2-train \\
         --steps 1500 --threads 2 --seed 0
