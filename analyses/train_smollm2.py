@@ -1,4 +1,4 @@
-"""Train ``tiny-llava-smollm2``'s vision tower and projector on easy-VQA, SmolLM2 frozen.
+"""Train ``tiny-llava-smollm2``'s vision tower and projector on easy-VQA, SmolLM2 frozen (or LoRA).
 
     python -m analyses.train_tiny --substrate smollm2 --out /work/smollm2-train \\
         --steps 1500 --threads 2 --seed 0
@@ -13,10 +13,18 @@ twice as often (tiny-llava's recipe). Deterministic given ``--seed`` and the thr
 the trainable weights, optimizer and sampler are saved every ``--checkpoint-every`` steps, and
 ``--resume`` continues from there. At the end: ``vision_projector.safetensors`` (what the
 repository ships) and ``training.json`` (config, loss curve, evaluations) in ``--out``.
+
+Stage 2 (``--init-from`` the stage-1 file, ``--lora-rank R``): low-rank adapters on every
+layer's attention projections (``--lora-targets``) train with the tower and projector, SmolLM2's
+own weights still frozen (:mod:`probes.models.lora`; B starts at zero, so step 0 is the stage-1
+model exactly). The shared prefix is then recomputed every step, once per batch. The shipped
+file adds the adapters (``...q_proj.lora_A`` / ``lora_B``, scale in its metadata); assembly
+merges them into the language model (:mod:`probes.models.zoo.smollm2`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -46,6 +54,8 @@ from probes.arguments import (
 )
 from probes.cli import run_cli
 from probes.compat import output_cache, with_cache
+from probes.errors import UserError
+from probes.models import lora
 
 
 @dataclass(frozen=True)
@@ -67,31 +77,47 @@ class SmolTrainConfig:
     checkpoint_every: int = 25
     threads: int = 2
     final_eval: bool = True  # the whole test split, per kind, at the end
+    init_from: str | None = None  # a trained tower + projector file to start from (stage 2)
+    lora_rank: int = 0  # low-rank adapters on the language model (0: none, SmolLM2 frozen)
+    lora_alpha: float | None = None  # their scale is alpha / rank; None: 2 x rank (scale 2)
+    lora_targets: tuple[str, ...] = lora.ATTENTION  # which linear layers of every block
+
+    def __post_init__(self) -> None:
+        if self.lora_alpha is None and self.lora_rank:
+            object.__setattr__(self, "lora_alpha", float(2 * self.lora_rank))
 
 
 class SharedPrefix:
     """The keys and values of the tokens every prompt starts with (SmolLM2's system line and
-    ``<|im_start|>user``, before the image), computed once: the language model is frozen and
-    attention is causal, so they never change. A third of each prompt's cost, saved."""
+    ``<|im_start|>user``, before the image), computed for one row and shared by the batch.
 
-    def __init__(self, model, prompts: list[list[int]], image_token_id: int) -> None:
+    ``frozen``: computed once, as the language model is frozen and attention is causal, so they
+    never change (a third of each prompt's cost, saved). Not frozen (LoRA adapters train the
+    language model): recomputed at every :meth:`cache`, with gradients, still once per batch."""
+
+    def __init__(self, model, prompts: list[list[int]], image_token_id: int,
+                 frozen: bool = True) -> None:
         first = prompts[0]
         length = first.index(image_token_id)
         for prompt in prompts:
             length = next((i for i in range(length) if prompt[i] != first[i]), length)
         self.length = length
         self.model = model
-        with torch.no_grad():
-            output = model.model.language_model(input_ids=torch.tensor([first[:length]]),
-                                                use_cache=True)
-        cache = output_cache(output)
-        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+        self.input_ids = torch.tensor([first[:length]])
+        self.layers = None
+        if frozen:
+            with torch.no_grad():
+                self.layers = self.compute()
+
+    def compute(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        output = self.model.model.language_model(input_ids=self.input_ids, use_cache=True)
+        return [(layer.keys, layer.values) for layer in output_cache(output).layers]
 
     def cache(self, batch_size: int):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config.text_config)
-        for index, (keys, values) in enumerate(self.layers):
+        for index, (keys, values) in enumerate(self.layers or self.compute()):
             cache.update(keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1),
                          index)
         return cache
@@ -117,30 +143,57 @@ def answer_loss(model, batch: dict[str, torch.Tensor], prefix: SharedPrefix | No
     return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
-def freeze_language_model(model, train_tower: bool) -> list[torch.nn.Parameter]:
-    """Freeze everything but the projector (and the vision tower); return what trains."""
+def freeze_language_model(model, train_tower: bool,
+                          adapters: Sequence[torch.nn.Parameter] = ()) -> list[torch.nn.Parameter]:
+    """Freeze everything but the projector (and the vision tower, and ``adapters``); return
+    what trains."""
     model.requires_grad_(False)
     trained = [model.model.multi_modal_projector]
     if train_tower:
         trained.append(model.model.vision_tower)
     for module in trained:
         module.requires_grad_(True)
+    for parameter in adapters:
+        parameter.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def load_start(seed: int):
-    """The cached checkpoint with the initial tower and projector (tiny-llava's tower, pooled;
-    a projector seeded by ``seed``) in place of whatever the repository ships."""
+def load_start(config: SmolTrainConfig):
+    """SmolLM2 as converted (no adapters merged) with the initial tower and projector
+    (tiny-llava's tower, pooled; a projector seeded by ``config.seed``) or those of
+    ``config.init_from``, in place of whatever the repository ships."""
     from probes.models.loading import load_model
     from probes.models.zoo import smollm2
 
-    loaded = load_model(smollm2.NAME, device="cpu", dtype="float32")
-    model = loaded.model
-    missing, unexpected = model.load_state_dict(
-        smollm2.initial_vision_state(model.config, seed), strict=False)
+    loaded = load_model(str(smollm2.base_checkpoint_directory()), device="cpu", dtype="float32")
+    start_from(loaded.model, config)
+    return loaded.model, loaded.processor
+
+
+def start_from(model, config: SmolTrainConfig) -> None:
+    """Set the tower and projector to the initial ones, or to ``config.init_from``'s."""
+    from probes.models.zoo import smollm2
+
+    state = smollm2.initial_vision_state(model.config, config.seed)
+    if config.init_from is not None:
+        given, adapters, _ = smollm2.load_trained_state(Path(config.init_from))
+        problems = [f"lacks {name}" if name not in given else
+                    f"has {name} of shape {tuple(given[name].shape)}, not {tuple(tensor.shape)}"
+                    for name, tensor in state.items()
+                    if name not in given or given[name].shape != tensor.shape]
+        if adapters:
+            problems.insert(0, "also holds LoRA adapters (continue a LoRA run with --resume)")
+        if problems:
+            raise UserError(f"--init-from {config.init_from} {problems[0]}.")
+        state = given
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(name.startswith(smollm2.VISION_PREFIXES) for name in missing):
         raise RuntimeError(f"initial state does not fit: {unexpected or missing}")
-    return model, loaded.processor
+
+
+def lora_record(config: SmolTrainConfig) -> dict:
+    return {"rank": config.lora_rank, "alpha": config.lora_alpha,
+            "targets": list(config.lora_targets)}
 
 
 def per_kind(correct: torch.Tensor, kinds: list[str]) -> dict[str, float]:
@@ -160,8 +213,13 @@ def train(config: SmolTrainConfig, out: Path, resume: bool,
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     started = time.time()
-    model, processor = load_start(config.seed)
-    parameters = freeze_language_model(model, config.train_tower)
+    model, processor = load_start(config)
+    adapters = []
+    if config.lora_rank:
+        adapters = lora.add_adapters(model.model.language_model, config.lora_targets,
+                                     config.lora_rank, config.lora_alpha,
+                                     torch.Generator().manual_seed(config.seed))
+    parameters = freeze_language_model(model, config.train_tower, adapters)
     model.train()
     easy, test = load_dataset("easy-vqa", "train"), load_dataset("easy-vqa", "test")
     data = encode([easy], processor, model.config)
@@ -176,6 +234,9 @@ def train(config: SmolTrainConfig, out: Path, resume: bool,
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
         state = torch.load(state_path, weights_only=False)
+        if state.get("lora", lora_record(SmolTrainConfig())) != lora_record(config):
+            raise UserError(f"{state_path} was saved by a run with other LoRA options "
+                            f"({state.get('lora')}); resume with those, or use another --out.")
         model.load_state_dict(state["trained"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -183,7 +244,8 @@ def train(config: SmolTrainConfig, out: Path, resume: bool,
         elapsed_before = state["elapsed"]
         log(f"resumed at step {step}\n")
     pad_id = processor.tokenizer.pad_token_id
-    prefix = SharedPrefix(model, data.prompts + evals.prompts, model.config.image_token_id)
+    prefix = SharedPrefix(model, data.prompts + evals.prompts, model.config.image_token_id,
+                          frozen=not adapters)
     shape_only_steps = int(config.shape_only_fraction * config.steps)
     phases = {True: sampling_weights(data, config, True), False: sampling_weights(data, config, False)}
     loop_start, losses = time.time(), []
@@ -215,15 +277,18 @@ def train(config: SmolTrainConfig, out: Path, resume: bool,
             log(json.dumps(history[-1]) + "\n")
         if step % config.checkpoint_every == 0 and step < config.steps:
             out.mkdir(parents=True, exist_ok=True)
-            torch.save({"trained": smollm2.vision_state(model), "optimizer": optimizer.state_dict(),
+            torch.save({"trained": smollm2.trained_state(model), "optimizer": optimizer.state_dict(),
                         "generator": generator.get_state(), "step": step, "history": history,
-                        "curve": curve, "elapsed": elapsed_before + time.time() - loop_start},
+                        "curve": curve, "elapsed": elapsed_before + time.time() - loop_start,
+                        "lora": lora_record(config)},
                        state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
     model.eval().requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(smollm2.vision_state(model), out / smollm2.TRAINED_WEIGHTS.name,
-              metadata={"format": "pt"})
+    metadata = {"format": "pt"}
+    if adapters:
+        metadata["lora_scale"] = repr(config.lora_alpha / config.lora_rank)
+    save_file(smollm2.trained_state(model), out / smollm2.TRAINED_WEIGHTS.name, metadata=metadata)
     report = {"config": asdict(config), "train_minutes": minutes(),
               "trainable_parameters": sum(p.numel() for p in parameters),
               "train_questions": len(data.prompts), "curve": curve, "history": history,
@@ -235,6 +300,15 @@ def train(config: SmolTrainConfig, out: Path, resume: bool,
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     state_path.unlink(missing_ok=True)
     return report
+
+
+def lora_targets(text: str) -> tuple[str, ...]:
+    """The ``type=`` of ``--lora-targets``: linear layer names, e.g. ``q_proj,v_proj``."""
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not found or not all(part.isidentifier() for part in found):
+        raise argparse.ArgumentTypeError(f"takes linear layer names separated by commas, e.g. "
+                                         f"q_proj,v_proj, not {text[:40]!r}")
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,14 +331,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=POSITIVE, default=defaults.checkpoint_every)
     parser.add_argument("--no-final-eval", action="store_true",
                         help="skip the per-kind evaluation on the whole test split at the end")
+    parser.add_argument("--init-from", type=Path, metavar="FILE",
+                        help="start the tower and projector from this trained file (e.g. the "
+                        "shipped vision_projector.safetensors) instead of tiny-llava's tower "
+                        "and a fresh projector")
+    parser.add_argument("--lora-rank", type=NONNEGATIVE, default=defaults.lora_rank,
+                        help="train low-rank adapters of this rank on the language model too "
+                        "(default 0: none, SmolLM2 frozen)")
+    parser.add_argument("--lora-alpha", type=POSITIVE_NUMBER,
+                        help="the adapters' scale is alpha / rank (default 2 x rank: scale 2)")
+    parser.add_argument("--lora-targets", type=lora_targets,
+                        help=f"the linear layers of every block that get adapters (default "
+                        f"{','.join(defaults.lora_targets)}: attention)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    if not args.lora_rank and (args.lora_alpha is not None or args.lora_targets is not None):
+        parser.error("--lora-alpha and --lora-targets need --lora-rank")
     config = SmolTrainConfig(
         seed=args.seed, steps=args.steps, batch_size=args.batch_size, threads=args.threads,
         lr=args.lr, warmup=args.warmup, shape_only_fraction=args.shape_only_fraction,
         shape_oversample=args.shape_oversample, train_tower=not args.projector_only,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         final_eval=not args.no_final_eval,
+        init_from=None if args.init_from is None else str(args.init_from),
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        lora_targets=args.lora_targets or defaults.lora_targets,
     )
     report = train(config, args.out, args.resume)
     sys.stdout.write(json.dumps(report["history"][-1]) + "\n")

@@ -55,6 +55,7 @@ class Range:
         return above and below
 
 
+TRAINERS = ("analyses.train_tiny", "analyses.train_smollm2")  # modules with main, no __main__
 COUNT = Range(True, 1)  # at least one
 SOME = Range(True, 0)  # none or more
 SEED = Range(True, 0, 2**32 - 1)
@@ -159,6 +160,12 @@ SPEC = {
         "--fine-grained-share": SHARE, "--shape-oversample": Range(False, 0, low_open=True),
         "--lr": Range(False, 0, low_open=True), "--warmup": SOME,
         "--text-layers": COUNT, "--text-width": Multiple(8)}),
+    "analyses.train_smollm2": (["--lora-rank", "1"], {
+        "--seed": SEED, "--steps": COUNT, "--batch-size": COUNT, "--threads": THREADS,
+        "--lr": Range(False, 0, low_open=True), "--warmup": SOME, "--shape-only-fraction": SHARE,
+        "--shape-oversample": Range(False, 0, low_open=True), "--eval-every": COUNT,
+        "--checkpoint-every": COUNT, "--lora-rank": SOME,
+        "--lora-alpha": Range(False, 0, low_open=True)}),
     "probes.models": (["answer", "--question", "what is it?"],
                       {"--max-new-tokens": COUNT, "--threads": THREADS}),
     "probes.lens": (["crosscheck", "--question", "what is it?"],
@@ -204,6 +211,7 @@ def stubs(tmp_path_factory):
     from PIL import Image
 
     import analyses.common
+    import analyses.train_smollm2
     import analyses.train_tiny
     import probes.lens.extra
     import probes.models.loading
@@ -212,7 +220,7 @@ def stubs(tmp_path_factory):
     image = folder / "image.png"
     Image.new("RGB", (8, 8)).save(image)
     patched = [(analyses.common, "load_model"), (probes.models.loading, "load_model"),
-               (analyses.train_tiny, "train")]
+               (analyses.train_tiny, "train"), (analyses.train_smollm2, "train")]
     saved = [(module, name, getattr(module, name)) for module, name in patched]
     saved.append((probes.lens.extra, "require_transformer_lens",
                   probes.lens.extra.require_transformer_lens))
@@ -237,8 +245,7 @@ def run_cell(module: str, argv: list[str]) -> Outcome:
 
     from probes.cli import run_cli
 
-    main = importlib.import_module(module if module.startswith("analyses.train_tiny")
-                                   else f"{module}.__main__").main
+    main = importlib.import_module(module if module in TRAINERS else f"{module}.__main__").main
     stderr = io.StringIO()
     code = error = None
     reached = False
@@ -274,7 +281,7 @@ def argv_of(module: str, values: dict[str, str], folder: Path, image: Path) -> l
     base = list(SPEC[module][0])
     if module.startswith("probes."):
         base += ["--image", str(image), "--model", "tiny-llava", "--device", "cpu"]
-    elif module == "analyses.train_tiny":
+    elif module in TRAINERS:
         base += ["--out", str(folder / "tiny")]
     else:
         base += ["--model", "tiny-llava", "--device", "cpu", "--out", str(folder / "run"),

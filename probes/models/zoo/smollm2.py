@@ -9,7 +9,9 @@ package (a Q4_1 GGUF file), dequantised to float32 once into the cache
 (``$FUSIONLENS_CACHE/tiny-llava-smollm2``, about 540 MB, checksummed; see
 :mod:`probes.models.zoo.gguf_cache`); the vision tower and projector weights ship in the
 repository (``checkpoints/tiny-llava-smollm2/vision_projector.safetensors``, written by
-``python -m analyses.train_tiny --substrate smollm2``).
+``python -m analyses.train_tiny --substrate smollm2``). When that file also holds low-rank
+adapters of the language model (training's second stage, ``--lora-rank``), they are merged into
+the language model's weights at assembly, so the cache is a plain LLaVA checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from probes.errors import UserError
+from probes.models import lora
 from probes.models.zoo import CHECKPOINTS, cache_dir
 from probes.models.zoo.checkpoint import greedy_generation_config
 from probes.models.zoo.gguf_cache import (
@@ -67,6 +70,7 @@ CHAT_TEMPLATE = (
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
+LAYERS_PREFIX = "model.language_model.layers."
 log = logging.getLogger(__name__)
 
 
@@ -75,6 +79,17 @@ def checkpoint_directory() -> Path:
     version, or truncated or changed; the ``BuiltinModel`` hook of ``tiny-llava-smollm2``."""
     gguf = packaged_file(PACKAGE, GGUF, INSTALL_HINT)
     return cached_checkpoint(cache_dir() / NAME, gguf, GGUF_SHA256, vision_weights_file())
+
+
+def base_checkpoint_directory() -> Path:
+    """A checkpoint whose language model is SmolLM2 exactly as converted, for training: the
+    cache above while the shipped file holds no LoRA adapters (they are merged into it), else
+    a second cache assembled with the initial tower and projector."""
+    shipped = vision_weights_file()
+    if shipped is None or not load_trained_state(shipped)[1]:
+        return checkpoint_directory()
+    gguf = packaged_file(PACKAGE, GGUF, INSTALL_HINT)
+    return cached_checkpoint(cache_dir() / f"{NAME}-base", gguf, GGUF_SHA256, None)
 
 
 def vision_weights_file() -> Path | None:
@@ -116,7 +131,12 @@ def assemble(directory: Path, gguf, vision_weights: Path | None, source: dict) -
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     state = language_state(language_model, image_token_id=config.image_token_id)
-    state.update(load_vision_state(vision_weights) if vision_weights else initial_vision_state(config))
+    if vision_weights is None:
+        state.update(initial_vision_state(config))
+    else:  # LoRA adapters, if the file has them, merged: the cache holds a plain LLaVA
+        vision, adapters, scale = load_trained_state(vision_weights)
+        lora.merge_into(state, adapters, scale, vision_weights, under=LAYERS_PREFIX)
+        state.update(vision)
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
@@ -197,17 +217,28 @@ def initial_vision_state(config: LlavaConfig, seed: int = 0) -> dict[str, torch.
     return state
 
 
-def vision_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
-    """The trained part of the model: vision tower and projector."""
+def trained_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """The trained part of the model: vision tower, projector and any LoRA adapters."""
     return {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
-            if name.startswith(VISION_PREFIXES)}
+            if name.startswith(VISION_PREFIXES) or lora.is_adapter_key(name)}
 
 
-def load_vision_state(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def load_trained_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    """A trained file's tower + projector weights, its LoRA adapters (empty when it has none)
+    and their scale; a file that is no safetensors, or holds other weights, is refused."""
+    from safetensors import SafetensorError, safe_open
 
-    state = load_file(path)
-    foreign = [name for name in state if not name.startswith(VISION_PREFIXES)]
+    try:
+        with safe_open(str(path), "pt") as file:
+            state = {name: file.get_tensor(name) for name in file.keys()}
+            metadata = file.metadata()
+    except (OSError, SafetensorError) as error:
+        raise UserError(f"{path} is not a readable safetensors file ({error}).") from None
+    adapters = {name: tensor for name, tensor in state.items() if lora.is_adapter_key(name)}
+    foreign = [name for name in state
+               if name not in adapters and not name.startswith(VISION_PREFIXES)]
     if foreign:
-        raise UserError(f"{path} holds weights outside the vision tower and projector ({foreign[0]}).")
-    return state
+        raise UserError(f"{path} holds weights outside the vision tower, projector and LoRA "
+                        f"adapters ({foreign[0]}).")
+    scale = lora.read_scale(metadata, path) if adapters else 0.0
+    return {name: state[name] for name in state if name not in adapters}, adapters, scale
