@@ -629,7 +629,7 @@ def test_the_training_curve_figure_draws_the_shipped_report(tmp_path, capsys):
     assert report["config"]["seed"] == 0 and report["config"]["train_tower"]
     assert set(report["easy_vqa_test"]) == {"all", "color", "shape", "yes/no"}
     loss_axes, accuracy_axes = training_curve(report).axes
-    [loss] = loss_axes.get_lines()
+    loss = loss_axes.get_lines()[0]  # then the dotted line where the first phase ends
     np.testing.assert_array_equal(loss.get_xdata(), [row["step"] for row in report["curve"]])
     np.testing.assert_array_equal(loss.get_ydata(), [row["loss"] for row in report["curve"]])
     lines = {line.get_label(): line for line in accuracy_axes.get_lines()}
