@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,7 @@ class AttentionEvolution(Analysis):
                                       else tuple(layers)}))
 
     def recorded(self) -> dict[str, Any]:
-        recorded = asdict(self.config)
-        recorded.update(engines.recorded(recorded.pop("engine")))
-        return recorded
+        return engines.recorded_config(self.config)
 
     def validate(self, num_layers: int) -> None:
         self.config.validate(num_layers)

@@ -22,7 +22,7 @@ merged shards or a Ray run give the files of an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,8 +81,7 @@ class HeadsConfig:
         check_layers([layer for layer, _ in self.heads], num_layers)
 
     def recorded(self) -> dict[str, Any]:
-        recorded = asdict(self)
-        recorded.update(engines.recorded(recorded.pop("engine")))
+        recorded = engines.recorded_config(self)
         recorded["heads"] = [list(pair) for pair in self.heads]
         return recorded
 

@@ -9,7 +9,7 @@ shards merged, or a Ray run give exactly the arrays and summary of one uninterru
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,7 @@ class LayerMaskingConfig:
                             f"{self.min_kind_samples}.")
 
     def recorded(self) -> dict[str, Any]:
-        recorded = asdict(self)
-        recorded.update(engines.recorded(recorded.pop("engine")))
+        recorded = engines.recorded_config(self)
         if not self.deepstack:  # runs made before the option keep their key
             del recorded["deepstack"]
         return recorded

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +116,7 @@ class LogitLens(Analysis):
                                  else tuple(layers)}))
 
     def recorded(self) -> dict[str, Any]:
-        recorded = asdict(self.config)
-        recorded.update(engines.recorded(recorded.pop("engine")))  # the default is not recorded
-        return recorded
+        return engines.recorded_config(self.config)
 
     def validate(self, num_layers: int) -> None:
         self.config.validate(num_layers)

@@ -13,7 +13,7 @@ dataset it is given (:meth:`Patching.warm_up`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -112,9 +112,7 @@ class Patching(Analysis):
         return cls(PatchingConfig(**recorded))
 
     def recorded(self) -> dict[str, Any]:
-        recorded = asdict(self.config)
-        recorded.update(engines.recorded(recorded.pop("engine")))  # the default is not recorded
-        return recorded
+        return engines.recorded_config(self.config)
 
     def warm_up(self, loaded, dataset) -> None:
         # the counterparts (pair, swap) are other samples of the data this worker is given

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,9 +73,7 @@ class Sinks(Analysis):
         return cls(SinksConfig(**recorded))
 
     def recorded(self) -> dict[str, Any]:
-        recorded = asdict(self.config)
-        recorded.update(engines.recorded(recorded.pop("engine")))  # the default is not recorded
-        return recorded
+        return engines.recorded_config(self.config)
 
     def validate(self, num_layers: int) -> None:
         self.config.validate(num_layers)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,7 @@ class TokenImportanceConfig:
                 "keep_top_mu", "mask_top_mu", *(f"fixed_{r:g}" for r in self.fixed_ratios)]
 
     def recorded(self) -> dict[str, Any]:
-        config = asdict(self)
-        config.update(engines.recorded(config.pop("engine")))
+        config = engines.recorded_config(self)
         config["aif"] = self.aif.recorded()
         config["methods"] = self.methods
         config["small_object"] = f"object tokens <= {SMALL_OBJECT:g} of the image tokens"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from dataclasses import asdict
 
 from probes.engine import Engine
 from probes.errors import UserError
@@ -51,3 +52,11 @@ def recorded(engine: Engine) -> dict[str, str]:
     """The engine as a result's config records it: nothing for :data:`DEFAULT` (its runs keep
     the files they always had), ``{"engine": name}`` for any other."""
     return {} if engine == DEFAULT else engine.recorded()
+
+
+def recorded_config(config) -> dict:
+    """A dataclass config as a result records it: its fields, with its ``engine`` field
+    written as :func:`recorded` writes an engine."""
+    fields = asdict(config)
+    fields.update(recorded(fields.pop("engine")))
+    return fields
