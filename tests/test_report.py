@@ -169,7 +169,8 @@ class Opened:
             self.blocked.append(request.url)
 
     def first_view_ms(self) -> float:
-        return self.page.evaluate("window.reportFirstView")
+        # a JavaScript number that happens to be whole arrives as a Python int
+        return float(self.page.evaluate("window.reportFirstView"))
 
     def close(self) -> None:
         assert not self.blocked, f"the report made requests: {self.blocked[:5]}"
