@@ -325,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=NONNEGATIVE, default=defaults.warmup)
     parser.add_argument("--shape-only-fraction", type=PROBABILITY, default=defaults.shape_only_fraction)
     parser.add_argument("--shape-oversample", type=POSITIVE_NUMBER, default=defaults.shape_oversample)
+    parser.add_argument("--balance-yes-no", action="store_true",
+                        help="draw yes/no questions about present and absent attributes equally "
+                        "(easy-VQA asks about absent ones 83%% of the time)")
     parser.add_argument("--projector-only", action="store_true",
                         help="keep the vision tower frozen too (train the projector alone)")
     parser.add_argument("--eval-every", type=POSITIVE, default=defaults.eval_every)
@@ -350,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SmolTrainConfig(
         seed=args.seed, steps=args.steps, batch_size=args.batch_size, threads=args.threads,
         lr=args.lr, warmup=args.warmup, shape_only_fraction=args.shape_only_fraction,
-        shape_oversample=args.shape_oversample, train_tower=not args.projector_only,
+        shape_oversample=args.shape_oversample, balance_yes_no=args.balance_yes_no,
+        train_tower=not args.projector_only,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         final_eval=not args.no_final_eval,
         init_from=None if args.init_from is None else str(args.init_from),

