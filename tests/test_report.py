@@ -671,6 +671,58 @@ def test_a_logit_lens_run_shows_its_curves_and_the_tokens_naming_the_answer(brow
     opened.close()
 
 
+def test_a_sinks_run_groups_its_curves_and_browses_each_samples(browser, tmp_path):
+    from analyses.sinks.__main__ import main
+    from analyses.sinks.measure import GROUPS, RATIO_GROUPS
+    from probes.cli import run_cli
+
+    out = tmp_path / "sinks"
+    assert run_cli(main, ["--limit", "3", "--bootstrap", "20", "--out", str(out)]) == 0
+    run = RunResult.load(out)
+    arrays = run.arrays
+    opened = Opened(browser, write_report([out], tmp_path / "sinks.html"))
+    page = opened.page
+    assert not page.query_selector_all("div.missing")  # the sample browser reads sinks runs
+    points = page.eval_on_selector_all(
+        "#view-overview circle.pt", "cs => cs.map(c => [c.closest('.chart').dataset.title, "
+        "c.dataset.line, +c.dataset.layer, +c.dataset.mean])")
+    answer, question = "the answer row (last)", "the question's rows"
+    truth = {}  # (panel, line) -> [layer] means over the samples, from the arrays by hand
+    for k, group in enumerate(GROUPS):
+        truth[(f"attention of {answer} on each key group", group)] = arrays["answer_share"][..., k]
+        truth[(f"attention of {question}, largest head", group)] = \
+            arrays["question_head_max"][..., k]
+    for k, group in enumerate(RATIO_GROUPS):
+        truth[("massive activations: max |h_d| / median |h_d| of the group's tokens", group)] = \
+            arrays["top_ratio"][..., k]
+    truth[("visual sink tokens", "the answer row's attention on them")] = \
+        arrays["visual_attention"]
+    drawn = {}
+    for title, line, layer, mean in points:
+        drawn.setdefault((title, line), {})[layer] = mean
+    assert len({title for title, _, _, _ in points}) == 8  # not 23 panels of one line each
+    for key, values in truth.items():
+        np.testing.assert_allclose([drawn[key][layer] for layer in range(values.shape[1])],
+                                   values.mean(0), rtol=1e-6, atol=1e-9, err_msg=str(key))
+    found = page.inner_text("#view-overview table")
+    assert all(line in found for line in run.summary["lines"])
+    tab(opened, "samples")
+    shown = page.eval_on_selector_all(
+        "#sample-detail .chart", "cs => cs.map(c => [...c.querySelectorAll('circle.pt')]"
+        ".map(p => [p.dataset.line, +p.dataset.layer, +p.dataset.mean]))")
+    for chart, values, names in zip(shown, (arrays["answer_share"][0], arrays["question_share"][0],
+                                             arrays["top_ratio"][0]), (GROUPS, GROUPS, RATIO_GROUPS)):
+        by_point = {(line, layer): mean for line, layer, mean in chart}
+        for k, name in enumerate(names):
+            np.testing.assert_allclose([by_point[(name, layer)] for layer in range(len(values))],
+                                       values[:, k], rtol=1e-4, atol=1e-6)
+    assert len(shown) == 3
+    values = page.inner_text("#sample-detail dl.kv")
+    assert f"layers with visual sink tokens\n{int((arrays['visual_sinks'][0] > 0).sum())}" in values
+    shot(opened, "sinks-samples")
+    opened.close()
+
+
 def test_token_importance_colours_the_prompts_tokens_by_importance(browser, tmp_path):
     from analyses.token_importance.__main__ import main
     from probes.cli import run_cli

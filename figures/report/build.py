@@ -48,12 +48,16 @@ def charts(summary: dict[str, Any], spec: dict[str, str] | None = None
     """The summary's ``per_layer`` rows as panels of lines: one panel per metric (or per series
     where rows are split by subset), one line per series (or subset), points with CI. ``spec``
     (an analysis's own, :mod:`figures.report.overviews`): the row fields naming the ``panel``
-    and the ``line``, and the panel's ``title`` ("{}" for the panel field's value)."""
+    and the ``line``, and the panel's ``title`` ("{}" for the panel field's value); or
+    ``names``, {series: [panel, line]} (a series it does not name is a panel of its own)."""
     rows = [r for r in summary.get("per_layer") or [] if isinstance(r, dict) and "layer" in r]
     panels: dict[str, dict[str, list]] = {}
     for row in rows:
         labels = {k: v for k, v in row.items() if k not in ROW_FIELDS and isinstance(v, str)}
-        if spec:
+        if spec and "names" in spec:
+            series = labels.get("series", "")
+            panel, line = spec["names"].get(series, (series, "mean"))
+        elif spec:
             panel = spec.get("title", "{}").format(labels.get(spec["panel"], ""))
             line = labels.get(spec["line"], "") or "mean"
         else:

@@ -147,8 +147,43 @@ def _patching(summary: dict[str, Any]) -> dict[str, Any]:
             "charts": {"panel": "site", "line": "group", "title": f"{{}}: {effect}"}}
 
 
+def sinks_panels() -> dict[str, tuple[str, str]]:
+    """{sinks series: (panel, line)}: the attention of each row on each key group (heads
+    averaged, and the largest head), massive activations per token group, the first token's
+    sink dimensions and the visual sink tokens, one panel each."""
+    from analyses.sinks.measure import GROUPS, RATIO_GROUPS
+
+    names = {}
+    for query, rows in (("answer", "the answer row (last)"), ("question", "the question's rows")):
+        for group in GROUPS:
+            names[f"{query}_{group}"] = (f"attention of {rows} on each key group", group)
+            names[f"{query}_{group}_head_max"] = (f"attention of {rows}, largest head", group)
+    for group in RATIO_GROUPS:
+        names[f"top_ratio_{group}"] = ("massive activations: max |h_d| / median |h_d| of the "
+                                       "group's tokens", group)
+    names["first_ratio"] = ("the first token's largest |h_d| / RMS(h)", "first")
+    names["n_sink_dims"] = ("the first token's sink dimensions (|h_d| >= tau x RMS)", "count")
+    names["visual_share"] = ("visual sink tokens", "share of the image tokens")
+    names["visual_attention"] = ("visual sink tokens", "the answer row's attention on them")
+    return names
+
+
+def _sinks(summary: dict[str, Any]) -> dict[str, Any]:
+    dims = summary.get("sink_dims") or {}
+    tables = [{"title": "what the run found", "columns": ["finding"],
+               "rows": [[line] for line in summary.get("lines") or []]}]
+    if dims:
+        tables.append({"title": f"the first token's sink dimensions (|h_d| >= "
+                                f"{summary.get('tau')} x RMS in at least half the samples)",
+                       "columns": ["layer", "dimensions"],
+                       "rows": [[int(layer), ", ".join(map(str, found))]
+                                for layer, found in sorted(dims.items(), key=lambda x: int(x[0]))]})
+    return {"tables": tables, "hide": ["series", "sink_dims", "lines"],
+            "charts": {"names": sinks_panels()}}
+
+
 # analysis -> the function of its summary giving its overview's own panels
-OVERVIEWS = {"heads": _heads, "patching": _patching}
+OVERVIEWS = {"heads": _heads, "patching": _patching, "sinks": _sinks}
 
 
 def overview_panels(summary: dict[str, Any]) -> dict[str, Any]:

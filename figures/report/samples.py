@@ -289,6 +289,20 @@ def _heads(summary, arrays, out):
                      "logit difference": _rounded(arrays["logit_difference"])}
 
 
+def _sinks(summary, arrays, out):
+    from analyses.sinks.measure import GROUPS, RATIO_GROUPS
+
+    for query, rows in (("answer", "the answer row (last)"), ("question", "the question's rows")):
+        out["curves"].append(_curve(f"attention of {rows} on each key group", GROUPS,
+                                    arrays[f"{query}_share"].transpose(0, 2, 1)))
+    out["curves"].append(_curve("massive activations: max |h_d| / median |h_d|", RATIO_GROUPS,
+                                arrays["top_ratio"].transpose(0, 2, 1)))
+    out["values"] = {
+        "the first token's largest |h_d| / RMS(h)": _rounded(arrays["first_ratio"].max(1)),
+        "layers with visual sink tokens": (arrays["visual_sinks"] > 0).sum(1).tolist(),
+        "visual sink tokens, most in one layer": arrays["visual_sinks"].max(1).tolist()}
+
+
 def _patching(summary, arrays, out):
     from figures.report.overviews import patching_effect
 
@@ -349,6 +363,8 @@ BROWSERS = {
                     "first_top1", "settled"), _logit_lens),
     "heads": (("sample_index", "correct", "prob_change_pct", "dla_heads", "image_share",
                "control_heads", "clean_probability", "logit_difference"), _heads),
+    "sinks": (("sample_index", "answer_share", "question_share", "top_ratio", "first_ratio",
+               "visual_sinks"), _sinks),
     "patching": (("sample_id", "effect", "head_effect", "skipped", "clean_token",
                   "corrupt_token", "ld_clean", "ld_corrupt"), _patching),
 }
