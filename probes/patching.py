@@ -48,8 +48,9 @@ from probes.devices import module_device
 from probes.errors import UserError
 from probes.models.adapters import VLInputs
 from probes.models.loading import LoadedModel
-from probes.run import CleanPass, RotaryTables, SuffixMasks, clean_pass, run_layers
+from probes.run import CleanPass, clean_pass, run_layers
 from probes.structure import AttentionStructure
+from probes.suffix import RotaryTables, SuffixMasks
 
 SITES = ("residual", "attn", "mlp", "head")
 EMBEDDINGS = -1  # the residual site's layer that is the input embeddings
@@ -379,7 +380,7 @@ def _from_prefix(loaded: LoadedModel, target: CleanPass, conditions, prefix: int
                         structure)
     cache = SharedPrefixCache((shared or target).keys_values, prefix,
                               max(1, min(batch_size, len(order))), length, one_shot=True)
-    tables = RotaryTables(loaded, target, target.position_ids[..., prefix:length], prefix)
+    tables = RotaryTables(loaded, target.hidden_states[0], target.position_ids[..., prefix:length], prefix)
     head = loaded.adapter.lm_head(loaded.model)
     additions = Additions(target.additions, [None] * len(conditions))
     entering = additions.entering(target.hidden_states, prefix)

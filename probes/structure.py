@@ -10,7 +10,7 @@ slide (:meth:`~probes.models.adapters.base.Adapter.sliding_windows`) and where t
 row are (:meth:`~probes.models.adapters.base.Adapter.image_blocks`); every other family has
 neither, and its structure is plain causal.
 
-The executor (:class:`probes.run.SuffixMasks`) builds its masks from :meth:`allowed`, and a
+The executor (:class:`probes.suffix.SuffixMasks`) builds its masks from :meth:`allowed`, and a
 knockout is refused when it leaves a query nothing it may read (:class:`probes.masking.EdgeMaskPlan`).
 
 >>> import numpy as np, torch

@@ -282,11 +282,12 @@ def test_masked_decoding_across_the_window_equals_handmade_no_cache_loop(tiny, f
 
 
 def test_each_layer_type_gets_its_own_rotary_table(tiny):
-    from probes.run import RotaryTables, clean_pass
+    from probes.run import clean_pass
+    from probes.suffix import RotaryTables
 
     loaded, inputs = tiny
     clean = clean_pass(loaded, inputs)
-    tables = RotaryTables(loaded, clean, clean.position_ids, 0)
+    tables = RotaryTables(loaded, clean.hidden_states[0], clean.position_ids, 0)
     rotary = loaded.adapter.language_model(loaded.model).rotary_emb
     like = clean.hidden_states[0]
     for layer, kind in enumerate(loaded.model.config.text_config.layer_types):

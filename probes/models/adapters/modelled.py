@@ -1,9 +1,9 @@
 """What the engine reproduces of a language model's attention, and the refusal of the rest.
 
 The executor (:mod:`probes.run`) runs the decoder layers itself: it builds its own additive
-causal masks (:class:`probes.run.SuffixMasks`, :mod:`probes.masking`), computes the rotary
+causal masks (:class:`probes.suffix.SuffixMasks`, :mod:`probes.masking`), computes the rotary
 tables of a whole run in one call of the model's own rotary embedding module
-(:class:`probes.run.RotaryTables`), and records attention with its own softmax
+(:class:`probes.suffix.RotaryTables`), and records attention with its own softmax
 (:mod:`probes.attention`). A config feature that lives in the mask, in the attention logits or
 in a rotary table that changes with the length of each call is therefore outside what it
 reproduces, and a model that turns one on is refused with one sentence naming the feature and
