@@ -196,12 +196,49 @@ def lora_record(config: SmolTrainConfig) -> dict:
             "targets": list(config.lora_targets)}
 
 
-def per_kind(correct: torch.Tensor, kinds: list[str]) -> dict[str, float]:
+def per_kind(correct: torch.Tensor, kinds: list[str],
+             asks_present: torch.Tensor | None = None) -> dict[str, float]:
+    """Accuracy overall and per kind; with ``asks_present`` ([n] bool), yes/no split too:
+    questions about an attribute the image has, and about one it lacks (easy-VQA asks 83% of
+    its yes/no questions about absent ones, so a model answering from the question alone
+    scores near 100% on those and near 0% on the others)."""
+    def share(mask: torch.Tensor) -> float:
+        return round(correct[mask].double().mean().item(), 4) if mask.any() else float("nan")
+
     table = {"all": round(correct.double().mean().item(), 4)}
     for kind in sorted(set(kinds)):
-        mask = torch.tensor([k == kind for k in kinds])
-        table[kind] = round(correct[mask].double().mean().item(), 4)
+        table[kind] = share(torch.tensor([k == kind for k in kinds]))
+    if asks_present is not None:
+        yes_no = torch.tensor([k == "yes/no" for k in kinds])
+        table["yes/no, attribute present"] = share(yes_no & asks_present)
+        table["yes/no, attribute absent"] = share(yes_no & ~asks_present)
     return table
+
+
+def load_trained(path: Path):
+    """SmolLM2 as converted with a trained file's tower and projector, its LoRA adapters (if
+    any) merged into the language model, as assembly does: the model that file ships."""
+    from probes.models.zoo import smollm2
+
+    model, processor = load_start(SmolTrainConfig())
+    vision, adapters, scale = smollm2.load_trained_state(path)
+    state = model.state_dict()
+    lora.merge_into(state, adapters, scale, path, under=smollm2.LAYERS_PREFIX)
+    state.update(vision)
+    model.load_state_dict(state)
+    return model.eval(), processor
+
+
+def evaluate(path: Path, limit: int | None = None, threads: int = 2) -> dict[str, float]:
+    """The first-token accuracy of the model a trained file makes on the easy-VQA test split
+    (its first ``limit`` questions), per kind and yes/no present/absent."""
+    torch.set_num_threads(threads)
+    model, processor = load_trained(path)
+    test = load_dataset("easy-vqa", "test", limit=limit)
+    data = encode([test], processor, model.config)
+    correct = first_token_correct(model, data, torch.arange(len(test)),
+                                  processor.tokenizer.pad_token_id)
+    return {"questions": len(test), **per_kind(correct, data.kinds, data.asks_present)}
 
 
 def train(config: SmolTrainConfig, out: Path, resume: bool,
@@ -295,7 +332,7 @@ def train(config: SmolTrainConfig, out: Path, resume: bool,
               "torch": torch.__version__}
     if config.final_eval:
         correct = first_token_correct(model, evals, torch.arange(len(test)), pad_id)
-        report["easy_vqa_test"] = per_kind(correct, evals.kinds)
+        report["easy_vqa_test"] = per_kind(correct, evals.kinds, evals.asks_present)
         log(json.dumps({"easy_vqa_test": report["easy_vqa_test"]}) + "\n")
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     state_path.unlink(missing_ok=True)
@@ -347,7 +384,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"the linear layers of every block that get adapters (default "
                         f"{','.join(defaults.lora_targets)}: attention)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--evaluate", type=Path, metavar="FILE",
+                        help="train nothing: print the accuracy of the model this trained file "
+                        "makes (e.g. the shipped vision_projector.safetensors) on the easy-VQA "
+                        "test split, per kind and yes/no by whether the asked attribute is there")
+    parser.add_argument("--limit", type=POSITIVE,
+                        help="with --evaluate: the first N test questions (default: all 9,673)")
     args = parser.parse_args(argv)
+    if args.limit is not None and args.evaluate is None:
+        parser.error("--limit needs --evaluate")
+    if args.evaluate is not None:
+        if not args.evaluate.is_file():
+            raise UserError(f"--evaluate {args.evaluate}: no such file; give a trained "
+                            "vision_projector.safetensors.")
+        sys.stdout.write(json.dumps(evaluate(args.evaluate, args.limit, args.threads)) + "\n")
+        return 0
     if not args.lora_rank and (args.lora_alpha is not None or args.lora_targets is not None):
         parser.error("--lora-alpha and --lora-targets need --lora-rank")
     config = SmolTrainConfig(

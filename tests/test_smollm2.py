@@ -500,6 +500,52 @@ def test_bad_adapters_are_refused_in_one_sentence(built, fake_gguf, tmp_path, ed
     assert not (tmp_path / "c").exists()
 
 
+def test_evaluate_loads_the_model_a_file_ships_and_splits_yes_no_by_presence(
+        built, tmp_path, monkeypatch, capsys):
+    from analyses import train_smollm2
+    from analyses.data import load_dataset
+    from analyses.train_tiny import encode, make_batch
+    from probes.models import lora
+
+    _, trained = _train(built, tmp_path / "a", monkeypatch, lora_rank=2)
+    shipped = tmp_path / "a" / smollm2.TRAINED_WEIGHTS.name
+    monkeypatch.setattr(train_smollm2, "load_dataset", load_dataset)
+    merged, processor = train_smollm2.load_trained(shipped)
+    # the adapters merged into the weights give the logits the trained model's adapter hooks give
+    data = encode([load_dataset("easy-vqa", "test", limit=6)], processor, merged.config)
+    batch = make_batch(data, torch.arange(6), processor.tokenizer.pad_token_id)
+    trained.eval()
+    with torch.no_grad():
+        ours = merged(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        reference = trained(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert not any(lora.is_adapter_key(name) for name in merged.state_dict())
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+    # the split by presence, by hand: 3 yes/no questions about present attributes (2 right)
+    # and 2 about absent ones (0 right), a colour question (right)
+    correct = torch.tensor([True, True, False, False, False, True])
+    kinds = ["yes/no"] * 5 + ["color"]
+    present = torch.tensor([True, True, True, False, False, False])
+    table = train_smollm2.per_kind(correct, kinds, present)
+    assert table == {"all": 0.5, "color": 1.0, "yes/no": 0.4,
+                     "yes/no, attribute present": 0.6667, "yes/no, attribute absent": 0.0}
+    found = train_smollm2.evaluate(shipped, limit=40, threads=1)
+    test = load_dataset("easy-vqa", "test", limit=40)
+    # "is there not a red shape ?" and "is no red shape present ?" answered "yes": absent
+    asked = [(s.answer == "yes") != bool({"not", "no"} & set(s.question.split()))
+             for s in test if s.kind == "yes/no"]
+    assert found["questions"] == 40 and set(found) == {
+        "questions", "all", *{s.kind for s in test}, "yes/no, attribute present",
+        "yes/no, attribute absent"}
+    assert (0 < sum(asked) < len(asked)) and all(0 <= v <= 1 for k, v in found.items()
+                                                 if k != "questions")
+    capsys.readouterr()
+    for argv, said in ((["--evaluate", str(tmp_path / "none.safetensors")], "no such file"),
+                       (["--limit", "5"], "--limit needs --evaluate")):
+        assert run_cli(train_smollm2.main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+
+
 def test_other_lora_mistakes_are_one_sentence(built, fake_gguf, tmp_path, capsys):
     from safetensors.torch import save_file
     from transformers import LlavaForConditionalGeneration
