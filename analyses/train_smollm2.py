@@ -221,10 +221,8 @@ def load_trained(path: Path):
     from probes.models.zoo import smollm2
 
     model, processor = load_start(SmolTrainConfig())
-    vision, adapters, scale = smollm2.load_trained_state(path)
     state = model.state_dict()
-    lora.merge_into(state, adapters, scale, path, under=smollm2.LAYERS_PREFIX)
-    state.update(vision)
+    smollm2.fold_trained(state, path)
     model.load_state_dict(state)
     return model.eval(), processor
 

@@ -147,6 +147,11 @@ def _patching(summary: dict[str, Any]) -> dict[str, Any]:
             "charts": {"panel": "site", "line": "group", "title": f"{{}}: {effect}"}}
 
 
+# the sinks analysis's query rows and how the report names them
+SINKS_ROWS = (("answer", "the answer row (last)"), ("question", "the question's rows"))
+SINKS_RATIO = "massive activations: max |h_d| / median |h_d|"
+
+
 def sinks_panels() -> dict[str, tuple[str, str]]:
     """{sinks series: (panel, line)}: the attention of each row on each key group (heads
     averaged, and the largest head), massive activations per token group, the first token's
@@ -154,13 +159,12 @@ def sinks_panels() -> dict[str, tuple[str, str]]:
     from analyses.sinks.measure import GROUPS, RATIO_GROUPS
 
     names = {}
-    for query, rows in (("answer", "the answer row (last)"), ("question", "the question's rows")):
+    for query, rows in SINKS_ROWS:
         for group in GROUPS:
             names[f"{query}_{group}"] = (f"attention of {rows} on each key group", group)
             names[f"{query}_{group}_head_max"] = (f"attention of {rows}, largest head", group)
     for group in RATIO_GROUPS:
-        names[f"top_ratio_{group}"] = ("massive activations: max |h_d| / median |h_d| of the "
-                                       "group's tokens", group)
+        names[f"top_ratio_{group}"] = (f"{SINKS_RATIO} of the group's tokens", group)
     names["first_ratio"] = ("the first token's largest |h_d| / RMS(h)", "first")
     names["n_sink_dims"] = ("the first token's sink dimensions (|h_d| >= tau x RMS)", "count")
     names["visual_share"] = ("visual sink tokens", "share of the image tokens")

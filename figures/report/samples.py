@@ -291,12 +291,12 @@ def _heads(summary, arrays, out):
 
 def _sinks(summary, arrays, out):
     from analyses.sinks.measure import GROUPS, RATIO_GROUPS
+    from figures.report.overviews import SINKS_RATIO, SINKS_ROWS
 
-    for query, rows in (("answer", "the answer row (last)"), ("question", "the question's rows")):
+    for query, rows in SINKS_ROWS:
         out["curves"].append(_curve(f"attention of {rows} on each key group", GROUPS,
                                     arrays[f"{query}_share"].transpose(0, 2, 1)))
-    out["curves"].append(_curve("massive activations: max |h_d| / median |h_d|", RATIO_GROUPS,
-                                arrays["top_ratio"].transpose(0, 2, 1)))
+    out["curves"].append(_curve(SINKS_RATIO, RATIO_GROUPS, arrays["top_ratio"].transpose(0, 2, 1)))
     out["values"] = {
         "the first token's largest |h_d| / RMS(h)": _rounded(arrays["first_ratio"].max(1)),
         "layers with visual sink tokens": (arrays["visual_sinks"] > 0).sum(1).tolist(),

@@ -134,9 +134,7 @@ def assemble(directory: Path, gguf, vision_weights: Path | None, source: dict) -
     if vision_weights is None:
         state.update(initial_vision_state(config))
     else:  # LoRA adapters, if the file has them, merged: the cache holds a plain LLaVA
-        vision, adapters, scale = load_trained_state(vision_weights)
-        lora.merge_into(state, adapters, scale, vision_weights, under=LAYERS_PREFIX)
-        state.update(vision)
+        fold_trained(state, vision_weights)
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
@@ -221,6 +219,14 @@ def trained_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tenso
     """The trained part of the model: vision tower, projector and any LoRA adapters."""
     return {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
             if name.startswith(VISION_PREFIXES) or lora.is_adapter_key(name)}
+
+
+def fold_trained(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Put a trained file's tower and projector into a full model ``state`` and merge its LoRA
+    adapters (if any) into the language model's weights, in place: the model the file ships."""
+    vision, adapters, scale = load_trained_state(path)
+    lora.merge_into(state, adapters, scale, path, under=LAYERS_PREFIX)
+    state.update(vision)
 
 
 def load_trained_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
